@@ -1,0 +1,77 @@
+//! The Add operation both front ends share: check the sum fits in int64,
+//! commit it to the outbox, wake the relay. Its `Error` is what gRPC and HTTP
+//! translate to their wire codes; it never exposes SQL.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::outbox::{self, Outbox, Recorded};
+
+/// Everything an Add needs, shared by the gRPC and HTTP servers.
+#[derive(Clone)]
+pub struct Adder {
+    pub outbox: Outbox,
+    /// Wakes the relay once a row is committed.
+    pub relay_wake: Arc<Notify>,
+    /// The relay's broker gauge: 1 while it holds a channel.
+    pub broker: prometheus::IntGauge,
+}
+
+/// Why an Add was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{a} + {b} overflows a 64-bit signed integer")]
+    Overflow { a: i64, b: i64 },
+    #[error("request_id must be at most {MAX_REQUEST_ID} bytes")]
+    RequestIdTooLong,
+    #[error("request_id {request_id:?} was already used with other numbers (a = {a}, b = {b})")]
+    Conflict { request_id: String, a: i64, b: i64 },
+    #[error("the outbox database is unavailable, retry later")]
+    Unavailable(#[source] outbox::Error),
+}
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_REQUEST_ID: usize = 256;
+
+impl Error {
+    /// The label used in `adder_requests_total{code}`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Overflow { .. } | Error::RequestIdTooLong => "invalid_argument",
+            Error::Conflict { .. } => "already_exists",
+            Error::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl Adder {
+    /// Returns `a + b` once its outbox row is committed. An empty request id
+    /// counts every call.
+    #[tracing::instrument(skip_all, fields(a, b, replayed))]
+    pub async fn add(&self, a: i64, b: i64, request_id: &str) -> Result<Recorded, Error> {
+        let sum = a.checked_add(b).ok_or(Error::Overflow { a, b })?;
+        if request_id.len() > MAX_REQUEST_ID {
+            return Err(Error::RequestIdTooLong);
+        }
+        let request_id = (!request_id.is_empty()).then_some(request_id);
+        let recorded = self
+            .outbox
+            .record(a, b, sum, request_id)
+            .await
+            .map_err(|e| match e {
+                outbox::Error::Conflict { request_id, a, b } => Error::Conflict { request_id, a, b },
+                other => Error::Unavailable(other),
+            })?;
+        tracing::Span::current().record("replayed", recorded.replayed);
+        if !recorded.replayed {
+            self.relay_wake.notify_one();
+        }
+        Ok(recorded)
+    }
+
+    /// Whether the relay currently holds a broker channel.
+    pub fn broker_up(&self) -> bool {
+        self.broker.get() == 1
+    }
+}

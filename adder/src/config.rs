@@ -1,0 +1,92 @@
+//! The adder's configuration: every setting is a flag and an environment
+//! variable, documented here once; this doc text is the `--help` output.
+//! Parsed once in `main`; tests build `Config` directly.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// gRPC `Add(a, b)` that records every sum in a PostgreSQL outbox and relays
+/// it to RabbitMQ with publisher confirms.
+#[derive(Clone, Parser)]
+#[command(name = "adder", version)]
+pub struct Config {
+    /// PostgreSQL URL of the outbox database (migrated at start).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://tally:tally@127.0.0.1:5432/tally",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL the relay publishes to [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// Queue the sums are published to; dead letters go to `<queue>.dead`.
+    #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// Address of the gRPC server (tally.v1.Adder, health, reflection).
+    #[arg(long, env = "ADDER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server (POST /add, /metrics, /healthz, /readyz).
+    #[arg(long, env = "ADDER_HTTP_ADDR", default_value = "0.0.0.0:8081")]
+    pub http_addr: SocketAddr,
+
+    /// Maximum PostgreSQL connections.
+    #[arg(long, env = "ADDER_DB_POOL", default_value_t = 32)]
+    pub db_pool: u32,
+
+    /// Most outbox rows the relay publishes per batch (pipelined confirms).
+    #[arg(long, env = "ADDER_RELAY_BATCH", default_value_t = 1000)]
+    pub relay_batch: u32,
+
+    /// Safety-net poll of the outbox, in milliseconds; commits wake the relay at once.
+    #[arg(long, env = "ADDER_RELAY_POLL_MS", default_value_t = 1000)]
+    pub relay_poll_ms: u64,
+
+    /// How long published rows are kept (and request ids stay idempotent), in hours.
+    #[arg(long, env = "ADDER_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+
+    /// How long shutdown waits for in-flight work, in milliseconds.
+    #[arg(long, env = "ADDER_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Log output format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    pub fn relay_poll(&self) -> Duration {
+        Duration::from_millis(self.relay_poll_ms)
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours * 3600)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

@@ -1,0 +1,77 @@
+//! The gRPC front end: `tally.v1.Adder`, `grpc.health.v1` and server
+//! reflection. The only module that knows tonic types; it translates
+//! `add::Error` to a `Status` in one place.
+
+use std::{sync::Arc, time::Instant};
+
+use proto::tally::v1::{
+    AddRequest, AddResponse,
+    adder_server::{Adder as AdderRpc, AdderServer},
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{add::{self, Adder}, metrics::Metrics};
+
+struct Service {
+    adder: Adder,
+    metrics: Arc<Metrics>,
+}
+
+impl From<add::Error> for Status {
+    fn from(error: add::Error) -> Self {
+        match &error {
+            add::Error::Overflow { .. } | add::Error::RequestIdTooLong => Status::invalid_argument(error.to_string()),
+            add::Error::Conflict { .. } => Status::already_exists(error.to_string()),
+            add::Error::Unavailable(_) => Status::unavailable(error.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AdderRpc for Service {
+    async fn add(&self, request: Request<AddRequest>) -> Result<Response<AddResponse>, Status> {
+        let started = Instant::now();
+        let AddRequest { a, b, request_id } = request.into_inner();
+        let result = self.adder.add(a, b, &request_id).await;
+        let code = result.as_ref().map_or_else(add::Error::code, |_| "ok");
+        self.metrics.observe("grpc_add", code, started.elapsed().as_secs_f64());
+        match result {
+            Ok(recorded) => Ok(Response::new(AddResponse {
+                sum: recorded.sum,
+                outbox_id: recorded.id,
+                replayed: recorded.replayed,
+            })),
+            Err(e) => {
+                if let add::Error::Unavailable(cause) = &e {
+                    tracing::warn!(error = %cause, "Add failed: outbox unavailable");
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Serves gRPC on `listener` until `shutdown`, then finishes in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    adder: Adder,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdderServer<Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AdderServer::new(Service { adder, metrics }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Periodic outbox upkeep: refreshes `adder_outbox_pending` every second and
+//! purges published rows past retention in bounded batches every minute.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics::Metrics, outbox::Outbox};
+
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
+const PURGE_EVERY: u32 = 60;
+const PURGE_BATCH: i64 = 10_000;
+
+/// Runs until `shutdown`.
+pub async fn run(outbox: Outbox, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ticks = 0u32;
+    let mut interval = tokio::time::interval(GAUGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Ok(pending) = outbox.pending().await {
+            metrics.outbox_pending.set(pending);
+        }
+        ticks += 1;
+        if ticks % PURGE_EVERY == 0 {
+            purge(&outbox, retention, &shutdown).await;
+        }
+    }
+}
+
+async fn purge(outbox: &Outbox, retention: Duration, shutdown: &CancellationToken) {
+    let mut total = 0;
+    while !shutdown.is_cancelled() {
+        match outbox.purge(retention, PURGE_BATCH).await {
+            Ok(deleted) => {
+                total += deleted;
+                if deleted < PURGE_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging the outbox failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "purged published outbox rows past retention");
+    }
+}

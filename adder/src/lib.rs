@@ -1,0 +1,140 @@
+//! The adder service: gRPC and HTTP `Add(a, b)` that commit every sum to a
+//! PostgreSQL outbox before answering, and a relay that publishes the outbox
+//! to RabbitMQ with publisher confirms.
+//!
+//! # Layout
+//! - `config`: flags and environment ([`Config`]).
+//! - `add`: the Add operation shared by both front ends.
+//! - `grpc`, `http`: the front ends; the only modules that know tonic / warp.
+//! - `outbox`: every SQL statement.
+//! - `relay`: outbox -> broker with pipelined confirms.
+//! - `housekeeping`: pending gauge and retention purge.
+//! - `metrics`, `telemetry`: Prometheus registry and log set-up.
+
+pub mod add;
+pub mod config;
+pub mod grpc;
+pub mod housekeeping;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod relay;
+pub mod telemetry;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::Config;
+
+use crate::{add::Adder, metrics::Metrics, outbox::Outbox, relay::Relay};
+
+/// The sockets the adder serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(config.grpc_addr)
+                .await
+                .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?,
+            http: TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("binding HTTP on {}", config.http_addr))?,
+        })
+    }
+}
+
+/// Runs the adder until `shutdown` resolves, then stops accepting, finishes
+/// in-flight Adds and the relay's batch, within the configured grace period.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    tokio::pin!(shutdown);
+    let outbox = tokio::select! {
+        outbox = open_outbox(&config) => outbox,
+        () = &mut shutdown => return Ok(()),
+    };
+    tracing::info!(source = %outbox.source(), "outbox ready");
+    let metrics = Arc::new(Metrics::new());
+    let wake = Arc::new(Notify::new());
+    let adder = Adder {
+        outbox: outbox.clone(),
+        relay_wake: wake.clone(),
+        broker: metrics.broker_up.clone(),
+    };
+    let relay = Relay {
+        outbox: outbox.clone(),
+        amqp_url: config.amqp_url.clone(),
+        queue: config.queue.clone(),
+        batch: config.relay_batch.max(1),
+        poll: config.relay_poll(),
+        wake,
+        metrics: metrics.clone(),
+    };
+    let tracker = TaskTracker::new();
+    tracker.spawn(relay.run(token.clone()));
+    tracker.spawn(housekeeping::run(outbox, config.retention(), metrics.clone(), token.clone()));
+    tracker.spawn(http::serve(listeners.http, adder.clone(), metrics.clone(), token.clone()));
+    let grpc = tracker.spawn(grpc::serve(listeners.grpc, adder, metrics, token.clone()));
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
+    tokio::pin!(grpc);
+    let served = tokio::select! {
+        () = &mut shutdown => None,
+        result = &mut grpc => Some(result),
+    };
+    tracing::info!("adder shutting down");
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace(), tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown grace period elapsed with work still running");
+    }
+    match served {
+        Some(result) => result.context("gRPC server task")?.context("gRPC server failed"),
+        None => Ok(()),
+    }
+}
+
+/// Connects and migrates, retrying with backoff while PostgreSQL is down.
+async fn open_outbox(config: &Config) -> Outbox {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let opened = match Outbox::connect_lazy(&config.database_url, config.db_pool) {
+            Ok(pool) => Outbox::open(pool).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(outbox) => return outbox,
+            Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

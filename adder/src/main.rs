@@ -1,0 +1,13 @@
+//! The adder binary: parse config, start telemetry, bind, run until SIGTERM.
+
+use clap::Parser;
+
+use adder::{Config, Listeners, shutdown_signal, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    let listeners = Listeners::bind(&config).await?;
+    adder::run(config, listeners, shutdown_signal()).await
+}

@@ -1,0 +1,106 @@
+//! The adder's Prometheus metrics on its own registry, passed around as
+//! `Arc<Metrics>`. Buckets are chosen for what they measure.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the adder exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub outbox_pending: IntGauge,
+    pub relay_published: IntCounter,
+    pub relay_batch_size: Histogram,
+    pub relay_confirm: Histogram,
+    pub broker_up: IntGauge,
+}
+
+/// 100 µs to 10 s, for Add latency.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// 0.5 ms to 30 s, for a batch's wait on the broker's confirms.
+const CONFIRM_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// 1 to 5,000 rows.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("adder_requests_total", "Add calls by front end and outcome"),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("adder_request_duration_seconds", "Add latency, commit included")
+                .buckets(REQUEST_BUCKETS.to_vec()),
+            &["method"],
+        )
+        .expect("valid metric");
+        let outbox_pending = IntGauge::new("adder_outbox_pending", "Outbox rows not yet confirmed by the broker")
+            .expect("valid metric");
+        let relay_published = IntCounter::new("adder_relay_published_total", "Rows the broker confirmed")
+            .expect("valid metric");
+        let relay_batch_size = Histogram::with_opts(
+            HistogramOpts::new("adder_relay_batch_size", "Rows per relay batch").buckets(BATCH_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let relay_confirm = Histogram::with_opts(
+            HistogramOpts::new("adder_relay_confirm_seconds", "Publish to last confirm of a relay batch")
+                .buckets(CONFIRM_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let broker_up = IntGauge::new("adder_relay_broker_up", "1 while the relay holds a broker channel")
+            .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(relay_published.clone()),
+            Box::new(relay_batch_size.clone()),
+            Box::new(relay_confirm.clone()),
+            Box::new(broker_up.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            outbox_pending,
+            relay_published,
+            relay_batch_size,
+            relay_confirm,
+            broker_up,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+
+    /// Counts one Add and its latency.
+    pub fn observe(&self, method: &str, code: &str, seconds: f64) {
+        self.requests.with_label_values(&[method, code]).inc();
+        self.request_duration.with_label_values(&[method]).observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

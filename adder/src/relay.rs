@@ -1,0 +1,177 @@
+//! The relay: outbox -> broker. Each batch runs in one transaction that claims
+//! rows with `FOR UPDATE SKIP LOCKED`, publishes them (persistent, mandatory)
+//! with pipelined publisher confirms, and marks published exactly the rows
+//! the broker acked. A nack, a return or a lost connection leaves rows for a
+//! retry; a row published twice is deduplicated by the totaler.
+//!
+//! It must never mark a row before its confirm, and it stops only between
+//! batches.
+
+use std::{sync::Arc, time::{Duration, Instant}};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use proto::{SumMessage, message::now_us};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics::Metrics, outbox::{self, Outbox, Pending}};
+
+/// What the relay needs to run.
+pub struct Relay {
+    pub outbox: Outbox,
+    pub amqp_url: String,
+    pub queue: String,
+    pub batch: u32,
+    pub poll: Duration,
+    pub wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("outbox: {0}")]
+    Outbox(#[from] outbox::Error),
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Relay {
+    /// Publishes until `shutdown`, reconnecting to the broker with backoff.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        while !shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok((connection, channel)) => {
+                    backoff = BACKOFF_MIN;
+                    self.metrics.broker_up.set(1);
+                    tracing::info!(queue = %self.queue, "relay connected to the broker");
+                    let result = self.pump(&channel, &shutdown).await;
+                    self.metrics.broker_up.set(0);
+                    let _ = connection.close(200, "relay stopping".into()).await;
+                    match result {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!(error = %e, "relay lost the broker, reconnecting"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "relay cannot reach the broker, retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
+        let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        proto::topology::declare(&channel, &self.queue).await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok((connection, channel))
+    }
+
+    /// Publishes batches until shutdown (`Ok`) or a broker error (`Err`).
+    /// Outbox errors back off here, keeping the channel.
+    async fn pump(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let full = match self.publish_batch(channel).await {
+                Ok(count) => {
+                    backoff = BACKOFF_MIN;
+                    count == self.batch as usize
+                }
+                Err(Error::Outbox(e)) => {
+                    tracing::warn!(error = %e, "relay cannot read the outbox, retrying");
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// One batch: claim, publish with pipelined confirms, mark the acked rows,
+    /// commit. Returns how many rows it claimed.
+    #[tracing::instrument(skip_all, fields(claimed, confirmed))]
+    async fn publish_batch(&self, channel: &Channel) -> Result<usize, Error> {
+        let mut tx = self.outbox.begin().await?;
+        let rows = Outbox::claim(&mut tx, self.batch).await?;
+        if rows.is_empty() {
+            tx.commit().await.map_err(outbox::Error::from)?;
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let confirmed = self.publish(channel, &rows).await?;
+        self.metrics.relay_confirm.observe(started.elapsed().as_secs_f64());
+        Outbox::mark_published(&mut tx, &confirmed).await?;
+        tx.commit().await.map_err(outbox::Error::from)?;
+        self.metrics.relay_batch_size.observe(rows.len() as f64);
+        self.metrics.relay_published.inc_by(confirmed.len() as u64);
+        let span = tracing::Span::current();
+        span.record("claimed", rows.len());
+        span.record("confirmed", confirmed.len());
+        Ok(rows.len())
+    }
+
+    /// Publishes every row before awaiting any confirm; returns the ids the
+    /// broker acked without returning them.
+    async fn publish(&self, channel: &Channel, rows: &[Pending]) -> Result<Vec<i64>, Error> {
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in rows {
+            let message = SumMessage {
+                source: self.outbox.source(),
+                seq: row.id,
+                sum: row.sum,
+                created_us: row.created_us,
+                published_us: now_us(),
+            };
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(message.id().into());
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    &message.encode(),
+                    properties,
+                )
+                .await?;
+            confirms.push((row.id, confirm));
+        }
+        let mut confirmed = Vec::with_capacity(rows.len());
+        for (id, confirm) in confirms {
+            match confirm.await? {
+                Confirmation::Ack(None) => confirmed.push(id),
+                Confirmation::Ack(Some(returned)) => {
+                    tracing::warn!(id, reply = %returned.reply_text, "broker returned the message, will retry")
+                }
+                other => tracing::warn!(id, confirmation = ?other, "broker did not confirm, will retry"),
+            }
+        }
+        Ok(confirmed)
+    }
+}

@@ -1,0 +1,28 @@
+//! Tally's contract, the one crate both services share because it *is* the
+//! interface between them: the gRPC service (`tally.v1`), the queue message
+//! the relay publishes and the totaler consumes, and the broker topology.
+//!
+//! It owns no behaviour beyond encoding, decoding and declaring; services
+//! must not add their own variants of these types.
+//!
+//! # Layout
+//! - [`tally`]: generated tonic/prost code for `proto/tally/v1/tally.proto`.
+//! - [`message`]: [`SumMessage`], the JSON body of every queue message.
+//! - [`topology`]: queue names and their idempotent declaration.
+
+pub mod message;
+pub mod topology;
+
+pub use message::{DecodeError, SumMessage};
+
+/// Generated gRPC code.
+pub mod tally {
+    /// Version 1 of the contract.
+    pub mod v1 {
+        tonic::include_proto!("tally.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of `tally.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tally_descriptor.bin"));
