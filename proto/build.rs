@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out.join("tally_descriptor.bin"), descriptors.encode_to_vec())?;
+    std::fs::write(
+        out.join("tally_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -60,7 +60,9 @@ impl Adder {
             .record(a, b, sum, request_id)
             .await
             .map_err(|e| match e {
-                outbox::Error::Conflict { request_id, a, b } => Error::Conflict { request_id, a, b },
+                outbox::Error::Conflict { request_id, a, b } => {
+                    Error::Conflict { request_id, a, b }
+                }
                 other => Error::Unavailable(other),
             })?;
         tracing::Span::current().record("replayed", recorded.replayed);

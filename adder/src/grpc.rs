@@ -13,7 +13,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{add::{self, Adder}, metrics::Metrics};
+use crate::{
+    add::{self, Adder},
+    metrics::Metrics,
+};
 
 struct Service {
     adder: Adder,
@@ -23,7 +26,9 @@ struct Service {
 impl From<add::Error> for Status {
     fn from(error: add::Error) -> Self {
         match &error {
-            add::Error::Overflow { .. } | add::Error::RequestIdTooLong => Status::invalid_argument(error.to_string()),
+            add::Error::Overflow { .. } | add::Error::RequestIdTooLong => {
+                Status::invalid_argument(error.to_string())
+            }
             add::Error::Conflict { .. } => Status::already_exists(error.to_string()),
             add::Error::Unavailable(_) => Status::unavailable(error.to_string()),
         }
@@ -37,7 +42,8 @@ impl AdderRpc for Service {
         let AddRequest { a, b, request_id } = request.into_inner();
         let result = self.adder.add(a, b, &request_id).await;
         let code = result.as_ref().map_or_else(add::Error::code, |_| "ok");
-        self.metrics.observe("grpc_add", code, started.elapsed().as_secs_f64());
+        self.metrics
+            .observe("grpc_add", code, started.elapsed().as_secs_f64());
         match result {
             Ok(recorded) => Ok(Response::new(AddResponse {
                 sum: recorded.sum,

@@ -12,7 +12,12 @@ const PURGE_EVERY: u32 = 60;
 const PURGE_BATCH: i64 = 10_000;
 
 /// Runs until `shutdown`.
-pub async fn run(outbox: Outbox, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(
+    outbox: Outbox,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut ticks = 0u32;
     let mut interval = tokio::time::interval(GAUGE_EVERY);
     loop {

@@ -8,9 +8,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warp::{Filter, Rejection, Reply, hyper::body::Bytes, http::StatusCode, reply};
+use warp::{Filter, Rejection, Reply, http::StatusCode, hyper::body::Bytes, reply};
 
-use crate::{add::{self, Adder}, metrics::Metrics};
+use crate::{
+    add::{self, Adder},
+    metrics::Metrics,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +35,12 @@ struct AddReply {
 const MAX_BODY: u64 = 4096;
 
 /// Serves HTTP on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, adder: Adder, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    adder: Adder,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let routes = routes(adder, metrics).recover(rejection);
     warp::serve(routes)
         .incoming(listener)
@@ -41,22 +49,28 @@ pub async fn serve(listener: TcpListener, adder: Adder, metrics: Arc<Metrics>, s
         .await;
 }
 
-fn routes(adder: Adder, metrics: Arc<Metrics>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
-    let add = warp::post()
-        .and(warp::path!("add"))
+fn routes(
+    adder: Adder,
+    metrics: Arc<Metrics>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let add = warp::path!("add")
+        .and(warp::post())
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .and(with(adder.clone()))
         .and(with(metrics.clone()))
         .then(post_add);
-    let metrics_route = warp::get()
-        .and(warp::path!("metrics"))
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
         .and(with(metrics))
         .map(|metrics: Arc<Metrics>| metrics.render());
-    let healthz = warp::get()
-        .and(warp::path!("healthz"))
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
         .map(|| reply::json(&json!({"status": "ok"})));
-    let readyz = warp::get().and(warp::path!("readyz")).and(with(adder)).then(readyz);
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with(adder))
+        .then(readyz);
     add.map(Reply::into_response)
         .or(metrics_route.map(Reply::into_response))
         .unify()
@@ -77,7 +91,11 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
     let body: AddBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => {
-            metrics.observe("http_add", "invalid_argument", started.elapsed().as_secs_f64());
+            metrics.observe(
+                "http_add",
+                "invalid_argument",
+                started.elapsed().as_secs_f64(),
+            );
             return error_reply(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"));
         }
     };
@@ -93,7 +111,9 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
         .into_response(),
         Err(e) => {
             let status = match e {
-                add::Error::Overflow { .. } | add::Error::RequestIdTooLong => StatusCode::BAD_REQUEST,
+                add::Error::Overflow { .. } | add::Error::RequestIdTooLong => {
+                    StatusCode::BAD_REQUEST
+                }
                 add::Error::Conflict { .. } => StatusCode::CONFLICT,
                 add::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
@@ -105,8 +125,16 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
 async fn readyz(adder: Adder) -> warp::reply::Response {
     let database = adder.outbox.ping().await;
     let broker = adder.broker_up();
-    let status = if database && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    reply::with_status(reply::json(&json!({"database": database, "broker": broker})), status).into_response()
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::with_status(
+        reply::json(&json!({"database": database, "broker": broker})),
+        status,
+    )
+    .into_response()
 }
 
 fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
@@ -117,13 +145,25 @@ async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infall
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such route".to_owned())
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {MAX_BODY} bytes"))
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {MAX_BODY} bytes"),
+        )
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (StatusCode::LENGTH_REQUIRED, "a Content-Length is required".to_owned())
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length is required".to_owned(),
+        )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_owned(),
+        )
     } else {
-        (StatusCode::BAD_REQUEST, format!("bad request: {rejection:?}"))
+        (
+            StatusCode::BAD_REQUEST,
+            format!("bad request: {rejection:?}"),
+        )
     };
     Ok(error_reply(status, &message))
 }

@@ -53,7 +53,11 @@ impl Listeners {
 
 /// Runs the adder until `shutdown` resolves, then stops accepting, finishes
 /// in-flight Adds and the relay's batch, within the configured grace period.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     tokio::pin!(shutdown);
     let outbox = tokio::select! {
@@ -79,8 +83,18 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     };
     let tracker = TaskTracker::new();
     tracker.spawn(relay.run(token.clone()));
-    tracker.spawn(housekeeping::run(outbox, config.retention(), metrics.clone(), token.clone()));
-    tracker.spawn(http::serve(listeners.http, adder.clone(), metrics.clone(), token.clone()));
+    tracker.spawn(housekeeping::run(
+        outbox,
+        config.retention(),
+        metrics.clone(),
+        token.clone(),
+    ));
+    tracker.spawn(http::serve(
+        listeners.http,
+        adder.clone(),
+        metrics.clone(),
+        token.clone(),
+    ));
     let grpc = tracker.spawn(grpc::serve(listeners.grpc, adder, metrics, token.clone()));
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
     tokio::pin!(grpc);
@@ -91,11 +105,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     tracing::info!("adder shutting down");
     token.cancel();
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace(), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace(), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period elapsed with work still running");
     }
     match served {
-        Some(result) => result.context("gRPC server task")?.context("gRPC server failed"),
+        Some(result) => result
+            .context("gRPC server task")?
+            .context("gRPC server failed"),
         None => Ok(()),
     }
 }

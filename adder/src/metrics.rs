@@ -28,7 +28,9 @@ const CONFIRM_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// 1 to 5,000 rows.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -39,26 +41,40 @@ impl Metrics {
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("adder_request_duration_seconds", "Add latency, commit included")
-                .buckets(REQUEST_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "adder_request_duration_seconds",
+                "Add latency, commit included",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
             &["method"],
         )
         .expect("valid metric");
-        let outbox_pending = IntGauge::new("adder_outbox_pending", "Outbox rows not yet confirmed by the broker")
-            .expect("valid metric");
-        let relay_published = IntCounter::new("adder_relay_published_total", "Rows the broker confirmed")
-            .expect("valid metric");
+        let outbox_pending = IntGauge::new(
+            "adder_outbox_pending",
+            "Outbox rows not yet confirmed by the broker",
+        )
+        .expect("valid metric");
+        let relay_published =
+            IntCounter::new("adder_relay_published_total", "Rows the broker confirmed")
+                .expect("valid metric");
         let relay_batch_size = Histogram::with_opts(
-            HistogramOpts::new("adder_relay_batch_size", "Rows per relay batch").buckets(BATCH_BUCKETS.to_vec()),
+            HistogramOpts::new("adder_relay_batch_size", "Rows per relay batch")
+                .buckets(BATCH_BUCKETS.to_vec()),
         )
         .expect("valid metric");
         let relay_confirm = Histogram::with_opts(
-            HistogramOpts::new("adder_relay_confirm_seconds", "Publish to last confirm of a relay batch")
-                .buckets(CONFIRM_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "adder_relay_confirm_seconds",
+                "Publish to last confirm of a relay batch",
+            )
+            .buckets(CONFIRM_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        let broker_up = IntGauge::new("adder_relay_broker_up", "1 while the relay holds a broker channel")
-            .expect("valid metric");
+        let broker_up = IntGauge::new(
+            "adder_relay_broker_up",
+            "1 while the relay holds a broker channel",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -69,7 +85,9 @@ impl Metrics {
             Box::new(broker_up.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,
@@ -95,7 +113,9 @@ impl Metrics {
     /// Counts one Add and its latency.
     pub fn observe(&self, method: &str, code: &str, seconds: f64) {
         self.requests.with_label_values(&[method, code]).inc();
-        self.request_duration.with_label_values(&[method]).observe(seconds);
+        self.request_duration
+            .with_label_values(&[method])
+            .observe(seconds);
     }
 }
 

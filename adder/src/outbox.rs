@@ -85,13 +85,19 @@ impl Outbox {
         request_id: Option<&str>,
     ) -> Result<Recorded, Error> {
         let Some(request_id) = request_id else {
-            let id = sqlx::query_scalar("INSERT INTO outbox (a, b, sum) VALUES ($1, $2, $3) RETURNING id")
-                .bind(a)
-                .bind(b)
-                .bind(sum)
-                .fetch_one(&self.pool)
-                .await?;
-            return Ok(Recorded { id, sum, replayed: false });
+            let id = sqlx::query_scalar(
+                "INSERT INTO outbox (a, b, sum) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(a)
+            .bind(b)
+            .bind(sum)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok(Recorded {
+                id,
+                sum,
+                replayed: false,
+            });
         };
         for _ in 0..RECORD_ATTEMPTS {
             if let Some(found) = self.find(request_id).await? {
@@ -108,17 +114,23 @@ impl Outbox {
             .fetch_optional(&self.pool)
             .await?;
             if let Some(id) = inserted {
-                return Ok(Recorded { id, sum, replayed: false });
+                return Ok(Recorded {
+                    id,
+                    sum,
+                    replayed: false,
+                });
             }
         }
         Err(Error::Database(sqlx::Error::RowNotFound))
     }
 
     async fn find(&self, request_id: &str) -> Result<Option<(i64, i64, i64, i64)>, Error> {
-        Ok(sqlx::query_as("SELECT id, a, b, sum FROM outbox WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT id, a, b, sum FROM outbox WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Opens the transaction a relay batch runs in.
@@ -128,7 +140,10 @@ impl Outbox {
 
     /// Locks up to `limit` unpublished rows, oldest first, skipping rows
     /// another relay holds. The locks last until `tx` ends.
-    pub async fn claim(tx: &mut Transaction<'static, Postgres>, limit: u32) -> Result<Vec<Pending>, Error> {
+    pub async fn claim(
+        tx: &mut Transaction<'static, Postgres>,
+        limit: u32,
+    ) -> Result<Vec<Pending>, Error> {
         Ok(sqlx::query_as(
             "SELECT id, sum, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us \
              FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -139,7 +154,10 @@ impl Outbox {
     }
 
     /// Marks rows published; call only with ids the broker confirmed.
-    pub async fn mark_published(tx: &mut Transaction<'static, Postgres>, ids: &[i64]) -> Result<(), Error> {
+    pub async fn mark_published(
+        tx: &mut Transaction<'static, Postgres>,
+        ids: &[i64],
+    ) -> Result<(), Error> {
         sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)")
             .bind(ids)
             .execute(&mut **tx)
@@ -149,9 +167,11 @@ impl Outbox {
 
     /// Rows not yet confirmed by the broker.
     pub async fn pending(&self) -> Result<i64, Error> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Deletes up to `limit` rows published before `retention` ago; returns how many.
@@ -173,7 +193,12 @@ impl Outbox {
     }
 }
 
-fn replay(found: (i64, i64, i64, i64), request_id: &str, a: i64, b: i64) -> Result<Recorded, Error> {
+fn replay(
+    found: (i64, i64, i64, i64),
+    request_id: &str,
+    a: i64,
+    b: i64,
+) -> Result<Recorded, Error> {
     let (id, found_a, found_b, sum) = found;
     if (found_a, found_b) != (a, b) {
         return Err(Error::Conflict {
@@ -182,5 +207,9 @@ fn replay(found: (i64, i64, i64, i64), request_id: &str, a: i64, b: i64) -> Resu
             b: found_b,
         });
     }
-    Ok(Recorded { id, sum, replayed: true })
+    Ok(Recorded {
+        id,
+        sum,
+        replayed: true,
+    })
 }

@@ -7,7 +7,10 @@
 //! It must never mark a row before its confirm, and it stops only between
 //! batches.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
@@ -17,7 +20,10 @@ use proto::{SumMessage, message::now_us};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, outbox::{self, Outbox, Pending}};
+use crate::{
+    metrics::Metrics,
+    outbox::{self, Outbox, Pending},
+};
 
 /// What the relay needs to run.
 pub struct Relay {
@@ -70,10 +76,13 @@ impl Relay {
     }
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
-        let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let connection =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         proto::topology::declare(&channel, &self.queue).await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok((connection, channel))
     }
 
@@ -124,7 +133,9 @@ impl Relay {
         }
         let started = Instant::now();
         let confirmed = self.publish(channel, &rows).await?;
-        self.metrics.relay_confirm.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .relay_confirm
+            .observe(started.elapsed().as_secs_f64());
         Outbox::mark_published(&mut tx, &confirmed).await?;
         tx.commit().await.map_err(outbox::Error::from)?;
         self.metrics.relay_batch_size.observe(rows.len() as f64);
@@ -155,7 +166,10 @@ impl Relay {
                 .basic_publish(
                     "".into(),
                     self.queue.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &message.encode(),
                     properties,
                 )
@@ -169,7 +183,9 @@ impl Relay {
                 Confirmation::Ack(Some(returned)) => {
                     tracing::warn!(id, reply = %returned.reply_text, "broker returned the message, will retry")
                 }
-                other => tracing::warn!(id, confirmation = ?other, "broker did not confirm, will retry"),
+                other => {
+                    tracing::warn!(id, confirmation = ?other, "broker did not confirm, will retry")
+                }
             }
         }
         Ok(confirmed)

@@ -56,7 +56,9 @@ impl SumMessage {
 
 /// Microseconds since the Unix epoch, the clock every timestamp in a message uses.
 pub fn now_us() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
@@ -82,14 +84,21 @@ mod tests {
 
     #[test]
     fn missing_field_is_rejected() {
-        let body = br#"{"source":"00000000-0000-0000-0000-000000000007","seq":1,"sum":1,"created_us":1}"#;
-        assert!(matches!(SumMessage::decode(body), Err(DecodeError::Json(_))));
+        let body =
+            br#"{"source":"00000000-0000-0000-0000-000000000007","seq":1,"sum":1,"created_us":1}"#;
+        assert!(matches!(
+            SumMessage::decode(body),
+            Err(DecodeError::Json(_))
+        ));
     }
 
     #[test]
     fn non_positive_seq_is_rejected() {
         let message = SumMessage { seq: 0, ..sample() };
-        assert!(matches!(SumMessage::decode(&message.encode()), Err(DecodeError::Seq(0))));
+        assert!(matches!(
+            SumMessage::decode(&message.encode()),
+            Err(DecodeError::Seq(0))
+        ));
     }
 
     #[test]

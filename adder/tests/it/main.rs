@@ -1,0 +1,7 @@
+//! The adder's integration tests, against a real PostgreSQL (a fresh
+//! database per test) and a real RabbitMQ (a unique queue per test).
+
+mod adds;
+mod relay;
+mod shutdown;
+mod support;

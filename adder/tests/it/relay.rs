@@ -1,0 +1,134 @@
+//! The relay: rows become messages, are marked only after the broker's
+//! confirm, survive a broker outage, and two adders publish every row.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use testkit::{Broker, Proxy, database, proxy::target_of};
+
+use crate::support::{call, config, drain_messages, outbox_counts, pool, spawn_adder};
+
+#[tokio::test]
+async fn row_is_marked_published_only_after_the_broker_confirms_it() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("confirm");
+    let broker = Broker::connect(&queue).await;
+    let proxy = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let adder = spawn_adder(config(&db, &proxy.url(&testkit::amqp_url()), &queue)).await;
+    testkit::eventually(Duration::from_secs(20), "the relay to connect", || async {
+        crate::support::http(adder.http, "GET", "/readyz", "")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    // The broker receives what the relay publishes, but its confirms are held.
+    proxy.hold_replies();
+    let outbox = pool(&db).await;
+    let response = call(&mut adder.client().await, 7, 8, "")
+        .await
+        .expect("Add");
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the message to reach the queue",
+        || async { (broker.count(&queue).await == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        outbox_counts(&outbox).await,
+        (1, 1, 15),
+        "no confirm, so the row stays unpublished"
+    );
+
+    proxy.release_replies();
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the row to be marked published",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    let messages = drain_messages(&broker).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!((messages[0].seq, messages[0].sum), (response.outbox_id, 15));
+    assert!(messages[0].published_us >= messages[0].created_us);
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn broker_outage_keeps_adds_succeeding_and_every_row_arrives_after() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("outage");
+    let broker = Broker::connect(&queue).await;
+    let proxy = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let adder = spawn_adder(config(&db, &proxy.url(&testkit::amqp_url()), &queue)).await;
+    let mut client = adder.client().await;
+    call(&mut client, 1, 0, "").await.expect("Add");
+    proxy.cut();
+    for i in 1..=50 {
+        call(&mut client, i, 1, "")
+            .await
+            .expect("Adds succeed while the broker is away");
+    }
+    let outbox = pool(&db).await;
+    assert!(
+        outbox_counts(&outbox).await.1 >= 50,
+        "the backlog waits in the outbox"
+    );
+    proxy.restore();
+    testkit::eventually(Duration::from_secs(30), "the backlog to drain", || async {
+        (outbox_counts(&outbox).await.1 == 0).then_some(())
+    })
+    .await;
+    let seqs: BTreeSet<i64> = drain_messages(&broker)
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, (1..=51).collect(), "every row arrives");
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn two_adders_on_one_database_publish_every_row() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("two");
+    let broker = Broker::connect(&queue).await;
+    let first = spawn_adder(config(&db, &testkit::amqp_url(), &queue)).await;
+    let second = spawn_adder(config(&db, &testkit::amqp_url(), &queue)).await;
+    let mut tasks = Vec::new();
+    for adder in [&first, &second] {
+        for _ in 0..4 {
+            let mut client = adder.client().await;
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100 {
+                    call(&mut client, i, 1, "").await.expect("Add");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("load task");
+    }
+    let outbox = pool(&db).await;
+    testkit::eventually(
+        Duration::from_secs(30),
+        "every row to be published",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    let messages = drain_messages(&broker).await;
+    let seqs: BTreeSet<i64> = messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=800).collect(), "all 800 rows arrive");
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m.source)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        1
+    );
+    first.stop().await;
+    second.stop().await;
+    broker.delete().await;
+}

@@ -1,0 +1,161 @@
+//! Starts adders for tests: in-process on `127.0.0.1:0` via `adder::run`, or
+//! as the real binary; plus a raw HTTP/1.1 client and outbox queries.
+
+use std::{net::SocketAddr, time::Duration};
+
+use adder::{Config, Listeners, config::LogFormat};
+use proto::tally::v1::{AddRequest, AddResponse, adder_client::AdderClient};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tonic::transport::Channel;
+
+/// An adder running inside the test process.
+pub struct TestAdder {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A config for tests: everything explicit, nothing from the environment.
+pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
+    Config {
+        database_url: database_url.to_owned(),
+        amqp_url: amqp_url.to_owned(),
+        queue: queue.to_owned(),
+        grpc_addr: "127.0.0.1:0".parse().expect("an address"),
+        http_addr: "127.0.0.1:0".parse().expect("an address"),
+        db_pool: 8,
+        relay_batch: 100,
+        relay_poll_ms: 200,
+        retention_hours: 168,
+        shutdown_grace_ms: 5_000,
+        log_format: LogFormat::Text,
+    }
+}
+
+pub async fn spawn_adder(config: Config) -> TestAdder {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+    let (grpc_addr, http_addr) = (
+        grpc.local_addr().expect("addr"),
+        http.local_addr().expect("addr"),
+    );
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(adder::run(config, Listeners { grpc, http }, async {
+        let _ = stopped.await;
+    }));
+    let adder = TestAdder {
+        grpc: grpc_addr,
+        http: http_addr,
+        stop: Some(stop),
+        task,
+    };
+    wait_for_http(adder.http).await;
+    adder
+}
+
+impl TestAdder {
+    pub async fn client(&self) -> AdderClient<Channel> {
+        AdderClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect gRPC")
+    }
+
+    /// Stops the adder and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("adder stops in time")
+            .expect("adder task")
+            .expect("adder run");
+    }
+}
+
+/// Waits until the HTTP server answers (the outbox is migrated by then).
+pub async fn wait_for_http(addr: SocketAddr) {
+    testkit::eventually(
+        Duration::from_secs(30),
+        "the adder to serve HTTP",
+        || async move {
+            http(addr, "GET", "/healthz", "")
+                .await
+                .filter(|(status, _)| *status == 200)
+        },
+    )
+    .await;
+}
+
+/// One HTTP/1.1 request; `None` if the connection fails.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn add(a: i64, b: i64, request_id: &str) -> AddRequest {
+    AddRequest {
+        a,
+        b,
+        request_id: request_id.to_owned(),
+    }
+}
+
+pub async fn call(
+    client: &mut AdderClient<Channel>,
+    a: i64,
+    b: i64,
+    request_id: &str,
+) -> Result<AddResponse, tonic::Status> {
+    client
+        .add(add(a, b, request_id))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("connect to the test database")
+}
+
+/// (rows, unpublished rows, sum of all rows)
+pub async fn outbox_counts(pool: &PgPool) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL), coalesce(sum(sum), 0)::bigint FROM outbox",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count the outbox")
+}
+
+/// Decodes every message now in the queue.
+pub async fn drain_messages(broker: &testkit::Broker) -> Vec<proto::SumMessage> {
+    broker
+        .drain(&broker.queue)
+        .await
+        .iter()
+        .map(|body| proto::SumMessage::decode(body).expect("the relay publishes valid messages"))
+        .collect()
+}

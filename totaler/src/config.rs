@@ -1,0 +1,89 @@
+//! The totaler's configuration: every setting is a flag and an environment
+//! variable, documented here once; this doc text is the `--help` output.
+//! Parsed once in `main`; tests build `Config` directly.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Consumes Tally's queue and keeps the exact running total in a file-locked
+/// sum.txt, acking each batch only after the new total is durable.
+#[derive(Clone, Parser)]
+#[command(name = "totaler", version)]
+pub struct Config {
+    /// RabbitMQ URL to consume from [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// Queue to consume; malformed messages are dead-lettered to `<queue>.dead`.
+    #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// The ledger file (total on line 1, dedupe state after). Created when
+    /// missing; a corrupt one stops the totaler.
+    #[arg(long, env = "SUM_FILE", default_value = "data/sum.txt")]
+    pub sum_file: PathBuf,
+
+    /// Address of the HTTP server (GET /sum, /metrics, /healthz, /readyz).
+    #[arg(long, env = "TOTALER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Unacked deliveries the broker may send ahead (AMQP prefetch).
+    #[arg(long, env = "TOTALER_PREFETCH", default_value_t = 4000)]
+    pub prefetch: u16,
+
+    /// Most deliveries applied in one ledger update.
+    #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 2000)]
+    pub batch_size: usize,
+
+    /// How long a batch waits for more deliveries once it has one, in milliseconds.
+    #[arg(long, env = "TOTALER_BATCH_LINGER_MS", default_value_t = 2)]
+    pub batch_linger_ms: u64,
+
+    /// How often GET /sum's in-memory total is refreshed from the file, to
+    /// show updates by other totalers sharing it, in milliseconds.
+    #[arg(long, env = "TOTALER_REFRESH_MS", default_value_t = 200)]
+    pub refresh_ms: u64,
+
+    /// How long shutdown waits for the batch in hand, in milliseconds.
+    #[arg(long, env = "TOTALER_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Log output format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Test hook: abort the process right after a ledger update is durable and
+    /// before its deliveries are acked, to prove redeliveries count once.
+    #[arg(long, env = "TOTALER_CRASH_AFTER_APPLY", hide = true)]
+    pub crash_after_apply: bool,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+
+    pub fn refresh(&self) -> Duration {
+        Duration::from_millis(self.refresh_ms.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

@@ -1,0 +1,318 @@
+//! The consumer: delivery -> ledger -> ack. It gathers deliveries into a
+//! batch, dead-letters the malformed ones, applies the rest in one ledger
+//! update and, only once that update is durable, acks them with one
+//! `multiple` ack. A lost broker means reconnect with backoff; unacked
+//! deliveries come back and the ledger counts them once. A disk error means
+//! no ack and a retry with backoff; a corrupt ledger stops the totaler.
+//!
+//! It stops only between batches: never between the rename and the ack.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection, ConnectionProperties, Consumer as AmqpConsumer,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    types::FieldTable,
+};
+use proto::{SumMessage, message::now_us};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ledger::{self, Ledger, Outcome},
+    metrics::Metrics,
+    status::Status,
+};
+
+/// What the consumer needs to run.
+pub struct Consumer {
+    pub amqp_url: String,
+    pub queue: String,
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub linger: Duration,
+    pub ledger: Arc<Ledger>,
+    pub status: Arc<Status>,
+    pub metrics: Arc<Metrics>,
+    pub crash_after_apply: bool,
+}
+
+/// Why consuming stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Ledger(#[from] ledger::Error),
+}
+
+enum Stop {
+    Broker(String),
+    Fatal(Fatal),
+}
+
+impl From<lapin::Error> for Stop {
+    fn from(e: lapin::Error) -> Self {
+        Stop::Broker(e.to_string())
+    }
+}
+
+/// A well-formed delivery waiting for the ledger.
+struct Valid {
+    tag: u64,
+    message: SumMessage,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Consumer {
+    /// Consumes until `shutdown` (Ok) or a corrupt ledger (Err).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Fatal> {
+        let mut backoff = BACKOFF_MIN;
+        while !shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok((connection, channel, deliveries)) => {
+                    backoff = BACKOFF_MIN;
+                    self.status.set_broker_ok(true);
+                    tracing::info!(queue = %self.queue, "consumer connected to the broker");
+                    let result = self.consume(&channel, deliveries, &shutdown).await;
+                    self.status.set_broker_ok(false);
+                    let _ = connection.close(200, "totaler stopping".into()).await;
+                    match result {
+                        Ok(()) => return Ok(()),
+                        Err(Stop::Fatal(e)) => return Err(e),
+                        Err(Stop::Broker(e)) => {
+                            tracing::warn!(error = %e, "consumer lost the broker, reconnecting")
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "consumer cannot reach the broker, retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Ok(())
+    }
+
+    async fn connect(&self) -> lapin::Result<(Connection, Channel, AmqpConsumer)> {
+        let connection =
+            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        proto::topology::declare(&channel, &self.queue).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let deliveries = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                "totaler".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((connection, channel, deliveries))
+    }
+
+    async fn consume(
+        &self,
+        channel: &Channel,
+        mut deliveries: AmqpConsumer,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        loop {
+            let first = tokio::select! {
+                next = deliveries.next() => next,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            let Some(first) = first else {
+                return Err(Stop::Broker("the broker cancelled the consumer".into()));
+            };
+            let mut batch = vec![first?];
+            self.fill(&mut batch, &mut deliveries).await?;
+            self.handle(channel, batch, shutdown).await?;
+        }
+    }
+
+    /// Adds deliveries until the batch is full or the linger has passed.
+    async fn fill(
+        &self,
+        batch: &mut Vec<Delivery>,
+        deliveries: &mut AmqpConsumer,
+    ) -> Result<(), Stop> {
+        let deadline = tokio::time::Instant::now() + self.linger;
+        while batch.len() < self.batch_size {
+            match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                Ok(Some(delivery)) => batch.push(delivery?),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters the malformed deliveries, applies the rest durably, then
+    /// acks them.
+    #[tracing::instrument(skip_all, fields(size = batch.len()))]
+    async fn handle(
+        &self,
+        channel: &Channel,
+        batch: Vec<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let received_us = now_us();
+        let mut valid = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match SumMessage::decode(&delivery.data) {
+                Ok(message) => {
+                    self.metrics
+                        .queue_time
+                        .observe(seconds_between(message.published_us, received_us));
+                    valid.push(Valid {
+                        tag: delivery.delivery_tag,
+                        message,
+                    });
+                }
+                Err(e) => {
+                    let id = delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(ToString::to_string);
+                    tracing::warn!(id = id.as_deref().unwrap_or("<none>"), error = %e, "dead-lettering a malformed message");
+                    channel
+                        .basic_reject(delivery.delivery_tag, BasicRejectOptions { requeue: false })
+                        .await?;
+                    self.metrics
+                        .messages
+                        .with_label_values(&["dead_lettered"])
+                        .inc();
+                }
+            }
+        }
+        let Some(last) = valid.iter().map(|v| v.tag).max() else {
+            return Ok(());
+        };
+        self.apply(&valid, shutdown).await?;
+        if self.crash_after_apply {
+            tracing::error!(
+                "TOTALER_CRASH_AFTER_APPLY: aborting between the durable update and the ack"
+            );
+            std::process::abort();
+        }
+        channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await?;
+        Ok(())
+    }
+
+    /// One durable ledger update for the batch, retried with backoff on disk
+    /// errors. On shutdown during retries, returns without acking.
+    async fn apply(&self, valid: &[Valid], shutdown: &CancellationToken) -> Result<(), Stop> {
+        let messages: Vec<SumMessage> = valid.iter().map(|v| v.message).collect();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let ledger = self.ledger.clone();
+            let batch = messages.clone();
+            let update = tokio::task::spawn_blocking(move || {
+                ledger.update(|state| {
+                    batch
+                        .iter()
+                        .map(|m| state.apply(m.source, m.seq, m.sum))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await
+            .expect("the ledger update does not panic");
+            match update {
+                Ok(update) => {
+                    self.status.set_ledger_ok(true);
+                    self.status.set_total(update.state.total);
+                    self.record(&messages, &update.result, update.elapsed);
+                    self.metrics.sum.set(update.state.total as f64);
+                    return Ok(());
+                }
+                Err(e) if e.is_corrupt() => {
+                    self.status.set_ledger_ok(false);
+                    return Err(Stop::Fatal(e.into()));
+                }
+                Err(e) => {
+                    self.status.set_ledger_ok(false);
+                    self.metrics.ledger_errors.inc();
+                    tracing::error!(error = %e, retry_in = ?backoff, "ledger update failed; not acking, will retry");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn record(&self, messages: &[SumMessage], outcomes: &[Outcome], elapsed: Duration) {
+        let durable_us = now_us();
+        let mut applied = 0;
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            if *outcome == Outcome::Applied {
+                applied += 1;
+                self.metrics
+                    .end_to_end
+                    .observe(seconds_between(message.created_us, durable_us));
+            }
+        }
+        let duplicates = messages.len() - applied;
+        self.metrics
+            .messages
+            .with_label_values(&["applied"])
+            .inc_by(applied as u64);
+        self.metrics
+            .messages
+            .with_label_values(&["duplicate"])
+            .inc_by(duplicates as u64);
+        self.metrics.batch_size.observe(messages.len() as f64);
+        self.metrics.apply.observe(elapsed.as_secs_f64());
+        if duplicates > 0 {
+            tracing::info!(
+                duplicates,
+                applied,
+                "skipped redelivered messages already in the ledger"
+            );
+        }
+    }
+}
+
+fn seconds_between(from_us: i64, to_us: i64) -> f64 {
+    (to_us.saturating_sub(from_us)).max(0) as f64 / 1e6
+}
+
+/// Keeps the shared status in step with the file, so GET /sum shows updates
+/// written by other totalers. Runs until `shutdown`.
+pub async fn refresh(
+    ledger: Arc<Ledger>,
+    status: Arc<Status>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let reader = ledger.clone();
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || reader.read()).await {
+            Ok(Ok(state)) => status.set_total(state.total),
+            Ok(Err(e)) => {
+                status.set_ledger_ok(false);
+                tracing::error!(error = %e, elapsed = ?started.elapsed(), "cannot refresh the total from the ledger");
+            }
+            Err(_) => {}
+        }
+    }
+}

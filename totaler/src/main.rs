@@ -1,0 +1,22 @@
+//! The totaler binary: parse config, start telemetry, bind, run until SIGTERM.
+//! A corrupt ledger ends it with a non-zero exit and the reason.
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use totaler::{Config, shutdown_signal, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let result = totaler::run(config, listener, shutdown_signal()).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "totaler stopped");
+    }
+    result
+}

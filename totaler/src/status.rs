@@ -1,0 +1,56 @@
+//! What the HTTP server reports, shared by the consumer and the refresher:
+//! the current total (served from memory) and whether the ledger and the
+//! broker are healthy. Writers set it; nothing here does I/O.
+
+use std::sync::{
+    RwLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+/// The totaler's live status.
+#[derive(Debug, Default)]
+pub struct Status {
+    total: RwLock<i128>,
+    ledger_ok: AtomicBool,
+    broker_ok: AtomicBool,
+}
+
+impl Status {
+    pub fn new(total: i128) -> Self {
+        Self {
+            total: RwLock::new(total),
+            ledger_ok: AtomicBool::new(true),
+            broker_ok: AtomicBool::new(false),
+        }
+    }
+
+    pub fn total(&self) -> i128 {
+        *self
+            .total
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_total(&self, total: i128) {
+        *self
+            .total
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = total;
+    }
+
+    pub fn ledger_ok(&self) -> bool {
+        self.ledger_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ledger_ok(&self, ok: bool) {
+        self.ledger_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn broker_ok(&self) -> bool {
+        self.broker_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn set_broker_ok(&self, ok: bool) {
+        self.broker_ok.store(ok, Ordering::Relaxed);
+    }
+}
