@@ -1,0 +1,129 @@
+//! Consuming: exact sums, duplicates counted once, malformed messages
+//! dead-lettered, several totalers on one file, a lost broker connection.
+
+use std::time::Duration;
+
+use testkit::{Broker, Proxy, proxy::target_of};
+use uuid::Uuid;
+
+use crate::support::{config, file_total, get, message, settle, spawn_totaler, temp_dir};
+
+#[tokio::test]
+async fn messages_are_summed_into_the_file_and_acked() {
+    let queue = testkit::unique_queue("sum");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("sum").join("data/sum.txt");
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    let mut expected = 0i128;
+    for seq in 1..=300 {
+        let sum = seq * 3 - 400;
+        expected += i128::from(sum);
+        broker.publish(&message(source, seq, sum)).await;
+    }
+    settle(&broker, "every message to be applied", async || totaler.sum().await == expected).await;
+    assert_eq!(file_total(&path), expected);
+    let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
+    assert!(metrics.contains(r#"totaler_messages_total{outcome="applied"} 300"#), "{metrics}");
+    assert!(metrics.contains("totaler_queue_time_seconds_count 300"), "{metrics}");
+    totaler.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn the_same_message_id_published_twice_is_counted_once() {
+    let queue = testkit::unique_queue("twice");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("twice").join("sum.txt");
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    broker.publish(&message(source, 1, 10)).await;
+    broker.publish(&message(source, 1, 10)).await;
+    broker.publish(&message(source, 2, 5)).await;
+    settle(&broker, "the messages to be handled", async || totaler.sum().await == 15).await;
+    broker.publish(&message(source, 2, 5)).await;
+    broker.publish(&message(Uuid::new_v4(), 1, 100)).await;
+    settle(&broker, "the late duplicate to be handled", async || totaler.sum().await == 115).await;
+    assert_eq!(file_total(&path), 115);
+    let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
+    assert!(metrics.contains(r#"totaler_messages_total{outcome="duplicate"} 2"#), "{metrics}");
+    totaler.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_dead_lettered_and_the_total_untouched() {
+    let queue = testkit::unique_queue("malformed");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("malformed").join("sum.txt");
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    broker.publish(&message(source, 1, 7)).await;
+    broker.publish(b"not json at all").await;
+    broker.publish(br#"{"source":"00000000-0000-0000-0000-000000000001","seq":3}"#).await;
+    broker.publish(&message(source, 0, 1000)).await;
+    broker.publish(&message(source, 2, 8)).await;
+    let dead = proto::topology::dead_letter_queue(&queue);
+    testkit::eventually(Duration::from_secs(30), "3 dead letters and a total of 15", || async {
+        (broker.count(&dead).await == 3 && totaler.sum().await == 15).then_some(())
+    })
+    .await;
+    assert_eq!(broker.count(&queue).await, 0, "nothing is requeued");
+    assert_eq!(file_total(&path), 15);
+    let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
+    assert!(metrics.contains(r#"totaler_messages_total{outcome="dead_lettered"} 3"#), "{metrics}");
+    let dead_bodies = broker.drain(&dead).await;
+    assert!(dead_bodies.contains(&b"not json at all".to_vec()));
+    totaler.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn two_totalers_on_one_file_under_load_end_exact() {
+    let queue = testkit::unique_queue("pair");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("pair").join("sum.txt");
+    let first = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let second = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    let mut expected = 0i128;
+    for seq in 1..=2000 {
+        expected += i128::from(seq);
+        broker.publish(&message(source, seq, seq)).await;
+        if seq % 500 == 0 {
+            // A redelivery-like duplicate now and then.
+            broker.publish(&message(source, seq, seq)).await;
+        }
+    }
+    settle(&broker, "both totalers to agree on the exact total", async || {
+        first.sum().await == expected && second.sum().await == expected
+    })
+    .await;
+    assert_eq!(file_total(&path), expected);
+    first.stop().await;
+    second.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn lost_broker_connection_reconnects_and_counts_redeliveries_once() {
+    let queue = testkit::unique_queue("reconnect");
+    let broker = Broker::connect(&queue).await;
+    let proxy = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let path = temp_dir("reconnect").join("sum.txt");
+    let totaler = spawn_totaler(config(&proxy.url(&testkit::amqp_url()), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    for seq in 1..=500 {
+        broker.publish(&message(source, seq, 2)).await;
+        if seq == 250 {
+            proxy.cut();
+        }
+    }
+    let (status, _) = get(totaler.http, "/readyz").await.expect("readyz");
+    assert_eq!(status, 503, "not ready without the broker");
+    proxy.restore();
+    settle(&broker, "all 500 messages after the reconnect", async || totaler.sum().await == 1000).await;
+    assert_eq!(file_total(&path), 1000);
+    totaler.stop().await;
+    broker.delete().await;
+}

@@ -1,0 +1,6 @@
+//! The totaler's integration tests, against a real RabbitMQ (a unique queue
+//! per test) and real files in a temporary directory.
+
+mod consuming;
+mod crashes;
+mod support;

@@ -1,0 +1,144 @@
+//! Starts totalers for tests, in-process on `127.0.0.1:0` via
+//! `totaler::run` or as the real binary, and builds queue messages.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use proto::{SumMessage, message::now_us};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+use totaler::{Config, config::LogFormat};
+use uuid::Uuid;
+
+/// A totaler running inside the test process.
+pub struct TestTotaler {
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A fresh directory for a test's sum file.
+pub fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tally-totaler-{test}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// A config for tests: everything explicit, nothing from the environment.
+pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
+    Config {
+        amqp_url: amqp_url.to_owned(),
+        queue: queue.to_owned(),
+        sum_file: sum_file.to_path_buf(),
+        http_addr: "127.0.0.1:0".parse().expect("an address"),
+        prefetch: 500,
+        batch_size: 200,
+        batch_linger_ms: 2,
+        refresh_ms: 50,
+        shutdown_grace_ms: 5_000,
+        log_format: LogFormat::Text,
+        crash_after_apply: false,
+    }
+}
+
+pub async fn spawn_totaler(config: Config) -> TestTotaler {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+    let http = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(totaler::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    testkit::eventually(Duration::from_secs(20), "the totaler to serve HTTP", || async move {
+        get(http, "/healthz").await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    TestTotaler { http, stop: Some(stop), task }
+}
+
+impl TestTotaler {
+    /// The total GET /sum reports.
+    pub async fn sum(&self) -> i128 {
+        sum_at(self.http).await
+    }
+
+    /// Stops the totaler and waits for it to finish cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("totaler stops in time")
+            .expect("totaler task")
+            .expect("totaler run");
+    }
+}
+
+pub async fn sum_at(http: SocketAddr) -> i128 {
+    let (status, body) = get(http, "/sum").await.expect("GET /sum answers");
+    assert_eq!(status, 200, "{body}");
+    let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    value["sum"].to_string().parse().expect("an integer sum")
+}
+
+/// One HTTP/1.1 GET; `None` if the connection fails.
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A valid queue message.
+pub fn message(source: Uuid, seq: i64, sum: i64) -> Vec<u8> {
+    let now = now_us();
+    SumMessage { source, seq, sum, created_us: now, published_us: now }.encode()
+}
+
+/// The total on the first line of the sum file.
+pub fn file_total(path: &Path) -> i128 {
+    let text = std::fs::read_to_string(path).expect("read the sum file");
+    text.lines().next().expect("a first line").parse().expect("a decimal total")
+}
+
+/// Starts the real totaler binary.
+pub fn spawn_binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_totaler"));
+    command
+        .env("AMQP_URL", testkit::amqp_url())
+        .env("TALLY_QUEUE", queue)
+        .env("SUM_FILE", sum_file)
+        .env("TOTALER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command.spawn().expect("start the totaler binary")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Waits until the queue has no ready messages and `check` holds.
+pub async fn settle(broker: &testkit::Broker, what: &str, check: impl AsyncFn() -> bool) {
+    testkit::eventually(Duration::from_secs(30), what, || async {
+        (broker.count(&broker.queue).await == 0 && check().await).then_some(())
+    })
+    .await;
+}
