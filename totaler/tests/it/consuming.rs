@@ -21,11 +21,20 @@ async fn messages_are_summed_into_the_file_and_acked() {
         expected += i128::from(sum);
         broker.publish(&message(source, seq, sum)).await;
     }
-    settle(&broker, "every message to be applied", async || totaler.sum().await == expected).await;
+    settle(&broker, "every message to be applied", async || {
+        totaler.sum().await == expected
+    })
+    .await;
     assert_eq!(file_total(&path), expected);
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
-    assert!(metrics.contains(r#"totaler_messages_total{outcome="applied"} 300"#), "{metrics}");
-    assert!(metrics.contains("totaler_queue_time_seconds_count 300"), "{metrics}");
+    assert!(
+        metrics.contains(r#"totaler_messages_total{outcome="applied"} 300"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("totaler_queue_time_seconds_count 300"),
+        "{metrics}"
+    );
     totaler.stop().await;
     broker.delete().await;
 }
@@ -40,13 +49,22 @@ async fn the_same_message_id_published_twice_is_counted_once() {
     broker.publish(&message(source, 1, 10)).await;
     broker.publish(&message(source, 1, 10)).await;
     broker.publish(&message(source, 2, 5)).await;
-    settle(&broker, "the messages to be handled", async || totaler.sum().await == 15).await;
+    settle(&broker, "the messages to be handled", async || {
+        totaler.sum().await == 15
+    })
+    .await;
     broker.publish(&message(source, 2, 5)).await;
     broker.publish(&message(Uuid::new_v4(), 1, 100)).await;
-    settle(&broker, "the late duplicate to be handled", async || totaler.sum().await == 115).await;
+    settle(&broker, "the late duplicate to be handled", async || {
+        totaler.sum().await == 115
+    })
+    .await;
     assert_eq!(file_total(&path), 115);
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
-    assert!(metrics.contains(r#"totaler_messages_total{outcome="duplicate"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"totaler_messages_total{outcome="duplicate"} 2"#),
+        "{metrics}"
+    );
     totaler.stop().await;
     broker.delete().await;
 }
@@ -60,18 +78,25 @@ async fn malformed_messages_are_dead_lettered_and_the_total_untouched() {
     let source = Uuid::new_v4();
     broker.publish(&message(source, 1, 7)).await;
     broker.publish(b"not json at all").await;
-    broker.publish(br#"{"source":"00000000-0000-0000-0000-000000000001","seq":3}"#).await;
+    broker
+        .publish(br#"{"source":"00000000-0000-0000-0000-000000000001","seq":3}"#)
+        .await;
     broker.publish(&message(source, 0, 1000)).await;
     broker.publish(&message(source, 2, 8)).await;
     let dead = proto::topology::dead_letter_queue(&queue);
-    testkit::eventually(Duration::from_secs(30), "3 dead letters and a total of 15", || async {
-        (broker.count(&dead).await == 3 && totaler.sum().await == 15).then_some(())
-    })
+    testkit::eventually(
+        Duration::from_secs(30),
+        "3 dead letters and a total of 15",
+        || async { (broker.count(&dead).await == 3 && totaler.sum().await == 15).then_some(()) },
+    )
     .await;
     assert_eq!(broker.count(&queue).await, 0, "nothing is requeued");
     assert_eq!(file_total(&path), 15);
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
-    assert!(metrics.contains(r#"totaler_messages_total{outcome="dead_lettered"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"totaler_messages_total{outcome="dead_lettered"} 3"#),
+        "{metrics}"
+    );
     let dead_bodies = broker.drain(&dead).await;
     assert!(dead_bodies.contains(&b"not json at all".to_vec()));
     totaler.stop().await;
@@ -95,9 +120,11 @@ async fn two_totalers_on_one_file_under_load_end_exact() {
             broker.publish(&message(source, seq, seq)).await;
         }
     }
-    settle(&broker, "both totalers to agree on the exact total", async || {
-        first.sum().await == expected && second.sum().await == expected
-    })
+    settle(
+        &broker,
+        "both totalers to agree on the exact total",
+        async || first.sum().await == expected && second.sum().await == expected,
+    )
     .await;
     assert_eq!(file_total(&path), expected);
     first.stop().await;
@@ -122,7 +149,12 @@ async fn lost_broker_connection_reconnects_and_counts_redeliveries_once() {
     let (status, _) = get(totaler.http, "/readyz").await.expect("readyz");
     assert_eq!(status, 503, "not ready without the broker");
     proxy.restore();
-    settle(&broker, "all 500 messages after the reconnect", async || totaler.sum().await == 1000).await;
+    settle(
+        &broker,
+        "all 500 messages after the reconnect",
+        async || totaler.sum().await == 1000,
+    )
+    .await;
     assert_eq!(file_total(&path), 1000);
     totaler.stop().await;
     broker.delete().await;

@@ -27,7 +27,8 @@ pub struct TestTotaler {
 
 /// A fresh directory for a test's sum file.
 pub fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tally-totaler-{test}-{}", Uuid::new_v4().simple()));
+    let dir =
+        std::env::temp_dir().join(format!("tally-totaler-{test}-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("create the test directory");
     dir
 }
@@ -56,11 +57,21 @@ pub async fn spawn_totaler(config: Config) -> TestTotaler {
     let task = tokio::spawn(totaler::run(config, listener, async {
         let _ = stopped.await;
     }));
-    testkit::eventually(Duration::from_secs(20), "the totaler to serve HTTP", || async move {
-        get(http, "/healthz").await.filter(|(status, _)| *status == 200)
-    })
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the totaler to serve HTTP",
+        || async move {
+            get(http, "/healthz")
+                .await
+                .filter(|(status, _)| *status == 200)
+        },
+    )
     .await;
-    TestTotaler { http, stop: Some(stop), task }
+    TestTotaler {
+        http,
+        stop: Some(stop),
+        task,
+    }
 }
 
 impl TestTotaler {
@@ -97,20 +108,34 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// A valid queue message.
 pub fn message(source: Uuid, seq: i64, sum: i64) -> Vec<u8> {
     let now = now_us();
-    SumMessage { source, seq, sum, created_us: now, published_us: now }.encode()
+    SumMessage {
+        source,
+        seq,
+        sum,
+        created_us: now,
+        published_us: now,
+    }
+    .encode()
 }
 
 /// The total on the first line of the sum file.
 pub fn file_total(path: &Path) -> i128 {
     let text = std::fs::read_to_string(path).expect("read the sum file");
-    text.lines().next().expect("a first line").parse().expect("a decimal total")
+    text.lines()
+        .next()
+        .expect("a first line")
+        .parse()
+        .expect("a decimal total")
 }
 
 /// Starts the real totaler binary.
@@ -132,7 +157,11 @@ pub fn spawn_binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Waits until the queue has no ready messages and `check` holds.

@@ -1,0 +1,193 @@
+//! The harness's own RabbitMQ client: a queue with Tally's topology under a
+//! name of this run, persistent publishes with a sliding window of
+//! confirms, a plain consumer that acks like the totaler (one `multiple`
+//! ack per batch, no disk), queue depth, and clean-up.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use proto::{SumMessage, message::now_us};
+use uuid::Uuid;
+
+/// A connection with one confirming channel.
+pub struct Broker {
+    _connection: Connection,
+    channel: Channel,
+    url: String,
+}
+
+/// A bound on a publish run: whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub messages: u64,
+    pub duration: Duration,
+}
+
+impl Broker {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Declares `queue` (and its dead-letter queue) exactly as Tally does.
+    pub async fn declare(&self, queue: &str) -> anyhow::Result<()> {
+        proto::topology::declare(&self.channel, queue).await?;
+        Ok(())
+    }
+
+    /// Publishes Tally-shaped persistent messages with up to `window`
+    /// unconfirmed; returns how many the broker acked, and the time taken
+    /// until the last confirm.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        window: usize,
+        bound: Bound,
+    ) -> anyhow::Result<(u64, Duration)> {
+        let source = Uuid::new_v4();
+        let started = Instant::now();
+        let deadline = started + bound.duration;
+        let mut in_flight = VecDeque::with_capacity(window);
+        let mut acked = 0;
+        let mut seq = 0u64;
+        while seq < bound.messages && Instant::now() < deadline {
+            if in_flight.len() >= window {
+                acked += confirmed(in_flight.pop_front()).await?;
+            }
+            seq += 1;
+            let message = SumMessage {
+                source,
+                seq: i64::try_from(seq)?,
+                sum: 1,
+                created_us: now_us(),
+                published_us: now_us(),
+            };
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(message.id().into());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.encode(),
+                    properties,
+                )
+                .await?;
+            in_flight.push_back(confirm);
+        }
+        while let Some(confirm) = in_flight.pop_front() {
+            acked += confirmed(Some(confirm)).await?;
+        }
+        Ok((acked, started.elapsed()))
+    }
+
+    /// Consumes `count` messages on a fresh channel with `prefetch`, acking
+    /// every `batch` with one `multiple` ack; returns the time from the
+    /// consume to the last delivery.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        count: u64,
+        prefetch: u16,
+        batch: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let connection = Connection::connect(&self.url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let started = Instant::now();
+        let mut deliveries = channel
+            .basic_consume(
+                queue.into(),
+                "bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut received = 0u64;
+        while received < count {
+            let delivery = tokio::time::timeout(timeout, deliveries.next())
+                .await
+                .context("the raw consumer waited too long for a delivery")?
+                .context("the broker cancelled the raw consumer")??;
+            received += 1;
+            if received % batch == 0 || received == count {
+                channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                    .await?;
+            }
+        }
+        let elapsed = started.elapsed();
+        let _ = connection.close(200, "bench done".into()).await;
+        Ok(elapsed)
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
+        let declared = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+
+    /// Deletes `queue` and its dead-letter queue.
+    pub async fn delete(&self, queue: &str) {
+        for name in [queue.to_owned(), proto::topology::dead_letter_queue(queue)] {
+            let _ = self
+                .channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+async fn confirmed(confirm: Option<lapin::PublisherConfirm>) -> anyhow::Result<u64> {
+    let Some(confirm) = confirm else { return Ok(0) };
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(1),
+        other => bail!("the broker did not confirm a benchmark message: {other:?}"),
+    }
+}
+
+/// A queue name of this run.
+pub fn unique_queue(purpose: &str) -> String {
+    format!("bench.{purpose}.{}", Uuid::new_v4().simple())
+}

@@ -1,0 +1,165 @@
+//! The harness's settings: every one a flag and an environment variable,
+//! documented here once (this is the `--help` text). `--quick` shrinks them
+//! all for a smoke check. Also the two hidden subcommands that run the bare
+//! servers the limits are measured against.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// Measures the machine's limits and Tally's figures side by side, in one
+/// run, and prints the medians, the ratios and the targets.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "bench", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub serve: Option<Serve>,
+
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// A bare server, started by the harness as its own child process.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Serve {
+    /// A tonic server of `tally.v1.Adder` that answers `a + b` and records nothing.
+    #[command(hide = true)]
+    BareTonic {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// A warp server whose `GET /sum` answers a constant JSON total.
+    #[command(hide = true)]
+    BareWarp {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+}
+
+/// What one run measures, and how long and how often.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// How many times each figure is measured; the median is reported.
+    #[arg(long, env = "BENCH_REPEATS", default_value_t = 3)]
+    pub repeats: usize,
+
+    /// Length of each throughput window, in seconds.
+    #[arg(long, env = "BENCH_DURATION_SECS", default_value_t = 5)]
+    pub duration_secs: u64,
+
+    /// Length of the fixed-rate latency window, in seconds.
+    #[arg(long, env = "BENCH_LATENCY_SECS", default_value_t = 10)]
+    pub latency_secs: u64,
+
+    /// Adds per second in the latency window.
+    #[arg(long, env = "BENCH_RATE", default_value_t = 1000)]
+    pub rate: u64,
+
+    /// Calls in flight at saturation (gRPC Adds and bare tonic calls).
+    #[arg(long, env = "BENCH_CONCURRENCY", default_value_t = 256)]
+    pub concurrency: usize,
+
+    /// HTTP/2 connections the gRPC load is spread over.
+    #[arg(long, env = "BENCH_GRPC_CONNECTIONS", default_value_t = 4)]
+    pub grpc_connections: usize,
+
+    /// Keep-alive HTTP/1.1 connections for the GET load.
+    #[arg(long, env = "BENCH_HTTP_CONNECTIONS", default_value_t = 64)]
+    pub http_connections: usize,
+
+    /// Messages queued for the backlog drain and the raw consume.
+    #[arg(long, env = "BENCH_DRAIN_MESSAGES", default_value_t = 20_000)]
+    pub drain_messages: u64,
+
+    /// Publishes in flight when measuring the broker's confirm rate.
+    #[arg(long, env = "BENCH_CONFIRM_WINDOW", default_value_t = 1000)]
+    pub confirm_window: usize,
+
+    /// The adder's PostgreSQL pool size; the INSERT limit uses as many clients.
+    #[arg(long, env = "ADDER_DB_POOL", default_value_t = 32)]
+    pub db_pool: u32,
+
+    /// The totaler's prefetch; the raw consume uses the same.
+    #[arg(long, env = "TOTALER_PREFETCH", default_value_t = 4000)]
+    pub prefetch: u16,
+
+    /// The totaler's batch size; the raw consume acks as often.
+    #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 2000)]
+    pub batch_size: u64,
+
+    /// Longest wait for the total to settle after a load, in seconds.
+    #[arg(long, env = "BENCH_SETTLE_SECS", default_value_t = 120)]
+    pub settle_secs: u64,
+
+    /// A smoke check: one round of one-second windows and small backlogs.
+    #[arg(long, env = "BENCH_QUICK")]
+    pub quick: bool,
+
+    /// Where the release binaries `adder` and `totaler` are.
+    #[arg(long, env = "BENCH_BIN_DIR", default_value = "target/release")]
+    pub bin_dir: PathBuf,
+
+    /// Scratch directory: the sum file, service logs.
+    #[arg(long, env = "BENCH_WORK_DIR", default_value = "target/bench")]
+    pub work_dir: PathBuf,
+
+    /// Where the JSON results are written.
+    #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results.json")]
+    pub out: PathBuf,
+
+    /// PostgreSQL server URL (a role with CREATEDB); each run uses fresh databases on it.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://tally:tally@127.0.0.1:5432/tally",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL; each run uses queues of its own.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+}
+
+impl Config {
+    /// Applies `--quick`: the shape of a full run at a fraction of its length.
+    pub fn effective(mut self) -> Self {
+        if self.quick {
+            self.repeats = 1;
+            self.duration_secs = self.duration_secs.min(1);
+            self.latency_secs = self.latency_secs.min(2);
+            self.drain_messages = self.drain_messages.min(2_000);
+            self.settle_secs = self.settle_secs.min(60);
+        }
+        self.repeats = self.repeats.max(1);
+        self.duration_secs = self.duration_secs.max(1);
+        self.latency_secs = self.latency_secs.max(1);
+        self.rate = self.rate.max(1);
+        self.concurrency = self.concurrency.max(1);
+        self.grpc_connections = self.grpc_connections.max(1);
+        self.http_connections = self.http_connections.max(1);
+        self.drain_messages = self.drain_messages.max(1);
+        self.confirm_window = self.confirm_window.max(1);
+        self.batch_size = self.batch_size.max(1);
+        self
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration_secs)
+    }
+
+    pub fn latency_window(&self) -> Duration {
+        Duration::from_secs(self.latency_secs)
+    }
+
+    pub fn settle(&self) -> Duration {
+        Duration::from_secs(self.settle_secs)
+    }
+}

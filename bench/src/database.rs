@@ -1,0 +1,116 @@
+//! Fresh PostgreSQL databases for one run (created on the server of
+//! `DATABASE_URL`, dropped at the end) and the INSERT limit: the adder's own
+//! single-row INSERT, autocommitted, from as many clients as its pool.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// A database that exists for this run only.
+pub struct Fresh {
+    pub url: String,
+    name: String,
+    server: String,
+}
+
+impl Fresh {
+    /// Creates an empty database named after `purpose`.
+    pub async fn create(server: &str, purpose: &str) -> anyhow::Result<Self> {
+        let name = format!("tally_bench_{purpose}_{}", Uuid::new_v4().simple());
+        let mut connection = PgConnection::connect(server)
+            .await
+            .context("connecting to PostgreSQL (DATABASE_URL)")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .context("creating a benchmark database (the role needs CREATEDB)")?;
+        Ok(Self {
+            url: with_database(server, &name),
+            name,
+            server: server.to_owned(),
+        })
+    }
+
+    /// Drops the database, closing whatever is still connected.
+    pub async fn drop_now(self) {
+        let dropped = async {
+            let mut connection = PgConnection::connect(&self.server).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut connection)
+            .await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = dropped.await {
+            eprintln!("bench: could not drop database {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Single-row INSERTs into a migrated outbox from `clients` connections for
+/// `duration`; returns committed rows per second.
+pub async fn insert_tps(url: &str, clients: u32, duration: Duration) -> anyhow::Result<f64> {
+    let pool = PgPoolOptions::new()
+        .max_connections(clients)
+        .min_connections(clients)
+        .connect(url)
+        .await?;
+    sqlx::migrate!("../adder/migrations").run(&pool).await?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = JoinSet::new();
+    for worker in 0..clients {
+        let pool = pool.clone();
+        workers.spawn(async move {
+            let mut rows = 0u64;
+            while Instant::now() < deadline {
+                let a = i64::from(worker);
+                let _: i64 = sqlx::query_scalar(
+                    "INSERT INTO outbox (a, b, sum) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(a)
+                .bind(1i64)
+                .bind(a + 1)
+                .fetch_one(&pool)
+                .await?;
+                rows += 1;
+            }
+            anyhow::Ok(rows)
+        });
+    }
+    let mut rows = 0;
+    while let Some(done) = workers.join_next().await {
+        rows += done.context("INSERT worker")??;
+    }
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+    Ok(rate)
+}
+
+/// `url` with its database replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (server, rest) = url.rsplit_once('/').unwrap_or((url, ""));
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{server}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_replaced_and_query_kept() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/tally?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Child processes of the suite: the real `adder` and `totaler` binaries
+//! (found next to the running executable in `target/<profile>/`), started,
+//! SIGKILLed, SIGTERMed and restarted; plus small process helpers.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One service binary and how to start it.
+pub struct Service {
+    pub name: String,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    pub http: SocketAddr,
+}
+
+impl Service {
+    pub fn new(
+        name: &str,
+        binary: PathBuf,
+        env: Vec<(String, String)>,
+        log_dir: &Path,
+        http: SocketAddr,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            binary,
+            env,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            http,
+        }
+    }
+
+    /// Starts the process and waits for its `/healthz`.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        for _ in 0..600 {
+            if http_get(self.http, "/healthz")
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "{} exited at start with {status}; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{} did not become healthy; see {}",
+            self.name,
+            self.log.display()
+        )
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, no warning.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{} is not running", self.name)
+        };
+        run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
+        tokio::task::spawn_blocking(move || child.wait())
+            .await?
+            .context("waiting for the process")
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The path of a workspace binary built next to the running executable.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dirs = Vec::new();
+    if let Ok(dir) = std::env::var("TALLY_BIN_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    for ancestor in exe.ancestors().skip(1).take(2) {
+        dirs.push(ancestor.to_path_buf());
+    }
+    dirs.iter()
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .with_context(|| {
+            format!("no `{name}` binary in {dirs:?}; build it first (cargo build -p {name})")
+        })
+}
+
+/// Runs a command to completion, failing with its output if it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed with {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the process group led by `pid`.
+pub fn kill_group(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// One HTTP/1.1 GET; `None` if the connection fails.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: faults\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -1,0 +1,248 @@
+//! The suite's own PostgreSQL and RabbitMQ: a cluster made with `initdb` in a
+//! temporary directory on a free port, and a RabbitMQ node with its own node
+//! name, ports, cookie and data directory. Started, crashed, restarted and
+//! stopped by the suite alone, so its faults disturb nothing else.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::process::{free_port, kill_group, run};
+
+/// A private PostgreSQL cluster.
+pub struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    /// `initdb` a cluster under `root` and start it.
+    pub fn start(root: &Path) -> anyhow::Result<Self> {
+        let bin = postgres_bin()?;
+        let dir = root.join("postgres");
+        fs::create_dir_all(&dir)?;
+        if is_root() {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir))?;
+        }
+        let postgres = Self {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        postgres.pg(Command::new(postgres.bin.join("initdb"))
+            .args([
+                "-U",
+                "tally",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&postgres.data()))?;
+        postgres.start_server()?;
+        Ok(postgres)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://tally@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        self.pg(Command::new(self.bin.join("pg_ctl"))
+            .args(["-w", "-t", "60", "-o", &options, "-l"])
+            .arg(self.dir.join("server.log"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("start"))
+    }
+
+    /// Stops the server like a crash (`-m immediate`: no checkpoint).
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.pg(Command::new(self.bin.join("pg_ctl"))
+            .args(["-m", "immediate", "-D"])
+            .arg(self.data())
+            .arg("stop"))
+    }
+
+    fn pg(&self, command: &mut Command) -> anyhow::Result<()> {
+        if is_root() {
+            let program = command.get_program().to_owned();
+            let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+            run(Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(program)
+                .args(args))
+        } else {
+            run(command)
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.crash();
+    }
+}
+
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (run scripts/services)")?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort_by_key(|bin| {
+        bin.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions
+        .pop()
+        .context("no initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A private RabbitMQ node.
+pub struct Rabbit {
+    dir: PathBuf,
+    pub port: u16,
+    dist_port: u16,
+    node: String,
+    child: Option<Child>,
+}
+
+impl Rabbit {
+    /// Starts a node with its own name, ports and data under `root`.
+    pub async fn start(root: &Path) -> anyhow::Result<Self> {
+        let dir = root.join("rabbitmq");
+        fs::create_dir_all(dir.join("home"))?;
+        fs::write(dir.join("enabled_plugins"), "[].\n")?;
+        let mut rabbit = Self {
+            node: format!("tally-faults-{}@localhost", std::process::id()),
+            port: free_port(),
+            dist_port: free_port(),
+            dir,
+            child: None,
+        };
+        rabbit.start_node().await?;
+        Ok(rabbit)
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Starts the node and waits until an AMQP connection succeeds.
+    pub async fn start_node(&mut self) -> anyhow::Result<()> {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))?;
+        let child = Command::new(rabbitmq_server())
+            .current_dir(&self.dir)
+            .env("HOME", self.dir.join("home"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq"))
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .context("starting rabbitmq-server (run scripts/services to install it)")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            let connected =
+                lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
+                    .await;
+            if let Ok(connection) = connected {
+                let _ = connection.close(200, "ready".into()).await;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!(
+            "the private RabbitMQ node did not start; see {}",
+            self.dir.join("server.log").display()
+        )
+    }
+
+    /// Kills the node with SIGKILL, like a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(child.id(), "KILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the node gracefully (SIGTERM), killing it if that takes too long.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            kill_group(child.id(), "KILL");
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+fn rabbitmq_server() -> PathBuf {
+    let direct = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    if direct.exists() {
+        direct
+    } else {
+        PathBuf::from("rabbitmq-server")
+    }
+}

@@ -1,0 +1,24 @@
+//! The fault suite in CI: a short run of the real binaries under faults.
+//! Length and seed come from `TALLY_FAULTS_SECONDS` / `TALLY_FAULTS_SEED`.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_add_is_counted_exactly_once_whatever_fails() {
+    let report = faults::run(faults::Options::from_env())
+        .await
+        .expect("the suite runs");
+    eprintln!("{report}");
+    let problems = report.problems();
+    assert!(
+        problems.is_empty(),
+        "seed {}: {}",
+        report.seed,
+        problems.join("; ")
+    );
+    let c = &report.counts;
+    assert!(
+        c.totaler_kills + c.adder_kills > 0
+            && c.broker_crashes + c.broker_stops > 0
+            && c.postgres_crashes > 0
+    );
+    assert!(report.acknowledged > 0, "the load ran");
+}
