@@ -3,10 +3,11 @@
 #   docker build --target adder   -t tally-adder   .
 #   docker build --target totaler -t tally-totaler .
 #
-# Stages: `deps` compiles every dependency against stub sources, so that layer
-# is reused until Cargo.toml, Cargo.lock or the .proto contract change; `build`
-# compiles the real sources; `runtime` is a slim Debian with a non-root user;
-# `adder` and `totaler` are the two final images. No BuildKit-only syntax, so
+# Stages: `recipe` keeps only manifests, Cargo.lock, build scripts and .proto
+# files; `deps` compiles every dependency from that recipe against stub sources,
+# so its layer is reused until the recipe changes; `build` compiles the real
+# sources; `runtime` is a slim Debian with a non-root user; `adder` and
+# `totaler` are the two final images. No BuildKit-only syntax, so
 # the classic builder works too. Cargo downloads crates, so builds need network
 # (compose.yml sets `network: host`).
 
@@ -14,42 +15,47 @@ ARG RUST_IMAGE=rust:1.95-slim-trixie
 ARG RUNTIME_IMAGE=debian:trixie-slim
 
 # ---------------------------------------------------------------------------
+# What decides the dependency build, and nothing else: the manifests, the lock
+# file, build scripts and .proto files of every workspace member.
+FROM ${RUST_IMAGE} AS recipe
+WORKDIR /src
+COPY . .
+RUN find . -type f ! \( -name Cargo.toml -o -name Cargo.lock -o -name build.rs -o -name '*.proto' \) -delete \
+    && find . -depth -type d -empty -delete
+
+# ---------------------------------------------------------------------------
+# Every dependency, compiled against stub sources: this layer is reused until
+# the recipe changes.
 FROM ${RUST_IMAGE} AS deps
 WORKDIR /src
 # Containers do not need the profiling symbols the workspace profile keeps;
 # without them the build is faster and the images smaller.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
-    CARGO_TERM_COLOR=never \
-    SQLX_OFFLINE=true
-COPY Cargo.toml Cargo.lock ./
-COPY proto/Cargo.toml proto/build.rs proto/
-COPY proto/tally proto/tally
-COPY adder/Cargo.toml adder/
-COPY totaler/Cargo.toml totaler/
-# Stub targets with the layout Cargo expects (lib + bin + integration test).
-RUN set -eu; \
-    mkdir -p proto/src; echo '// stub' > proto/src/lib.rs; \
-    for crate in adder totaler; do \
-        mkdir -p "$crate/src" "$crate/tests/it"; \
-        echo '// stub' > "$crate/src/lib.rs"; \
-        echo 'fn main() {}' > "$crate/src/main.rs"; \
-        echo '// stub' > "$crate/tests/it/main.rs"; \
+    CARGO_TERM_COLOR=never
+COPY --from=recipe /src ./
+# A stub for each member's lib, bin and any target path its manifest names;
+# the stubs are deleted again so that none can outlive the real sources.
+RUN set -eu; : > /tmp/stubs; \
+    for manifest in $(find . -mindepth 2 -name Cargo.toml); do \
+        dir=$(dirname "$manifest"); \
+        for file in src/lib.rs src/main.rs \
+            $(sed -n 's/^path *= *"\(.*\.rs\)".*/\1/p' "$manifest"); do \
+            [ -e "$dir/$file" ] && continue; \
+            mkdir -p "$(dirname "$dir/$file")"; \
+            case "$file" in */main.rs|src/bin/*) echo 'fn main() {}' ;; *) echo '// stub' ;; esac > "$dir/$file"; \
+            echo "$dir/$file" >> /tmp/stubs; \
+        done; \
     done; \
     cargo build --release --locked -p adder -p totaler; \
-    rm -rf proto/src adder totaler \
-        target/release/adder target/release/totaler \
-        target/release/deps/adder-* target/release/deps/totaler-* \
-        target/release/deps/libadder-* target/release/deps/libtotaler-* \
-        target/release/deps/proto-* target/release/deps/libproto-* \
-        target/release/.fingerprint/adder-* target/release/.fingerprint/totaler-* \
-        target/release/.fingerprint/proto-*
+    xargs rm -f < /tmp/stubs; rm /tmp/stubs
 
 # ---------------------------------------------------------------------------
+# The real sources. Touching them makes them newer than the stubs' build, so
+# Cargo rebuilds the workspace crates (and only them).
 FROM deps AS build
-COPY proto proto
-COPY adder adder
-COPY totaler totaler
-RUN cargo build --release --locked -p adder -p totaler \
+COPY . .
+RUN find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked -p adder -p totaler \
     && install -D -m 0755 target/release/adder /out/adder \
     && install -D -m 0755 target/release/totaler /out/totaler
 

@@ -8,6 +8,10 @@ use adder::{Config, Listeners, shutdown_signal, telemetry};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.log_format);
+    // Many concurrent gRPC clients each hold a connection: lift the soft limit.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let listeners = Listeners::bind(&config).await?;
     adder::run(config, listeners, shutdown_signal()).await
 }

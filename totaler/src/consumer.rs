@@ -127,8 +127,9 @@ impl Consumer {
     ) -> Result<(), Stop> {
         loop {
             let first = tokio::select! {
-                next = deliveries.next() => next,
+                biased;
                 () = shutdown.cancelled() => return Ok(()),
+                next = deliveries.next() => next,
             };
             let Some(first) = first else {
                 return Err(Stop::Broker("the broker cancelled the consumer".into()));

@@ -132,3 +132,50 @@ async fn two_adders_on_one_database_publish_every_row() {
     second.stop().await;
     broker.delete().await;
 }
+
+#[tokio::test]
+async fn published_rows_past_retention_are_purged_and_unpublished_ones_kept() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("purge");
+    let broker = Broker::connect(&queue).await;
+    let adder = spawn_adder(config(&db, &testkit::amqp_url(), &queue)).await;
+    let mut client = adder.client().await;
+    for i in 0..5 {
+        call(&mut client, i, 1, "").await.expect("Add");
+    }
+    let outbox_pool = pool(&db).await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the rows to be published",
+        || async { (outbox_counts(&outbox_pool).await.1 == 0).then_some(()) },
+    )
+    .await;
+    adder.stop().await;
+    sqlx::query("INSERT INTO outbox (a, b, sum) VALUES (1, 1, 2)")
+        .execute(&outbox_pool)
+        .await
+        .expect("an unpublished row");
+    let outbox = adder::outbox::Outbox::open(outbox_pool.clone())
+        .await
+        .expect("open");
+    assert_eq!(
+        outbox
+            .purge(Duration::from_secs(3600), 100)
+            .await
+            .expect("purge"),
+        0,
+        "young rows stay"
+    );
+    assert_eq!(
+        outbox.purge(Duration::ZERO, 3).await.expect("purge"),
+        3,
+        "a bounded batch"
+    );
+    assert_eq!(outbox.purge(Duration::ZERO, 100).await.expect("purge"), 2);
+    assert_eq!(
+        outbox_counts(&outbox_pool).await,
+        (1, 1, 2),
+        "the unpublished row is kept"
+    );
+    broker.delete().await;
+}

@@ -54,7 +54,11 @@ async fn sigterm_under_load_loses_no_acknowledged_add() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    testkit::eventually(Duration::from_secs(60), "200 acknowledged Adds", || {
+        let acknowledged = acknowledged.clone();
+        async move { (acknowledged.lock().expect("lock").len() >= 200).then_some(()) }
+    })
+    .await;
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

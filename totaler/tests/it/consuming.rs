@@ -159,3 +159,39 @@ async fn lost_broker_connection_reconnects_and_counts_redeliveries_once() {
     totaler.stop().await;
     broker.delete().await;
 }
+
+#[tokio::test]
+async fn disk_error_means_no_ack_and_a_retry_until_it_clears() {
+    let queue = testkit::unique_queue("disk");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("disk").join("sum.txt");
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    // A directory where the temp file must go makes every update fail, as a
+    // full or broken disk would.
+    let blocker = path.with_file_name("sum.txt.tmp");
+    std::fs::create_dir(&blocker).expect("create the blocker");
+    let source = Uuid::new_v4();
+    broker.publish(&message(source, 1, 9)).await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the ledger error to show",
+        || async {
+            let (status, _) = get(totaler.http, "/readyz").await?;
+            let (_, metrics) = get(totaler.http, "/metrics").await?;
+            (status == 503 && !metrics.contains("totaler_ledger_errors_total 0")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(totaler.sum().await, 0);
+    assert_eq!(file_total(&path), 0, "the file is untouched");
+
+    std::fs::remove_dir(&blocker).expect("remove the blocker");
+    settle(&broker, "the retried update to land", async || {
+        totaler.sum().await == 9
+    })
+    .await;
+    assert_eq!(file_total(&path), 9);
+    assert_eq!(get(totaler.http, "/readyz").await.expect("readyz").0, 200);
+    totaler.stop().await;
+    broker.delete().await;
+}
