@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One service binary and how to start it.
 pub struct Service {
@@ -164,24 +163,4 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// One HTTP/1.1 GET; `None` if the connection fails.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: faults\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
+pub use testkit::http::get as http_get;

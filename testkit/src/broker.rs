@@ -40,20 +40,10 @@ impl Broker {
 
     /// Publishes `body` persistently to the test queue and waits for the confirm.
     pub async fn publish(&self, body: &[u8]) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "the broker refused a test message");
+        assert!(
+            self.try_publish(body).await,
+            "the broker refused a test message"
+        );
     }
 
     /// Messages ready in `queue` (a passive declare).

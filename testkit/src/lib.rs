@@ -2,7 +2,7 @@
 //! per test, a unique RabbitMQ queue per test with helpers to publish and
 //! read raw messages, a TCP proxy that a test can cut to simulate an outage,
 //! and polling with a deadline. Everything talks to real servers; nothing is
-//! mocked. Used only as a dev-dependency.
+//! mocked. Used by the tests of each crate and by the fault suite.
 //!
 //! The servers come from `TEST_DATABASE_URL` (default
 //! `postgres://tally:tally@127.0.0.1:5432/tally`, a role with CREATEDB) and
@@ -12,10 +12,12 @@
 //! # Layout
 //! - `broker`: queues and raw messages.
 //! - `database`: fresh databases.
+//! - `http`: a raw HTTP/1.1 client.
 //! - `proxy`: the cuttable TCP proxy.
 
 pub mod broker;
 pub mod database;
+pub mod http;
 pub mod proxy;
 
 use std::{future::Future, time::Duration};

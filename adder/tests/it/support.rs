@@ -6,12 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use adder::{Config, Listeners, config::LogFormat};
 use proto::tally::v1::{AddRequest, AddResponse, adder_client::AdderClient};
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 /// An adder running inside the test process.
@@ -96,20 +91,7 @@ pub async fn wait_for_http(addr: SocketAddr) {
 
 /// One HTTP/1.1 request; `None` if the connection fails.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    testkit::http::request(addr, method, path, body).await
 }
 
 pub fn add(a: i64, b: i64, request_id: &str) -> AddRequest {

@@ -9,12 +9,7 @@ use std::{
 };
 
 use proto::{SumMessage, message::now_us};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use totaler::{Config, config::LogFormat};
 use uuid::Uuid;
 
@@ -102,17 +97,7 @@ pub async fn sum_at(http: SocketAddr) -> i128 {
 
 /// One HTTP/1.1 GET; `None` if the connection fails.
 pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    testkit::http::get(addr, path).await
 }
 
 /// A valid queue message.
