@@ -2,10 +2,20 @@
 //! here. It records Adds, hands unpublished rows to the relay under
 //! `FOR UPDATE SKIP LOCKED` inside the caller's transaction, marks rows
 //! published and purges old ones. It knows neither tonic nor lapin.
+//!
+//! Adds without a request id are group-committed: they queue for a few
+//! writer tasks, and a free writer takes everything queued (up to
+//! `GROUP_MAX_ROWS`) and inserts it with one multi-row INSERT, one commit.
+//! Each caller is answered only after that statement, and so its row, is
+//! committed; a failed statement fails every caller in it, and none of its
+//! rows exists. With a light load a writer is free and an Add commits
+//! alone, as it would without grouping. Adds with a request id keep their
+//! own statements (`record_idempotent`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 /// The outbox of one PostgreSQL database.
@@ -13,6 +23,15 @@ use uuid::Uuid;
 pub struct Outbox {
     pool: PgPool,
     source: Uuid,
+    group: mpsc::Sender<Queued>,
+}
+
+/// An Add waiting for a group commit.
+struct Queued {
+    a: i64,
+    b: i64,
+    sum: i64,
+    committed: oneshot::Sender<Result<i64, Error>>,
 }
 
 /// A recorded Add.
@@ -39,12 +58,22 @@ pub enum Error {
     Conflict { request_id: String, a: i64, b: i64 },
     #[error("the outbox database is unavailable")]
     Database(#[from] sqlx::Error),
+    /// A group commit failed; every Add in it gets the same cause.
+    #[error("the outbox database is unavailable")]
+    Group(#[source] Arc<sqlx::Error>),
     #[error("migrating the outbox failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// How many times `record` retries a request id that raced another insert.
 const RECORD_ATTEMPTS: usize = 3;
+/// Most Adds one group commit inserts.
+const GROUP_MAX_ROWS: usize = 1000;
+/// Adds that may wait for a writer before `record` waits to queue.
+const GROUP_QUEUE: usize = 16 * GROUP_MAX_ROWS;
+/// Group-commit writers per pool connection (at least one): they leave the
+/// rest of the pool to the relay, request ids and housekeeping.
+const WRITERS_PER_CONNECTION: f64 = 0.25;
 
 impl Outbox {
     /// A lazily connecting pool: the adder starts, and fails Adds with
@@ -63,7 +92,12 @@ impl Outbox {
         let source = sqlx::query_scalar("SELECT source FROM outbox_source")
             .fetch_one(&pool)
             .await?;
-        Ok(Self { pool, source })
+        let group = spawn_writers(&pool);
+        Ok(Self {
+            pool,
+            source,
+            group,
+        })
     }
 
     /// The identity of this outbox database, part of every message id.
@@ -85,20 +119,37 @@ impl Outbox {
         request_id: Option<&str>,
     ) -> Result<Recorded, Error> {
         let Some(request_id) = request_id else {
-            let id = sqlx::query_scalar(
-                "INSERT INTO outbox (a, b, sum) VALUES ($1, $2, $3) RETURNING id",
-            )
-            .bind(a)
-            .bind(b)
-            .bind(sum)
-            .fetch_one(&self.pool)
-            .await?;
+            let (committed, answer) = oneshot::channel();
+            let queued = Queued {
+                a,
+                b,
+                sum,
+                committed,
+            };
+            self.group
+                .send(queued)
+                .await
+                .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+            let id = answer
+                .await
+                .map_err(|_| Error::Database(sqlx::Error::PoolClosed))??;
             return Ok(Recorded {
                 id,
                 sum,
                 replayed: false,
             });
         };
+        self.record_idempotent(a, b, sum, request_id).await
+    }
+
+    /// `record` with a request id: its own statements, unchanged by grouping.
+    async fn record_idempotent(
+        &self,
+        a: i64,
+        b: i64,
+        sum: i64,
+        request_id: &str,
+    ) -> Result<Recorded, Error> {
         for _ in 0..RECORD_ATTEMPTS {
             if let Some(found) = self.find(request_id).await? {
                 return replay(found, request_id, a, b);
@@ -191,6 +242,71 @@ impl Outbox {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// Starts the group-commit writers; they stop when every `Outbox` clone
+/// (every sender) is gone and the queue is empty.
+fn spawn_writers(pool: &PgPool) -> mpsc::Sender<Queued> {
+    let (sender, receiver) = mpsc::channel(GROUP_QUEUE);
+    let receiver = Arc::new(Mutex::new(receiver));
+    let connections = f64::from(pool.options().get_max_connections());
+    let writers = ((connections * WRITERS_PER_CONNECTION) as usize).max(1);
+    for _ in 0..writers {
+        tokio::spawn(write_groups(pool.clone(), receiver.clone()));
+    }
+    sender
+}
+
+/// One writer: takes everything queued (one Add at least), commits it as one
+/// statement, answers each caller, repeats.
+async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
+    let mut group = Vec::with_capacity(GROUP_MAX_ROWS);
+    loop {
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut group, GROUP_MAX_ROWS).await == 0 {
+                return;
+            }
+        }
+        match insert_group(&pool, &group).await {
+            Ok(ids) => {
+                for (queued, id) in group.drain(..).zip(ids) {
+                    let _ = queued.committed.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for queued in group.drain(..) {
+                    let _ = queued.committed.send(Err(Error::Group(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts `group` in one statement (so in one commit) and returns the ids
+/// in `group` order. Rows are inserted in `group` order (`ORDER BY n`), and
+/// an identity column hands out increasing ids within a statement, so the
+/// sorted ids match `group` whatever order RETURNING uses.
+async fn insert_group(pool: &PgPool, group: &[Queued]) -> Result<Vec<i64>, sqlx::Error> {
+    let a: Vec<i64> = group.iter().map(|q| q.a).collect();
+    let b: Vec<i64> = group.iter().map(|q| q.b).collect();
+    let sum: Vec<i64> = group.iter().map(|q| q.sum).collect();
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO outbox (a, b, sum) \
+         SELECT a, b, sum FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) \
+         WITH ORDINALITY AS t(a, b, sum, n) ORDER BY n RETURNING id",
+    )
+    .bind(&a)
+    .bind(&b)
+    .bind(&sum)
+    .fetch_all(pool)
+    .await?;
+    if ids.len() != group.len() {
+        return Err(sqlx::Error::RowNotFound);
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 fn replay(

@@ -13,7 +13,7 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use proto::{SumMessage, message::now_us};
@@ -42,10 +42,21 @@ enum Error {
     Broker(#[from] lapin::Error),
     #[error("outbox: {0}")]
     Outbox(#[from] outbox::Error),
+    #[error("broker: the channel is closed")]
+    Disconnected,
+    #[error("broker: no confirms within {CONFIRM_TIMEOUT:?}")]
+    ConfirmTimeout,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A broker that accepts TCP but never finishes the handshake must not hang us.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Closing a connection whose socket is already dead must not hang us either.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Confirms that never come (a half-open connection) end the channel; the
+/// rows stay unpublished and are retried on a new one.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Relay {
     /// Publishes until `shutdown`, reconnecting to the broker with backoff.
@@ -59,7 +70,11 @@ impl Relay {
                     tracing::info!(queue = %self.queue, "relay connected to the broker");
                     let result = self.pump(&channel, &shutdown).await;
                     self.metrics.broker_up.set(0);
-                    let _ = connection.close(200, "relay stopping".into()).await;
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        connection.close(200, "relay stopping".into()),
+                    )
+                    .await;
                     match result {
                         Ok(()) => return,
                         Err(e) => tracing::warn!(error = %e, "relay lost the broker, reconnecting"),
@@ -76,8 +91,12 @@ impl Relay {
     }
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
-        let connection =
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let connecting = Connection::connect(&self.amqp_url, ConnectionProperties::default());
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
         let channel = connection.create_channel().await?;
         proto::topology::declare(&channel, &self.queue).await?;
         channel
@@ -91,6 +110,9 @@ impl Relay {
     async fn pump(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
         let mut backoff = BACKOFF_MIN;
         loop {
+            if !channel.status().connected() {
+                return Err(Error::Disconnected);
+            }
             let full = match self.publish_batch(channel).await {
                 Ok(count) => {
                     backoff = BACKOFF_MIN;
@@ -176,18 +198,26 @@ impl Relay {
                 .await?;
             confirms.push((row.id, confirm));
         }
-        let mut confirmed = Vec::with_capacity(rows.len());
-        for (id, confirm) in confirms {
-            match confirm.await? {
-                Confirmation::Ack(None) => confirmed.push(id),
-                Confirmation::Ack(Some(returned)) => {
-                    tracing::warn!(id, reply = %returned.reply_text, "broker returned the message, will retry")
-                }
-                other => {
-                    tracing::warn!(id, confirmation = ?other, "broker did not confirm, will retry")
-                }
+        tokio::time::timeout(CONFIRM_TIMEOUT, await_confirms(confirms))
+            .await
+            .map_err(|_| Error::ConfirmTimeout)?
+    }
+}
+
+/// Waits for every confirm; returns the ids the broker acked without
+/// returning them.
+async fn await_confirms(confirms: Vec<(i64, PublisherConfirm)>) -> Result<Vec<i64>, Error> {
+    let mut confirmed = Vec::with_capacity(confirms.len());
+    for (id, confirm) in confirms {
+        match confirm.await? {
+            Confirmation::Ack(None) => confirmed.push(id),
+            Confirmation::Ack(Some(returned)) => {
+                tracing::warn!(id, reply = %returned.reply_text, "broker returned the message, will retry")
+            }
+            other => {
+                tracing::warn!(id, confirmation = ?other, "broker did not confirm, will retry")
             }
         }
-        Ok(confirmed)
     }
+    Ok(confirmed)
 }

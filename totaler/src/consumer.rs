@@ -67,6 +67,10 @@ struct Valid {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A broker that accepts TCP but never finishes the handshake must not hang us.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Closing a connection whose socket is already dead must not hang us either.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Consumer {
     /// Consumes until `shutdown` (Ok) or a corrupt ledger (Err).
@@ -80,7 +84,11 @@ impl Consumer {
                     tracing::info!(queue = %self.queue, "consumer connected to the broker");
                     let result = self.consume(&channel, deliveries, &shutdown).await;
                     self.status.set_broker_ok(false);
-                    let _ = connection.close(200, "totaler stopping".into()).await;
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        connection.close(200, "totaler stopping".into()),
+                    )
+                    .await;
                     match result {
                         Ok(()) => return Ok(()),
                         Err(Stop::Fatal(e)) => return Err(e),
@@ -101,8 +109,12 @@ impl Consumer {
     }
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel, AmqpConsumer)> {
-        let connection =
-            Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let connecting = Connection::connect(&self.amqp_url, ConnectionProperties::default());
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
         let channel = connection.create_channel().await?;
         proto::topology::declare(&channel, &self.queue).await?;
         channel
