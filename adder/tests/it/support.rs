@@ -25,7 +25,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         queue: queue.to_owned(),
         grpc_addr: "127.0.0.1:0".parse().expect("an address"),
         http_addr: "127.0.0.1:0".parse().expect("an address"),
-        db_pool: 8,
+        db_pool: 4,
         relay_batch: 100,
         relay_poll_ms: 200,
         retention_hours: 168,
