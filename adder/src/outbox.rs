@@ -329,3 +329,36 @@ fn replay(
         replayed: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_adds_each_get_their_own_committed_row() {
+        let url = testkit::database::fresh().await;
+        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap())
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..300i64)
+            .map(|a| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { (a, outbox.record(a, 1000, a + 1000, None).await) })
+            })
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for call in calls {
+            let (a, recorded) = call.await.unwrap();
+            let recorded = recorded.unwrap();
+            assert_eq!(recorded.sum, a + 1000);
+            assert!(!recorded.replayed);
+            let row: (i64, i64) = sqlx::query_as("SELECT a, b FROM outbox WHERE id = $1")
+                .bind(recorded.id)
+                .fetch_one(outbox.pool())
+                .await
+                .unwrap();
+            assert_eq!(row, (a, 1000), "row {} belongs to another Add", recorded.id);
+            assert!(ids.insert(recorded.id));
+        }
+    }
+}

@@ -4,8 +4,13 @@
 //! the broker acked. A nack, a return or a lost connection leaves rows for a
 //! retry; a row published twice is deduplicated by the totaler.
 //!
+//! Batches run in `LANES` concurrent lanes on the one channel, so one lane
+//! claims and publishes while another waits for its confirms or commits;
+//! `SKIP LOCKED` keeps their rows apart. Rows may so reach the queue a little
+//! out of id order, which the totaler's dedupe state allows.
+//!
 //! It must never mark a row before its confirm, and it stops only between
-//! batches.
+//! batches: when one lane fails, the others finish their batch and stop.
 
 use std::{
     sync::Arc,
@@ -48,6 +53,8 @@ enum Error {
     ConfirmTimeout,
 }
 
+/// Batches in flight at once on the channel.
+const LANES: usize = 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A broker that accepts TCP but never finishes the handshake must not hang us.
@@ -105,9 +112,27 @@ impl Relay {
         Ok((connection, channel))
     }
 
-    /// Publishes batches until shutdown (`Ok`) or a broker error (`Err`).
-    /// Outbox errors back off here, keeping the channel.
+    /// Runs the lanes until shutdown (`Ok`) or a broker error in any lane
+    /// (`Err`, once every lane has stopped between batches).
     async fn pump(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
+        let stop = shutdown.child_token();
+        let lanes = (0..LANES).map(|_| async {
+            let result = self.lane(channel, &stop).await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        });
+        futures_util::future::join_all(lanes)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
+    }
+
+    /// Publishes batches until `shutdown` (`Ok`) or a broker error (`Err`).
+    /// Outbox errors back off here, keeping the channel.
+    async fn lane(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
         let mut backoff = BACKOFF_MIN;
         loop {
             if !channel.status().connected() {

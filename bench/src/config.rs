@@ -91,6 +91,11 @@ pub struct Config {
     #[arg(long, env = "BENCH_SETTLE_SECS", default_value_t = 120)]
     pub settle_secs: u64,
 
+    /// Measure Tally only, not the limits (for iterating on Tally; the
+    /// ratios then stay empty).
+    #[arg(long, env = "BENCH_SKIP_LIMITS")]
+    pub skip_limits: bool,
+
     /// A smoke check: one round of one-second windows and small backlogs.
     #[arg(long, env = "BENCH_QUICK")]
     pub quick: bool,

@@ -52,9 +52,23 @@ impl Fresh {
     }
 }
 
-/// Single-row INSERTs into a migrated outbox from `clients` connections for
-/// `duration`; returns committed rows per second.
-pub async fn insert_tps(url: &str, clients: u32, duration: Duration) -> anyhow::Result<f64> {
+/// What the INSERT limit measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Inserts {
+    /// Committed rows/s from as many clients as the adder's pool.
+    pub tps: f64,
+    /// One client's INSERT round trip (one commit, one WAL flush), in ms.
+    pub single_p50_ms: f64,
+    pub single_p99_ms: f64,
+}
+
+/// Most INSERTs one latency window makes.
+const MAX_SINGLE: usize = 100_000;
+
+/// The adder's single-row INSERT into a migrated outbox, autocommitted:
+/// from `clients` connections for `duration` (throughput), then from one
+/// connection for `duration` (latency).
+pub async fn inserts(url: &str, clients: u32, duration: Duration) -> anyhow::Result<Inserts> {
     let pool = PgPoolOptions::new()
         .max_connections(clients)
         .min_connections(clients)
@@ -69,15 +83,7 @@ pub async fn insert_tps(url: &str, clients: u32, duration: Duration) -> anyhow::
         workers.spawn(async move {
             let mut rows = 0u64;
             while Instant::now() < deadline {
-                let a = i64::from(worker);
-                let _: i64 = sqlx::query_scalar(
-                    "INSERT INTO outbox (a, b, sum) VALUES ($1, $2, $3) RETURNING id",
-                )
-                .bind(a)
-                .bind(1i64)
-                .bind(a + 1)
-                .fetch_one(&pool)
-                .await?;
+                insert(&pool, i64::from(worker)).await?;
                 rows += 1;
             }
             anyhow::Ok(rows)
@@ -87,9 +93,31 @@ pub async fn insert_tps(url: &str, clients: u32, duration: Duration) -> anyhow::
     while let Some(done) = workers.join_next().await {
         rows += done.context("INSERT worker")??;
     }
-    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    let tps = rows as f64 / started.elapsed().as_secs_f64();
+    let mut single = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < duration && single.len() < MAX_SINGLE {
+        let one = Instant::now();
+        insert(&pool, 1).await?;
+        single.push(one.elapsed().as_secs_f64() * 1000.0);
+    }
     pool.close().await;
-    Ok(rate)
+    Ok(Inserts {
+        tps,
+        single_p50_ms: crate::tally::percentile(&mut single, 0.50),
+        single_p99_ms: crate::tally::percentile(&mut single, 0.99),
+    })
+}
+
+async fn insert(pool: &sqlx::PgPool, a: i64) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("INSERT INTO outbox (a, b, sum) VALUES ($1, $2, $3) RETURNING id")
+            .bind(a)
+            .bind(1i64)
+            .bind(a + 1)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// `url` with its database replaced by `name`.

@@ -103,44 +103,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn measure_round(config: &Config, stack: &mut Stack, run_dir: &Path, round: usize) -> Round {
     let label = format!("{round}/{}", config.repeats);
-    let log = run_dir.join("bare.log");
     let mut r = Round::new();
-    record(
-        &mut r,
-        &label,
-        "broker_confirm_per_s",
-        limits::broker_confirms(config),
-    )
-    .await;
-    record(
-        &mut r,
-        &label,
-        "raw_consume_per_s",
-        limits::raw_consume(config),
-    )
-    .await;
-    record(&mut r, &label, "pg_insert_tps", limits::pg_inserts(config)).await;
-    record(
-        &mut r,
-        &label,
-        "file_updates_per_s",
-        limits::file_updates(&stack.sum_dir(), config.duration()),
-    )
-    .await;
-    record(
-        &mut r,
-        &label,
-        "bare_tonic_calls_per_s",
-        limits::bare_tonic(config, &log),
-    )
-    .await;
-    record(
-        &mut r,
-        &label,
-        "bare_warp_get_per_s",
-        limits::bare_warp(config, &log),
-    )
-    .await;
+    if !config.skip_limits {
+        measure_limits(config, stack, run_dir, &label, &mut r).await;
+    }
+    measure_tally(stack, &label, &mut r).await;
+    r
+}
+
+async fn measure_limits(config: &Config, stack: &Stack, run_dir: &Path, label: &str, r: &mut Round) {
+    let log = run_dir.join("bare.log");
+    record(r, label, "broker_confirm_per_s", limits::broker_confirms(config)).await;
+    record(r, label, "raw_consume_per_s", limits::raw_consume(config)).await;
+    progress(&format!("[{label}] measuring pg_insert_tps"));
+    match limits::pg_inserts(config).await {
+        Ok(pg) => {
+            r.insert("pg_insert_tps", pg.tps);
+            r.insert("pg_commit_p50_ms", pg.single_p50_ms);
+            r.insert("pg_commit_p99_ms", pg.single_p99_ms);
+            progress(&format!(
+                "[{label}] pg_insert_tps: {:.0}; one client's INSERT p50 {:.2} ms p99 {:.2} ms",
+                pg.tps, pg.single_p50_ms, pg.single_p99_ms
+            ));
+        }
+        Err(e) => progress(&format!("[{label}] pg_insert_tps FAILED: {e:#}")),
+    }
+    let sum_dir = stack.sum_dir();
+    let file = limits::file_updates(&sum_dir, config.duration());
+    record(r, label, "file_updates_per_s", file).await;
+    record(r, label, "bare_tonic_calls_per_s", limits::bare_tonic(config, &log)).await;
+    record(r, label, "bare_warp_get_per_s", limits::bare_warp(config, &log)).await;
+}
+
+async fn measure_tally(stack: &mut Stack, label: &str, r: &mut Round) {
     match stack.saturation().await {
         Ok(s) => {
             r.insert("e2e_adds_per_s", s.durable_per_s);
@@ -150,7 +145,7 @@ async fn measure_round(config: &Config, stack: &mut Stack, run_dir: &Path, round
                 s.durable_per_s, s.accepted_per_s
             ));
         }
-        Err(e) => failed(stack, &label, "e2e_adds_per_s", e).await,
+        Err(e) => failed(stack, label, "e2e_adds_per_s", e).await,
     }
     match stack.latency().await {
         Ok(l) => {
@@ -176,17 +171,16 @@ async fn measure_round(config: &Config, stack: &mut Stack, run_dir: &Path, round
                 l.rss_mb.1
             ));
         }
-        Err(e) => failed(stack, &label, "latency", e).await,
+        Err(e) => failed(stack, label, "latency", e).await,
     }
     match stack.drain().await {
         Ok(rate) => {
             r.insert("drain_per_s", rate);
             progress(&format!("[{label}] drain_per_s: {rate:.0}"));
         }
-        Err(e) => failed(stack, &label, "drain_per_s", e).await,
+        Err(e) => failed(stack, label, "drain_per_s", e).await,
     }
-    record(&mut r, &label, "sum_get_per_s", stack.sum_gets()).await;
-    r
+    record(r, label, "sum_get_per_s", stack.sum_gets()).await;
 }
 
 async fn record(

@@ -71,10 +71,12 @@ pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
     result
 }
 
-/// Committed single-row INSERTs/s at the adder's pool size, on a fresh database.
-pub async fn pg_inserts(config: &Config) -> anyhow::Result<f64> {
+/// Committed single-row INSERTs/s at the adder's pool size, then one
+/// client's INSERT latency (the floor under an Add's latency), on a fresh
+/// database.
+pub async fn pg_inserts(config: &Config) -> anyhow::Result<database::Inserts> {
     let fresh = Fresh::create(&config.database_url, "limit").await?;
-    let result = database::insert_tps(&fresh.url, config.db_pool, config.duration()).await;
+    let result = database::inserts(&fresh.url, config.db_pool, config.duration()).await;
     fresh.drop_now().await;
     result
 }

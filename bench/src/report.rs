@@ -60,6 +60,16 @@ pub const FIGURES: &[Figure] = &[
         "rows/s"
     ),
     figure!(
+        "pg_commit_p50_ms",
+        "PostgreSQL single-row INSERT p50, one client (one WAL flush)",
+        "ms"
+    ),
+    figure!(
+        "pg_commit_p99_ms",
+        "PostgreSQL single-row INSERT p99, one client (one WAL flush)",
+        "ms"
+    ),
+    figure!(
         "file_updates_per_s",
         "atomic file updates (write, fsync, rename, fsync dir) in the sum file's dir",
         "updates/s"
@@ -144,6 +154,12 @@ pub const RATIOS: &[Ratio] = &[
         label: "accepted Adds / bare tonic calls",
         numerator: "add_accepted_per_s",
         denominator: "bare_tonic_calls_per_s",
+    },
+    Ratio {
+        key: "ratio_add_p99_to_pg_commit_p99",
+        label: "Add p99 / one client's INSERT p99",
+        numerator: "add_p99_ms",
+        denominator: "pg_commit_p99_ms",
     },
     Ratio {
         key: "ratio_drain_to_consume",
