@@ -220,16 +220,18 @@ impl Stack {
         format!("127.0.0.1:{}", self.grpc)
     }
 
-    /// Injects faults at random moments until `duration` has passed; each
-    /// kind at least once, in a seeded order, then random ones.
+    /// Injects faults at random moments until `duration` has passed and each
+    /// kind has run at least once: first every kind in a seeded order, then
+    /// random ones.
     async fn inject_faults(&mut self, duration: Duration, started: Instant) -> anyhow::Result<()> {
         let until = Instant::now() + duration;
         let mut first_round = ALL_FAULTS.to_vec();
         for i in (1..first_round.len()).rev() {
             first_round.swap(i, self.rng.range(0, i as u64 + 1) as usize);
         }
-        let mut first_round = first_round.into_iter();
-        while Instant::now() < until {
+        let mut first_round = first_round.into_iter().peekable();
+        // Every kind runs at least once, however long restarts take.
+        while Instant::now() < until || first_round.peek().is_some() {
             tokio::time::sleep(Duration::from_millis(self.rng.range(1500, 5000))).await;
             let fault = first_round
                 .next()
