@@ -54,7 +54,7 @@ enum Error {
 }
 
 /// Batches in flight at once on the channel.
-const LANES: usize = 4;
+const LANES: usize = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A broker that accepts TCP but never finishes the handshake must not hang us.

@@ -141,7 +141,7 @@ impl Broker {
                 .context("the raw consumer waited too long for a delivery")?
                 .context("the broker cancelled the raw consumer")??;
             received += 1;
-            if received % batch == 0 || received == count {
+            if received.is_multiple_of(batch) || received == count {
                 channel
                     .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
                     .await?;

@@ -1,7 +1,9 @@
 //! The gRPC load: `tally.v1.Adder/Add` from a Rust tonic client, either
 //! closed-loop at saturation (a fixed number of calls in flight) or
-//! open-loop at a fixed rate (each call timed from when it was due, so a
-//! slow server cannot hide its latency by slowing the load down). The same
+//! open-loop at a fixed rate (each call sent on schedule from its own task,
+//! so a slow server cannot slow the load down and hide its latency; each
+//! call is timed from when it was sent, so the timer's millisecond
+//! granularity is not counted as the server's latency). The same
 //! load drives the adder and the bare tonic server.
 
 use std::{
@@ -36,9 +38,9 @@ pub struct Saturation {
 /// One call of an open-loop load.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
-    /// When the call was due.
-    pub due: Instant,
-    /// From due to answered.
+    /// When the call was sent.
+    pub sent: Instant,
+    /// From sent to answered.
     pub latency: Duration,
     pub outbox_id: i64,
 }
@@ -128,7 +130,7 @@ pub async fn saturate(
     total
 }
 
-/// Sends `rate` Adds of `1 + 0` per second for `window`, each at its due time.
+/// Sends `rate` Adds of `1 + 0` per second for `window`, each on schedule.
 pub async fn paced(clients: &Clients, rate: u64, window: Duration) -> Paced {
     let count = rate.saturating_mul(window.as_secs()).max(1);
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -144,15 +146,20 @@ pub async fn paced(clients: &Clients, rate: u64, window: Duration) -> Paced {
                 b: 0,
                 request_id: String::new(),
             };
+            let sent = Instant::now();
             let result = client.add(request).await;
-            (due, due.elapsed(), result.map(|r| r.into_inner().outbox_id))
+            (
+                sent,
+                sent.elapsed(),
+                result.map(|r| r.into_inner().outbox_id),
+            )
         });
     }
     let mut paced = Paced::default();
-    while let Some(Ok((due, latency, result))) = calls.join_next().await {
+    while let Some(Ok((sent, latency, result))) = calls.join_next().await {
         match result {
             Ok(outbox_id) => paced.samples.push(Sample {
-                due,
+                sent,
                 latency,
                 outbox_id,
             }),

@@ -111,9 +111,21 @@ async fn measure_round(config: &Config, stack: &mut Stack, run_dir: &Path, round
     r
 }
 
-async fn measure_limits(config: &Config, stack: &Stack, run_dir: &Path, label: &str, r: &mut Round) {
+async fn measure_limits(
+    config: &Config,
+    stack: &Stack,
+    run_dir: &Path,
+    label: &str,
+    r: &mut Round,
+) {
     let log = run_dir.join("bare.log");
-    record(r, label, "broker_confirm_per_s", limits::broker_confirms(config)).await;
+    record(
+        r,
+        label,
+        "broker_confirm_per_s",
+        limits::broker_confirms(config),
+    )
+    .await;
     record(r, label, "raw_consume_per_s", limits::raw_consume(config)).await;
     progress(&format!("[{label}] measuring pg_insert_tps"));
     match limits::pg_inserts(config).await {
@@ -131,8 +143,20 @@ async fn measure_limits(config: &Config, stack: &Stack, run_dir: &Path, label: &
     let sum_dir = stack.sum_dir();
     let file = limits::file_updates(&sum_dir, config.duration());
     record(r, label, "file_updates_per_s", file).await;
-    record(r, label, "bare_tonic_calls_per_s", limits::bare_tonic(config, &log)).await;
-    record(r, label, "bare_warp_get_per_s", limits::bare_warp(config, &log)).await;
+    record(
+        r,
+        label,
+        "bare_tonic_calls_per_s",
+        limits::bare_tonic(config, &log),
+    )
+    .await;
+    record(
+        r,
+        label,
+        "bare_warp_get_per_s",
+        limits::bare_warp(config, &log),
+    )
+    .await;
 }
 
 async fn measure_tally(stack: &mut Stack, label: &str, r: &mut Round) {

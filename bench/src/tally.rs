@@ -387,11 +387,16 @@ async fn poll_sum(
     let mut connection = http::Connection::open(addr, "/sum").await?;
     let mut seen: Vec<(Instant, i128)> = Vec::new();
     let started = Instant::now();
-    while stop.try_recv().is_err() && started.elapsed() < Duration::from_secs(3600) {
+    while started.elapsed() < Duration::from_secs(3600) {
+        // One GET always follows the stop, so the final total is observed.
+        let stopping = stop.try_recv().is_ok();
         let (_, body) = connection.get().await?;
         let total = http::parse_sum(&body)?;
         if seen.last().is_none_or(|(_, last)| *last != total) {
             seen.push((Instant::now(), total));
+        }
+        if stopping {
+            break;
         }
         tokio::time::sleep(POLL).await;
     }
@@ -437,7 +442,7 @@ fn counted_latencies(
             let (when, _) = seen
                 .get(at)
                 .with_context(|| format!("no GET /sum observation reached {target}"))?;
-            Ok(ms(when.saturating_duration_since(sample.due)))
+            Ok(ms(when.saturating_duration_since(sample.sent)))
         })
         .collect()
 }
@@ -472,7 +477,7 @@ mod tests {
     fn each_add_is_counted_when_the_total_reaches_its_rank() {
         let t0 = Instant::now();
         let sample = |ms_due: u64, outbox_id| Sample {
-            due: t0 + Duration::from_millis(ms_due),
+            sent: t0 + Duration::from_millis(ms_due),
             latency: Duration::ZERO,
             outbox_id,
         };
