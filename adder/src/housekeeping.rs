@@ -29,7 +29,7 @@ pub async fn run(
             metrics.outbox_pending.set(pending);
         }
         ticks += 1;
-        if ticks % PURGE_EVERY == 0 {
+        if ticks.is_multiple_of(PURGE_EVERY) {
             purge(&outbox, retention, &shutdown).await;
         }
     }

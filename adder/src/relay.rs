@@ -18,7 +18,7 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+    BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use proto::{SumMessage, message::now_us};
@@ -57,8 +57,6 @@ enum Error {
 const LANES: usize = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A broker that accepts TCP but never finishes the handshake must not hang us.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Closing a connection whose socket is already dead must not hang us either.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Confirms that never come (a half-open connection) end the channel; the
@@ -98,14 +96,7 @@ impl Relay {
     }
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
-        let connecting = Connection::connect(&self.amqp_url, ConnectionProperties::default());
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| {
-                lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-            })??;
-        let channel = connection.create_channel().await?;
-        proto::topology::declare(&channel, &self.queue).await?;
+        let (connection, channel) = proto::topology::open(&self.amqp_url, &self.queue).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

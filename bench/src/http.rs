@@ -141,6 +141,7 @@ fn parse_head(head: &[u8]) -> anyhow::Result<(u16, usize)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -462,6 +462,7 @@ pub fn percentile(values: &mut [f64], q: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -48,7 +48,7 @@ impl Postgres {
                 "--no-sync",
                 "-D",
             ])
-            .arg(&postgres.data()))?;
+            .arg(postgres.data()))?;
         postgres.start_server()?;
         Ok(postgres)
     }

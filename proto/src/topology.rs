@@ -3,8 +3,10 @@
 //! idempotent, so either service may start first; `rabbitmq/definitions.json`
 //! must declare the same arguments or RabbitMQ refuses the redeclaration.
 
+use std::time::Duration;
+
 use lapin::{
-    Channel,
+    Channel, Connection, ConnectionProperties,
     options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -15,6 +17,21 @@ pub const DEFAULT_QUEUE: &str = "tally.sums";
 /// The dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
+}
+
+/// How long a connection attempt may take: a broker that accepts TCP but
+/// never finishes the handshake must not hang a service.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `url`, opens a channel and declares `queue`'s topology.
+pub async fn open(url: &str, queue: &str) -> lapin::Result<(Connection, Channel)> {
+    let connecting = Connection::connect(url, ConnectionProperties::default());
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
+    let channel = connection.create_channel().await?;
+    declare(&channel, queue).await?;
+    Ok((connection, channel))
 }
 
 /// Declares `queue` and its dead-letter queue, both durable quorum queues.

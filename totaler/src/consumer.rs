@@ -14,7 +14,7 @@ use std::{
 
 use futures_util::StreamExt;
 use lapin::{
-    Channel, Connection, ConnectionProperties, Consumer as AmqpConsumer,
+    Channel, Connection, Consumer as AmqpConsumer,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::FieldTable,
@@ -67,8 +67,6 @@ struct Valid {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A broker that accepts TCP but never finishes the handshake must not hang us.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Closing a connection whose socket is already dead must not hang us either.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -109,14 +107,7 @@ impl Consumer {
     }
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel, AmqpConsumer)> {
-        let connecting = Connection::connect(&self.amqp_url, ConnectionProperties::default());
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| {
-                lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-            })??;
-        let channel = connection.create_channel().await?;
-        proto::topology::declare(&channel, &self.queue).await?;
+        let (connection, channel) = proto::topology::open(&self.amqp_url, &self.queue).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;

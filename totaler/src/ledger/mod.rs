@@ -168,6 +168,7 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Erro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use uuid::Uuid;
 
