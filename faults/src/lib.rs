@@ -280,11 +280,11 @@ impl Stack {
                 self.second.start().await?;
                 self.counts.two_totaler_periods += 1;
                 self.pause(2000, 6000).await;
-                let status = self.second.terminate().await?;
+                let status = self.second.terminate().await;
                 self.record_sigterm("totaler-2", status);
             }
             Fault::TerminateTotaler => {
-                let status = self.totaler.terminate().await?;
+                let status = self.totaler.terminate().await;
                 self.record_sigterm("totaler", status);
                 self.pause(0, 500).await;
                 self.totaler.start().await?;
@@ -293,12 +293,15 @@ impl Stack {
         Ok(())
     }
 
-    fn record_sigterm(&mut self, name: &str, status: std::process::ExitStatus) {
+    fn record_sigterm(&mut self, name: &str, status: anyhow::Result<std::process::ExitStatus>) {
         self.counts.totaler_sigterms += 1;
-        if !status.success() {
-            self.counts
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => self
+                .counts
                 .sigterm_failures
-                .push(format!("{name} exited with {status} on SIGTERM"));
+                .push(format!("{name} exited with {status} on SIGTERM")),
+            Err(e) => self.counts.sigterm_failures.push(format!("{e:#}")),
         }
     }
 

@@ -12,6 +12,9 @@ use std::{
 
 use anyhow::{Context, bail};
 
+/// How long a service may take to stop after SIGTERM (its own grace is 10 s).
+const TERM_GRACE: Duration = Duration::from_secs(30);
+
 /// One service binary and how to start it.
 pub struct Service {
     pub name: String,
@@ -97,9 +100,18 @@ impl Service {
             bail!("{} is not running", self.name)
         };
         run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
-        tokio::task::spawn_blocking(move || child.wait())
-            .await?
-            .context("waiting for the process")
+        for _ in 0..(TERM_GRACE.as_millis() / 50) {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "{} did not exit within {TERM_GRACE:?} of SIGTERM; killed it",
+            self.name
+        )
     }
 
     pub fn log(&self) -> &Path {

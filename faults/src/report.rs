@@ -215,8 +215,8 @@ async fn outbox(url: &str) -> anyhow::Result<(i128, i64, i64)> {
 }
 
 async fn queues(url: &str) -> anyhow::Result<(u32, u32)> {
-    let connection =
-        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let connecting = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
+    let connection = tokio::time::timeout(Duration::from_secs(5), connecting).await??;
     let channel = connection.create_channel().await?;
     let passive = QueueDeclareOptions {
         passive: true,
@@ -230,6 +230,10 @@ async fn queues(url: &str) -> anyhow::Result<(u32, u32)> {
         .queue_declare("tally.sums.dead".into(), passive, FieldTable::default())
         .await?
         .message_count();
-    let _ = connection.close(200, "checked".into()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "checked".into()),
+    )
+    .await;
     Ok((ready, dead))
 }

@@ -190,11 +190,18 @@ impl Rabbit {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(90) {
-            let connected =
-                lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
-                    .await;
-            if let Ok(connection) = connected {
-                let _ = connection.close(200, "ready".into()).await;
+            // A booting node accepts TCP before it answers the handshake: bound
+            // each attempt, or a start can hang for good.
+            let url = self.url();
+            let connecting =
+                lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+            let connected = tokio::time::timeout(Duration::from_secs(5), connecting).await;
+            if let Ok(Ok(connection)) = connected {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    connection.close(200, "ready".into()),
+                )
+                .await;
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

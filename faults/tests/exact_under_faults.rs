@@ -1,10 +1,16 @@
 //! The fault suite in CI: a short run of the real binaries under faults.
 //! Length and seed come from `TALLY_FAULTS_SECONDS` / `TALLY_FAULTS_SEED`.
 
+use std::time::Duration;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_add_is_counted_exactly_once_whatever_fails() {
-    let report = faults::run(faults::Options::from_env())
+    let options = faults::Options::from_env();
+    // Never hang CI: the whole run is bounded.
+    let limit = Duration::from_secs(options.seconds + options.settle_seconds + 300);
+    let report = tokio::time::timeout(limit, faults::run(options))
         .await
+        .expect("the suite finishes in bounded time")
         .expect("the suite runs");
     eprintln!("{report}");
     let problems = report.problems();
