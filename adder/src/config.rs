@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 #[derive(Clone, Parser)]
 #[command(name = "adder", version)]
 pub struct Config {
-    /// PostgreSQL URL of the outbox database (migrated at start).
+    /// PostgreSQL URL of the outbox database, migrated at start [default: postgres://tally:tally@127.0.0.1:5432/tally].
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -27,12 +27,13 @@ use std::{
 };
 
 use anyhow::Context;
+use testkit::free_port;
 
 pub use report::{Counts, Report};
 
 use crate::{
     load::Load,
-    process::{Service, binary, free_port},
+    process::{Service, binary},
     rng::Rng,
     servers::{Postgres, Rabbit},
 };

@@ -167,12 +167,4 @@ pub fn kill_group(pid: u32, signal: &str) {
         .status();
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
 pub use testkit::http::get as http_get;

@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::process::{free_port, kill_group, run};
+use testkit::free_port;
+
+use crate::process::{kill_group, run};
 
 /// A private PostgreSQL cluster.
 pub struct Postgres {

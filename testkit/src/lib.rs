@@ -31,6 +31,14 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// A loopback port that was free a moment ago, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind an ephemeral port")
+}
+
 /// A queue name no other test uses.
 pub fn unique_queue(test: &str) -> String {
     format!("test.{test}.{}", uuid::Uuid::new_v4().simple())

@@ -2,24 +2,15 @@
 //! every Add it acknowledged is in the outbox.
 
 use std::{
-    net::TcpListener as StdListener,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use proto::tally::v1::adder_client::AdderClient;
-use testkit::database;
+use testkit::{database, free_port};
 
 use crate::support::{call, pool, wait_for_http};
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 #[tokio::test]
 async fn sigterm_under_load_loses_no_acknowledged_add() {

@@ -3,12 +3,10 @@
 
 use std::{process::Command, time::Duration};
 
-use testkit::Broker;
+use testkit::{Broker, free_port};
 use uuid::Uuid;
 
-use crate::support::{
-    config, file_total, free_port, message, settle, spawn_binary, spawn_totaler, temp_dir,
-};
+use crate::support::{config, file_total, message, settle, spawn_binary, spawn_totaler, temp_dir};
 
 #[tokio::test]
 async fn redelivered_message_after_a_crash_between_rename_and_ack_is_counted_once() {

@@ -141,14 +141,6 @@ pub fn spawn_binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str
     command.spawn().expect("start the totaler binary")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Waits until the queue has no ready messages and `check` holds.
 pub async fn settle(broker: &testkit::Broker, what: &str, check: impl AsyncFn() -> bool) {
     testkit::eventually(Duration::from_secs(30), what, || async {
