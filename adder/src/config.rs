@@ -51,6 +51,18 @@ pub struct Config {
     #[arg(long, env = "ADDER_RELAY_BATCH", default_value_t = 1000)]
     pub relay_batch: u32,
 
+    /// Most outbox rows one queue message carries: the relay packs each
+    /// batch into messages of up to this many rows. 1 publishes a message
+    /// per Add.
+    #[arg(long, env = "ADDER_RELAY_PACK", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub relay_pack: u32,
+
+    /// How long the relay waits after a commit wakes it, gathering more rows
+    /// into the batch, in milliseconds. 0 publishes at once; a few ms mean
+    /// fewer, larger batches (fewer broker and disk flushes) at low rates.
+    #[arg(long, env = "ADDER_RELAY_LINGER_MS", default_value_t = 0)]
+    pub relay_linger_ms: u64,
+
     /// Safety-net poll of the outbox, in milliseconds; commits wake the relay at once.
     #[arg(long, env = "ADDER_RELAY_POLL_MS", default_value_t = 1000)]
     pub relay_poll_ms: u64,
@@ -80,6 +92,10 @@ pub enum LogFormat {
 impl Config {
     pub fn relay_poll(&self) -> Duration {
         Duration::from_millis(self.relay_poll_ms)
+    }
+
+    pub fn relay_linger(&self) -> Duration {
+        Duration::from_millis(self.relay_linger_ms)
     }
 
     pub fn retention(&self) -> Duration {

@@ -77,7 +77,9 @@ pub async fn run(
         amqp_url: config.amqp_url.clone(),
         queue: config.queue.clone(),
         batch: config.relay_batch.max(1),
+        pack: config.relay_pack.max(1) as usize,
         poll: config.relay_poll(),
+        linger: config.relay_linger(),
         wake,
         metrics: metrics.clone(),
     };

@@ -13,19 +13,22 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub outbox_pending: IntGauge,
     pub relay_published: IntCounter,
+    pub relay_messages: IntCounter,
     pub relay_batch_size: Histogram,
     pub relay_confirm: Histogram,
     pub broker_up: IntGauge,
 }
 
-/// 100 µs to 10 s, for Add latency.
+/// 100 µs to 10 s for Add latency, fine between 0.5 and 10 ms where an
+/// Add's commit lands.
 const REQUEST_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+    0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// 0.5 ms to 30 s, for a batch's wait on the broker's confirms.
 const CONFIRM_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
 ];
 /// 1 to 5,000 rows.
 const BATCH_BUCKETS: &[f64] = &[
@@ -57,6 +60,11 @@ impl Metrics {
         let relay_published =
             IntCounter::new("adder_relay_published_total", "Rows the broker confirmed")
                 .expect("valid metric");
+        let relay_messages = IntCounter::new(
+            "adder_relay_messages_total",
+            "Messages the relay published (each packs up to ADDER_RELAY_PACK rows)",
+        )
+        .expect("valid metric");
         let relay_batch_size = Histogram::with_opts(
             HistogramOpts::new("adder_relay_batch_size", "Rows per relay batch")
                 .buckets(BATCH_BUCKETS.to_vec()),
@@ -80,6 +88,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(outbox_pending.clone()),
             Box::new(relay_published.clone()),
+            Box::new(relay_messages.clone()),
             Box::new(relay_batch_size.clone()),
             Box::new(relay_confirm.clone()),
             Box::new(broker_up.clone()),
@@ -95,6 +104,7 @@ impl Metrics {
             request_duration,
             outbox_pending,
             relay_published,
+            relay_messages,
             relay_batch_size,
             relay_confirm,
             broker_up,

@@ -184,9 +184,17 @@ impl Outbox {
         )
     }
 
-    /// Opens the transaction a relay batch runs in.
+    /// Opens the transaction a relay batch runs in. Its commit does not wait
+    /// for the WAL flush (`synchronous_commit = off`): all it records is that
+    /// rows were published, and if a crash loses that, the rows are published
+    /// again and the totaler counts them once. Every Add's own commit stays
+    /// synchronous. This keeps the relay's flushes out of the Adds' way.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
-        Ok(self.pool.begin().await?)
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
     }
 
     /// Locks up to `limit` unpublished rows, oldest first, skipping rows

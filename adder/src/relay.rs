@@ -1,8 +1,10 @@
 //! The relay: outbox -> broker. Each batch runs in one transaction that claims
-//! rows with `FOR UPDATE SKIP LOCKED`, publishes them (persistent, mandatory)
-//! with pipelined publisher confirms, and marks published exactly the rows
+//! rows with `FOR UPDATE SKIP LOCKED`, packs them into messages of up to
+//! `pack` rows, publishes those (persistent, mandatory) with pipelined
+//! publisher confirms, and marks published exactly the rows of the messages
 //! the broker acked. A nack, a return or a lost connection leaves rows for a
-//! retry; a row published twice is deduplicated by the totaler.
+//! retry; a row published twice (even in another pack) is deduplicated by
+//! the totaler, row by row.
 //!
 //! Batches run in `LANES` concurrent lanes on the one channel, so one lane
 //! claims and publishes while another waits for its confirms or commits;
@@ -21,7 +23,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use proto::{SumMessage, message::now_us};
+use proto::{Sum, SumMessage, message::now_us};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +38,11 @@ pub struct Relay {
     pub amqp_url: String,
     pub queue: String,
     pub batch: u32,
+    /// Most rows one message carries.
+    pub pack: usize,
     pub poll: Duration,
+    /// Wait after a wake-up before claiming, so one batch takes more rows.
+    pub linger: Duration,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
 }
@@ -156,6 +162,12 @@ impl Relay {
                 () = tokio::time::sleep(self.poll) => {}
                 () = shutdown.cancelled() => return Ok(()),
             }
+            if !self.linger.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(self.linger) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
         }
     }
 
@@ -184,17 +196,22 @@ impl Relay {
         Ok(rows.len())
     }
 
-    /// Publishes every row before awaiting any confirm; returns the ids the
-    /// broker acked without returning them.
+    /// Publishes every pack of rows before awaiting any confirm; returns the
+    /// ids of the rows whose message the broker acked without returning it.
     async fn publish(&self, channel: &Channel, rows: &[Pending]) -> Result<Vec<i64>, Error> {
-        let mut confirms = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut confirms = Vec::with_capacity(rows.len().div_ceil(self.pack));
+        for pack in rows.chunks(self.pack.max(1)) {
             let message = SumMessage {
                 source: self.outbox.source(),
-                seq: row.id,
-                sum: row.sum,
-                created_us: row.created_us,
                 published_us: now_us(),
+                sums: pack
+                    .iter()
+                    .map(|row| Sum {
+                        seq: row.id,
+                        sum: row.sum,
+                        created_us: row.created_us,
+                    })
+                    .collect(),
             };
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
@@ -212,26 +229,28 @@ impl Relay {
                     properties,
                 )
                 .await?;
-            confirms.push((row.id, confirm));
+            confirms.push((pack, confirm));
         }
+        self.metrics.relay_messages.inc_by(confirms.len() as u64);
         tokio::time::timeout(CONFIRM_TIMEOUT, await_confirms(confirms))
             .await
             .map_err(|_| Error::ConfirmTimeout)?
     }
 }
 
-/// Waits for every confirm; returns the ids the broker acked without
-/// returning them.
-async fn await_confirms(confirms: Vec<(i64, PublisherConfirm)>) -> Result<Vec<i64>, Error> {
-    let mut confirmed = Vec::with_capacity(confirms.len());
-    for (id, confirm) in confirms {
+/// Waits for every confirm; returns the ids of the rows whose message the
+/// broker acked without returning it.
+async fn await_confirms(confirms: Vec<(&[Pending], PublisherConfirm)>) -> Result<Vec<i64>, Error> {
+    let mut confirmed = Vec::new();
+    for (pack, confirm) in confirms {
+        let first = pack.first().map_or(0, |row| row.id);
         match confirm.await? {
-            Confirmation::Ack(None) => confirmed.push(id),
+            Confirmation::Ack(None) => confirmed.extend(pack.iter().map(|row| row.id)),
             Confirmation::Ack(Some(returned)) => {
-                tracing::warn!(id, reply = %returned.reply_text, "broker returned the message, will retry")
+                tracing::warn!(first, rows = pack.len(), reply = %returned.reply_text, "broker returned the message, will retry")
             }
             other => {
-                tracing::warn!(id, confirmation = ?other, "broker did not confirm, will retry")
+                tracing::warn!(first, rows = pack.len(), confirmation = ?other, "broker did not confirm, will retry")
             }
         }
     }

@@ -18,7 +18,7 @@ use lapin::{
     },
     types::FieldTable,
 };
-use proto::{SumMessage, message::now_us};
+use proto::{Sum, SumMessage, message::now_us};
 use uuid::Uuid;
 
 /// A connection with one confirming channel.
@@ -57,13 +57,14 @@ impl Broker {
         Ok(())
     }
 
-    /// Publishes Tally-shaped persistent messages with up to `window`
-    /// unconfirmed; returns how many the broker acked, and the time taken
-    /// until the last confirm.
+    /// Publishes Tally-shaped persistent messages of `pack` rows each with
+    /// up to `window` unconfirmed; returns how many messages the broker
+    /// acked, and the time taken until the last confirm.
     pub async fn publish(
         &self,
         queue: &str,
         window: usize,
+        pack: usize,
         bound: Bound,
     ) -> anyhow::Result<(u64, Duration)> {
         let source = Uuid::new_v4();
@@ -77,12 +78,17 @@ impl Broker {
                 acked += confirmed(in_flight.pop_front()).await?;
             }
             seq += 1;
+            let first = i64::try_from((seq - 1) * pack as u64)?;
             let message = SumMessage {
                 source,
-                seq: i64::try_from(seq)?,
-                sum: 1,
-                created_us: now_us(),
                 published_us: now_us(),
+                sums: (1..=pack as i64)
+                    .map(|i| Sum {
+                        seq: first + i,
+                        sum: 1,
+                        created_us: now_us(),
+                    })
+                    .collect(),
             };
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)

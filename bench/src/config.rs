@@ -67,9 +67,15 @@ pub struct Config {
     #[arg(long, env = "BENCH_HTTP_CONNECTIONS", default_value_t = 64)]
     pub http_connections: usize,
 
-    /// Messages queued for the backlog drain and the raw consume.
-    #[arg(long, env = "BENCH_DRAIN_MESSAGES", default_value_t = 20_000)]
-    pub drain_messages: u64,
+    /// Rows in the backlog the totaler drains and the raw consumer consumes:
+    /// the same backlog for both, packed `pack` rows to a message.
+    #[arg(long, env = "BENCH_DRAIN_ROWS", default_value_t = 1_000_000)]
+    pub drain_rows: u64,
+
+    /// The adder's rows per message (`ADDER_RELAY_PACK`); the raw consume's
+    /// backlog is packed as densely.
+    #[arg(long, env = "ADDER_RELAY_PACK", default_value_t = 100)]
+    pub pack: usize,
 
     /// Publishes in flight when measuring the broker's confirm rate.
     #[arg(long, env = "BENCH_CONFIRM_WINDOW", default_value_t = 1000)]
@@ -140,7 +146,7 @@ impl Config {
             self.repeats = 1;
             self.duration_secs = self.duration_secs.min(1);
             self.latency_secs = self.latency_secs.min(2);
-            self.drain_messages = self.drain_messages.min(2_000);
+            self.drain_rows = self.drain_rows.min(50_000);
             self.settle_secs = self.settle_secs.min(60);
         }
         self.repeats = self.repeats.max(1);
@@ -150,9 +156,10 @@ impl Config {
         self.concurrency = self.concurrency.max(1);
         self.grpc_connections = self.grpc_connections.max(1);
         self.http_connections = self.http_connections.max(1);
-        self.drain_messages = self.drain_messages.max(1);
+        self.drain_rows = self.drain_rows.max(1);
         self.confirm_window = self.confirm_window.max(1);
         self.batch_size = self.batch_size.max(1);
+        self.pack = self.pack.clamp(1, proto::message::MAX_SUMS);
         self
     }
 

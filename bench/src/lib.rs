@@ -14,17 +14,21 @@
 //! - `tally`: the stack under test and its figures.
 //! - `grpc`, `http`: the load generators; `broker`, `database`: the
 //!   harness's own clients; `bare`: the bare servers; `process`: children.
+//! - `cpu`: who used the cores during a load.
+//! - `stages`: the services' own histograms, split into stages.
 //! - `report`: medians, ratios, targets, the table and the JSON.
 
 pub mod bare;
 pub mod broker;
 pub mod config;
+pub mod cpu;
 pub mod database;
 pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod process;
 pub mod report;
+pub mod stages;
 pub mod tally;
 
 use std::{future::Future, path::Path, time::Instant};
@@ -79,7 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "concurrency": config.concurrency,
         "grpc_connections": config.grpc_connections,
         "http_connections": config.http_connections,
-        "drain_messages": config.drain_messages,
+        "drain_rows": config.drain_rows,
         "confirm_window": config.confirm_window,
         "db_pool": config.db_pool,
         "prefetch": config.prefetch,
@@ -164,6 +168,9 @@ async fn measure_tally(stack: &mut Stack, label: &str, r: &mut Round) {
         Ok(s) => {
             r.insert("e2e_adds_per_s", s.durable_per_s);
             r.insert("add_accepted_per_s", s.accepted_per_s);
+            for &(key, value) in &s.cpu {
+                r.insert(key, value);
+            }
             progress(&format!(
                 "[{label}] e2e_adds_per_s: {:.0} (accepted {:.0}/s)",
                 s.durable_per_s, s.accepted_per_s
@@ -184,6 +191,9 @@ async fn measure_tally(stack: &mut Stack, label: &str, r: &mut Round) {
             ] {
                 r.insert(key, value);
             }
+            for &(key, value) in l.stages.iter().chain(&l.cpu) {
+                r.insert(key, value);
+            }
             progress(&format!(
                 "[{label}] at {:.0}/s: Add p50 {:.2} ms p99 {:.2} ms; Add->counted p50 {:.2} ms p99 {:.2} ms; RSS adder {:.1} MiB totaler {:.1} MiB",
                 l.achieved_per_s,
@@ -193,6 +203,14 @@ async fn measure_tally(stack: &mut Stack, label: &str, r: &mut Round) {
                 l.counted_p99_ms,
                 l.rss_mb.0,
                 l.rss_mb.1
+            ));
+            progress(&format!(
+                "[{label}] stages: {}",
+                l.stages
+                    .iter()
+                    .map(|(key, ms)| format!("{key} {ms:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         Err(e) => failed(stack, label, "latency", e).await,

@@ -29,7 +29,8 @@ const MAX_CALLS: u64 = 50_000_000;
 /// How long a bare server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Persistent publishes/s, pipelined confirms, on a fresh quorum queue.
+/// Persistent publishes/s, pipelined confirms, on a fresh quorum queue, one
+/// row per message: the broker's message rate.
 pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
     let broker = Broker::connect(&config.amqp_url).await?;
     let queue = broker::unique_queue("confirms");
@@ -38,23 +39,27 @@ pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
         messages: u64::MAX,
         duration: config.duration(),
     };
-    let published = broker.publish(&queue, config.confirm_window, bound).await;
+    let published = broker.publish(&queue, config.confirm_window, 1, bound).await;
     broker.delete(&queue).await;
     let (acked, elapsed) = published?;
     Ok(acked as f64 / elapsed.as_secs_f64())
 }
 
-/// Deliveries/s of a plain consumer draining `drain_messages` already queued.
+/// Rows/s of a plain consumer draining a backlog of `drain_rows` rows,
+/// packed `pack` to a message (the very backlog `Stack::drain` gives the
+/// totaler): it receives and acks, and neither decodes nor writes.
 pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
     let broker = Broker::connect(&config.amqp_url).await?;
     let queue = broker::unique_queue("consume");
     broker.declare(&queue).await?;
     let result = async {
         let bound = Bound {
-            messages: config.drain_messages,
+            messages: config.drain_rows.div_ceil(config.pack as u64),
             duration: config.settle(),
         };
-        let (queued, _) = broker.publish(&queue, config.confirm_window, bound).await?;
+        let (queued, _) = broker
+            .publish(&queue, config.confirm_window, config.pack, bound)
+            .await?;
         let elapsed = broker
             .consume(
                 &queue,
@@ -64,7 +69,7 @@ pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
                 Duration::from_secs(30),
             )
             .await?;
-        anyhow::Ok(queued as f64 / elapsed.as_secs_f64())
+        anyhow::Ok((queued * config.pack as u64) as f64 / elapsed.as_secs_f64())
     }
     .await;
     broker.delete(&queue).await;

@@ -46,13 +46,13 @@ macro_rules! figure {
 pub const FIGURES: &[Figure] = &[
     figure!(
         "broker_confirm_per_s",
-        "RabbitMQ persistent publishes, pipelined confirms, quorum queue",
+        "RabbitMQ persistent publishes, pipelined confirms, quorum queue (one row a message)",
         "msg/s"
     ),
     figure!(
         "raw_consume_per_s",
-        "RabbitMQ raw consume of a backlog (same prefetch, multiple-ack per batch)",
-        "msg/s"
+        "RabbitMQ raw consume of a backlog packed as the relay packs it (same prefetch, multiple-ack per batch)",
+        "rows/s"
     ),
     figure!(
         "pg_insert_tps",
@@ -108,9 +108,119 @@ pub const FIGURES: &[Figure] = &[
         "ms"
     ),
     figure!(
+        "stage_add_server_p50_ms",
+        "stage at the fixed rate, p50 (Add inside the adder, group commit included)",
+        "ms"
+    ),
+    figure!(
+        "stage_add_server_p99_ms",
+        "stage at the fixed rate, p99 (Add inside the adder, group commit included)",
+        "ms"
+    ),
+    figure!(
+        "stage_relay_confirm_p50_ms",
+        "stage at the fixed rate, p50 (relay batch: publish to its last confirm)",
+        "ms"
+    ),
+    figure!(
+        "stage_relay_confirm_p99_ms",
+        "stage at the fixed rate, p99 (relay batch: publish to its last confirm)",
+        "ms"
+    ),
+    figure!(
+        "stage_queue_time_p50_ms",
+        "stage at the fixed rate, p50 (queue time: relay publish to delivery)",
+        "ms"
+    ),
+    figure!(
+        "stage_queue_time_p99_ms",
+        "stage at the fixed rate, p99 (queue time: relay publish to delivery)",
+        "ms"
+    ),
+    figure!(
+        "stage_ledger_apply_p50_ms",
+        "stage at the fixed rate, p50 (ledger update: lock to fsynced rename)",
+        "ms"
+    ),
+    figure!(
+        "stage_ledger_apply_p99_ms",
+        "stage at the fixed rate, p99 (ledger update: lock to fsynced rename)",
+        "ms"
+    ),
+    figure!(
+        "stage_end_to_end_p50_ms",
+        "stage at the fixed rate, p50 (outbox commit to durable in sum.txt)",
+        "ms"
+    ),
+    figure!(
+        "stage_end_to_end_p99_ms",
+        "stage at the fixed rate, p99 (outbox commit to durable in sum.txt)",
+        "ms"
+    ),
+    figure!(
+        "cpu_saturation_adder",
+        "CPU at saturation: adder",
+        "cores"
+    ),
+    figure!(
+        "cpu_saturation_totaler",
+        "CPU at saturation: totaler",
+        "cores"
+    ),
+    figure!(
+        "cpu_saturation_postgres",
+        "CPU at saturation: PostgreSQL",
+        "cores"
+    ),
+    figure!(
+        "cpu_saturation_rabbitmq",
+        "CPU at saturation: RabbitMQ",
+        "cores"
+    ),
+    figure!(
+        "cpu_saturation_bench",
+        "CPU at saturation: the harness (load, polls)",
+        "cores"
+    ),
+    figure!(
+        "cpu_saturation_other",
+        "CPU at saturation: everything else",
+        "cores"
+    ),
+    figure!(
+        "cpu_fixed_rate_adder",
+        "CPU at the fixed rate: adder",
+        "cores"
+    ),
+    figure!(
+        "cpu_fixed_rate_totaler",
+        "CPU at the fixed rate: totaler",
+        "cores"
+    ),
+    figure!(
+        "cpu_fixed_rate_postgres",
+        "CPU at the fixed rate: PostgreSQL",
+        "cores"
+    ),
+    figure!(
+        "cpu_fixed_rate_rabbitmq",
+        "CPU at the fixed rate: RabbitMQ",
+        "cores"
+    ),
+    figure!(
+        "cpu_fixed_rate_bench",
+        "CPU at the fixed rate: the harness (load, polls)",
+        "cores"
+    ),
+    figure!(
+        "cpu_fixed_rate_other",
+        "CPU at the fixed rate: everything else",
+        "cores"
+    ),
+    figure!(
         "drain_per_s",
         "Tally backlog drain (totaler started on a queued backlog)",
-        "msg/s"
+        "rows/s"
     ),
     figure!("sum_get_per_s", "Tally GET /sum", "req/s"),
     figure!(

@@ -18,12 +18,14 @@ use anyhow::{Context, bail};
 use tokio::sync::oneshot;
 
 use crate::{
-    broker::Broker,
+    broker::{Bound, Broker},
     config::Config,
+    cpu,
     database::Fresh,
     grpc::{self, Clients, Sample},
     http,
     process::{self, Memory, Process},
+    stages::{self, Snapshot},
 };
 
 /// The running stack and what the harness knows of it.
@@ -35,6 +37,7 @@ pub struct Stack {
     log: PathBuf,
     adder: Process,
     totaler: Option<Process>,
+    adder_http: SocketAddr,
     totaler_http: SocketAddr,
     clients: Clients,
     broker: Broker,
@@ -44,7 +47,7 @@ pub struct Stack {
 }
 
 /// Latency figures of one fixed-rate window, in milliseconds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Latency {
     pub achieved_per_s: f64,
     pub add_p50_ms: f64,
@@ -53,15 +56,21 @@ pub struct Latency {
     pub counted_p99_ms: f64,
     /// Highest resident memory sampled during the window, adder and totaler.
     pub rss_mb: (f64, f64),
+    /// The services' own stage quantiles over the window (`stages`), by key.
+    pub stages: Vec<(&'static str, f64)>,
+    /// Cores each part kept busy during the window (`cpu::keyed`).
+    pub cpu: Vec<(&'static str, f64)>,
 }
 
 /// Saturation figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Saturation {
     /// Acknowledged Adds per second of load.
     pub accepted_per_s: f64,
     /// Acknowledged Adds per second until the total reached them.
     pub durable_per_s: f64,
+    /// Cores each part kept busy during the load (`cpu::keyed`).
+    pub cpu: Vec<(&'static str, f64)>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,6 +102,7 @@ impl Stack {
                 ("ADDER_GRPC_ADDR", grpc_addr.to_string()),
                 ("ADDER_HTTP_ADDR", adder_http.to_string()),
                 ("ADDER_DB_POOL", config.db_pool.to_string()),
+                ("ADDER_RELAY_PACK", config.pack.to_string()),
                 ("RUST_LOG", "warn".into()),
             ],
             &log,
@@ -108,6 +118,7 @@ impl Stack {
             log,
             adder,
             totaler: None,
+            adder_http,
             totaler_http,
             clients: Clients::connect(grpc_addr, config.grpc_connections).await?,
             broker,
@@ -166,6 +177,7 @@ impl Stack {
     /// Adds at saturation for the configured window, then waits until every
     /// acknowledged Add is counted.
     pub async fn saturation(&mut self) -> anyhow::Result<Saturation> {
+        let cpu_before = cpu::Sample::take();
         let done = grpc::saturate(
             &self.clients,
             self.config.concurrency,
@@ -174,12 +186,14 @@ impl Stack {
             |i| ((i % 100) as i64, 1),
         )
         .await;
+        let cpu = cpu::keyed(&cpu::Sample::take().cores_since(&cpu_before), false);
         let started = Instant::now() - done.elapsed;
         let counted_at = self.settle(&done).await?;
         self.sample_memory();
         Ok(Saturation {
             accepted_per_s: done.ok as f64 / done.elapsed.as_secs_f64(),
             durable_per_s: done.ok as f64 / (counted_at - started).as_secs_f64(),
+            cpu,
         })
     }
 
@@ -187,16 +201,19 @@ impl Stack {
     /// counted from a 1 ms poll of `GET /sum` (see `counted_latencies`).
     pub async fn latency(&mut self) -> anyhow::Result<Latency> {
         let base = self.expected;
+        let before = self.scrape_stages().await?;
         let (stop_poll, stopped) = oneshot::channel();
         let poller = tokio::spawn(poll_sum(self.totaler_http, stopped));
         let (stop_sampling, sampling_stopped) = oneshot::channel();
         let sampler = tokio::spawn(sample_rss(self.pids(), sampling_stopped));
+        let cpu_before = cpu::Sample::take();
         let paced = grpc::paced(
             &self.clients,
             self.config.rate,
             self.config.latency_window(),
         )
         .await;
+        let cpu = cpu::keyed(&cpu::Sample::take().cores_since(&cpu_before), true);
         let done = grpc::Saturation {
             ok: paced.samples.len() as u64,
             failed: paced.failed,
@@ -209,6 +226,7 @@ impl Stack {
         let observations = poller.await.context("GET /sum poller")??;
         let rss_mb = sampler.await.unwrap_or_default();
         settled?;
+        let after = self.scrape_stages().await?;
         self.sample_memory();
         let mut add: Vec<f64> = paced.samples.iter().map(|s| ms(s.latency)).collect();
         let mut counted = counted_latencies(&paced.samples, &observations, base)?;
@@ -219,35 +237,51 @@ impl Stack {
             counted_p50_ms: percentile(&mut counted, 0.50),
             counted_p99_ms: percentile(&mut counted, 0.99),
             rss_mb,
+            stages: stage_quantiles(&before, &after),
+            cpu,
         })
     }
 
-    /// Queues `drain_messages` Adds with the totaler stopped, starts it, and
-    /// returns messages counted per second from its start.
+    /// Both services' histograms, adder first.
+    async fn scrape_stages(&self) -> anyhow::Result<(Snapshot, Snapshot)> {
+        Ok((
+            Snapshot::scrape(self.adder_http).await?,
+            Snapshot::scrape(self.totaler_http).await?,
+        ))
+    }
+
+    /// With the totaler stopped, queues a backlog of `drain_rows` rows (sum
+    /// 1 each, of a source of its own), packed `pack` to a message as the
+    /// relay packs a backlog, exactly as `limits::raw_consume` does; then
+    /// starts the totaler and returns rows counted per second from its start.
     pub async fn drain(&mut self) -> anyhow::Result<f64> {
         self.stop_totaler().await?;
-        let n = self.config.drain_messages;
-        let done = grpc::saturate(
-            &self.clients,
-            self.config.concurrency,
-            self.config.settle(),
-            n,
-            |i| ((i % 100) as i64, 1),
-        )
-        .await;
-        if done.failed > 0 || done.ok != n {
-            self.start_totaler().await?;
-            bail!(
-                "queueing the backlog: {} of {n} Adds failed: {:?}",
-                done.failed,
-                done.first_error
-            );
-        }
-        self.wait_queued(n).await?;
+        let rows = self.config.drain_rows;
+        let pack = self.config.pack as u64;
+        let bound = Bound {
+            messages: rows.div_ceil(pack),
+            duration: self.config.settle(),
+        };
+        let queued = self
+            .broker
+            .publish(&self.queue, self.config.confirm_window, self.config.pack, bound)
+            .await;
+        let (messages, _) = match queued {
+            Ok(queued) => queued,
+            Err(e) => {
+                self.start_totaler().await?;
+                return Err(e.context("queueing the backlog"));
+            }
+        };
+        let done = grpc::Saturation {
+            ok: messages * pack,
+            acked_sum: i128::from(messages * pack),
+            ..grpc::Saturation::default()
+        };
         let started = Instant::now();
         self.start_totaler().await?;
         let counted_at = self.settle(&done).await?;
-        Ok(n as f64 / (counted_at - started).as_secs_f64())
+        Ok(done.ok as f64 / (counted_at - started).as_secs_f64())
     }
 
     /// `GET /sum` requests per second at the totaler, idle otherwise.
@@ -328,20 +362,6 @@ impl Stack {
         Ok(reached)
     }
 
-    async fn wait_queued(&self, n: u64) -> anyhow::Result<()> {
-        let started = Instant::now();
-        while started.elapsed() < self.config.settle() {
-            if u64::from(self.broker.ready(&self.queue).await?) >= n {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!(
-            "the relay did not publish the backlog within {:?}",
-            self.config.settle()
-        )
-    }
-
     async fn total(&self) -> anyhow::Result<i128> {
         let mut connection = http::Connection::open(self.totaler_http, "/sum").await?;
         let (_, body) = connection.get().await?;
@@ -401,6 +421,27 @@ async fn poll_sum(
         tokio::time::sleep(POLL).await;
     }
     Ok(seen)
+}
+
+/// p50 and p99 of every stage between two scrapes of both services.
+fn stage_quantiles(
+    before: &(Snapshot, Snapshot),
+    after: &(Snapshot, Snapshot),
+) -> Vec<(&'static str, f64)> {
+    let mut figures = Vec::new();
+    for (stages, before, after) in [
+        (stages::ADDER, &before.0, &after.0),
+        (stages::TOTALER, &before.1, &after.1),
+    ] {
+        for stage in stages {
+            for (key, q) in [(stage.p50_key, 0.50), (stage.p99_key, 0.99)] {
+                if let Some(ms) = after.quantile_ms_since(before, stage.series, q) {
+                    figures.push((key, ms));
+                }
+            }
+        }
+    }
+    figures
 }
 
 /// Highest resident memory of the processes every 250 ms until `stop`.

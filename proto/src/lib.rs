@@ -13,7 +13,7 @@
 pub mod message;
 pub mod topology;
 
-pub use message::{DecodeError, SumMessage};
+pub use message::{DecodeError, Sum, SumMessage};
 
 /// Generated gRPC code.
 pub mod tally {

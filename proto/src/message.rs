@@ -1,44 +1,78 @@
-//! The queue message: one outbox row, as JSON. It carries what the totaler
-//! needs to count the sum exactly once (`source` + `seq`, a unique id) and to
-//! measure latency (`created_us`, `published_us`). Decoding validates; it
-//! never guesses a default for a missing field.
+//! The queue message: one or more outbox rows of one outbox database, as
+//! JSON. Each row carries what the totaler needs to count its sum exactly
+//! once (`source` + `seq`, a unique id) and to measure latency
+//! (`created_us`); the message carries when it was published. The relay
+//! packs the rows of a batch into messages of up to `ADDER_RELAY_PACK`
+//! rows, so the broker moves one message per pack, not per Add. Decoding
+//! validates; it never guesses a default for a missing field.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashSet,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The body of a message on the Tally queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SumMessage {
-    /// Identity of the outbox database that recorded the sum, created with the
-    /// outbox itself, so ids stay unique even if that database is recreated.
+    /// Identity of the outbox database that recorded the sums, created with
+    /// the outbox itself, so ids stay unique even if that database is recreated.
     pub source: Uuid,
+    /// When the relay published it, microseconds since the Unix epoch.
+    pub published_us: i64,
+    /// The rows, at least one, each `seq` at most once.
+    pub sums: Vec<Sum>,
+}
+
+/// One outbox row in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sum {
     /// The outbox row's id within `source`: positive, almost dense, increasing.
     pub seq: i64,
     /// The recorded sum, `a + b`.
     pub sum: i64,
     /// When the outbox row was committed, microseconds since the Unix epoch.
     pub created_us: i64,
-    /// When the relay published it, microseconds since the Unix epoch.
-    pub published_us: i64,
 }
+
+/// Most rows one message may carry; a bigger body is malformed.
+pub const MAX_SUMS: usize = 10_000;
 
 /// Why a message body is not a valid [`SumMessage`].
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("body is not a valid sum message: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the message carries no sums")]
+    Empty,
+    #[error("the message carries {0} sums, more than {MAX_SUMS}")]
+    TooMany(usize),
     #[error("seq must be positive, got {0}")]
     Seq(i64),
+    #[error("seq {0} appears twice in the message")]
+    Repeated(i64),
 }
 
 impl SumMessage {
     /// Parses and validates a message body.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let message: Self = serde_json::from_slice(body)?;
-        if message.seq <= 0 {
-            return Err(DecodeError::Seq(message.seq));
+        if message.sums.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        if message.sums.len() > MAX_SUMS {
+            return Err(DecodeError::TooMany(message.sums.len()));
+        }
+        let mut seen = HashSet::with_capacity(message.sums.len());
+        for sum in &message.sums {
+            if sum.seq <= 0 {
+                return Err(DecodeError::Seq(sum.seq));
+            }
+            if !seen.insert(sum.seq) {
+                return Err(DecodeError::Repeated(sum.seq));
+            }
         }
         Ok(message)
     }
@@ -48,9 +82,14 @@ impl SumMessage {
         serde_json::to_vec(self).expect("a struct of plain numbers always serialises")
     }
 
-    /// The unique message id, `<source>:<seq>`, also set as the AMQP `message_id`.
+    /// The message id, also set as the AMQP `message_id`: `<source>:<seq>`
+    /// of its first row, and `+<n>` when it carries `n` more.
     pub fn id(&self) -> String {
-        format!("{}:{}", self.source, self.seq)
+        let first = self.sums.first().map_or(0, |s| s.seq);
+        match self.sums.len() {
+            0 | 1 => format!("{}:{first}", self.source),
+            n => format!("{}:{first}+{}", self.source, n - 1),
+        }
     }
 }
 
@@ -70,10 +109,19 @@ mod tests {
     fn sample() -> SumMessage {
         SumMessage {
             source: Uuid::from_u128(7),
-            seq: 42,
-            sum: -3,
-            created_us: 1,
             published_us: 2,
+            sums: vec![
+                Sum {
+                    seq: 42,
+                    sum: -3,
+                    created_us: 1,
+                },
+                Sum {
+                    seq: 44,
+                    sum: 5,
+                    created_us: 1,
+                },
+            ],
         }
     }
 
@@ -85,8 +133,7 @@ mod tests {
 
     #[test]
     fn missing_field_is_rejected() {
-        let body =
-            br#"{"source":"00000000-0000-0000-0000-000000000007","seq":1,"sum":1,"created_us":1}"#;
+        let body = br#"{"source":"00000000-0000-0000-0000-000000000007","published_us":1,"sums":[{"seq":1,"sum":1}]}"#;
         assert!(matches!(
             SumMessage::decode(body),
             Err(DecodeError::Json(_))
@@ -95,7 +142,8 @@ mod tests {
 
     #[test]
     fn non_positive_seq_is_rejected() {
-        let message = SumMessage { seq: 0, ..sample() };
+        let mut message = sample();
+        message.sums[1].seq = 0;
         assert!(matches!(
             SumMessage::decode(&message.encode()),
             Err(DecodeError::Seq(0))
@@ -103,7 +151,43 @@ mod tests {
     }
 
     #[test]
-    fn id_names_source_and_seq() {
-        assert_eq!(sample().id(), "00000000-0000-0000-0000-000000000007:42");
+    fn empty_and_repeating_messages_are_rejected() {
+        let mut message = sample();
+        message.sums[1].seq = 42;
+        assert!(matches!(
+            SumMessage::decode(&message.encode()),
+            Err(DecodeError::Repeated(42))
+        ));
+        message.sums.clear();
+        assert!(matches!(
+            SumMessage::decode(&message.encode()),
+            Err(DecodeError::Empty)
+        ));
+    }
+
+    #[test]
+    fn too_many_sums_are_rejected() {
+        let mut message = sample();
+        message.sums = (1..=MAX_SUMS as i64 + 1)
+            .map(|seq| Sum {
+                seq,
+                sum: 1,
+                created_us: 1,
+            })
+            .collect();
+        assert!(matches!(
+            SumMessage::decode(&message.encode()),
+            Err(DecodeError::TooMany(_))
+        ));
+        message.sums.pop();
+        assert!(SumMessage::decode(&message.encode()).is_ok());
+    }
+
+    #[test]
+    fn id_names_source_first_seq_and_how_many_more() {
+        assert_eq!(sample().id(), "00000000-0000-0000-0000-000000000007:42+1");
+        let mut one = sample();
+        one.sums.pop();
+        assert_eq!(one.id(), "00000000-0000-0000-0000-000000000007:42");
     }
 }

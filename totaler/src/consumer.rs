@@ -1,6 +1,7 @@
 //! The consumer: delivery -> ledger -> ack. It gathers deliveries into a
-//! batch, dead-letters the malformed ones, applies the rest in one ledger
-//! update and, only once that update is durable, acks them with one
+//! batch, dead-letters the malformed ones, applies every row of the rest in
+//! one ledger update (each row deduplicated on its own, whatever message
+//! carried it) and, only once that update is durable, acks them with one
 //! `multiple` ack. A lost broker means reconnect with backoff; unacked
 //! deliveries come back and the ledger counts them once. A disk error means
 //! no ack and a retry with backoff; a corrupt ledger stops the totaler.
@@ -20,6 +21,7 @@ use lapin::{
     types::FieldTable,
 };
 use proto::{SumMessage, message::now_us};
+use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -63,6 +65,14 @@ impl From<lapin::Error> for Stop {
 struct Valid {
     tag: u64,
     message: SumMessage,
+}
+
+/// One row of a delivery, as the ledger applies it.
+struct Row {
+    source: Uuid,
+    seq: i64,
+    sum: i64,
+    created_us: i64,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -214,19 +224,32 @@ impl Consumer {
         Ok(())
     }
 
-    /// One durable ledger update for the batch, retried with backoff on disk
-    /// errors. On shutdown during retries, returns without acking.
+    /// One durable ledger update for every row of the batch, retried with
+    /// backoff on disk errors. On shutdown during retries, returns without
+    /// acking.
     async fn apply(&self, valid: &[Valid], shutdown: &CancellationToken) -> Result<(), Stop> {
-        let messages: Vec<SumMessage> = valid.iter().map(|v| v.message).collect();
+        let rows: Arc<Vec<Row>> = Arc::new(
+            valid
+                .iter()
+                .flat_map(|v| {
+                    v.message.sums.iter().map(|s| Row {
+                        source: v.message.source,
+                        seq: s.seq,
+                        sum: s.sum,
+                        created_us: s.created_us,
+                    })
+                })
+                .collect(),
+        );
         let mut backoff = BACKOFF_MIN;
         loop {
             let ledger = self.ledger.clone();
-            let batch = messages.clone();
+            let batch = rows.clone();
             let update = tokio::task::spawn_blocking(move || {
                 ledger.update(|state| {
                     batch
                         .iter()
-                        .map(|m| state.apply(m.source, m.seq, m.sum))
+                        .map(|r| state.apply(r.source, r.seq, r.sum))
                         .collect::<Vec<_>>()
                 })
             })
@@ -236,7 +259,7 @@ impl Consumer {
                 Ok(update) => {
                     self.status.set_ledger_ok(true);
                     self.status.set_total(update.state.total);
-                    self.record(&messages, &update.result, update.elapsed);
+                    self.record(valid.len(), &rows, &update.result, update.elapsed);
                     self.metrics.sum.set(update.state.total as f64);
                     return Ok(());
                 }
@@ -258,33 +281,37 @@ impl Consumer {
         }
     }
 
-    fn record(&self, messages: &[SumMessage], outcomes: &[Outcome], elapsed: Duration) {
+    fn record(&self, messages: usize, rows: &[Row], outcomes: &[Outcome], elapsed: Duration) {
         let durable_us = now_us();
         let mut applied = 0;
-        for (message, outcome) in messages.iter().zip(outcomes) {
+        for (row, outcome) in rows.iter().zip(outcomes) {
             if *outcome == Outcome::Applied {
                 applied += 1;
                 self.metrics
                     .end_to_end
-                    .observe(seconds_between(message.created_us, durable_us));
+                    .observe(seconds_between(row.created_us, durable_us));
             }
         }
-        let duplicates = messages.len() - applied;
+        let duplicates = rows.len() - applied;
         self.metrics
             .messages
+            .with_label_values(&["consumed"])
+            .inc_by(messages as u64);
+        self.metrics
+            .sums
             .with_label_values(&["applied"])
             .inc_by(applied as u64);
         self.metrics
-            .messages
+            .sums
             .with_label_values(&["duplicate"])
             .inc_by(duplicates as u64);
-        self.metrics.batch_size.observe(messages.len() as f64);
+        self.metrics.batch_size.observe(messages as f64);
         self.metrics.apply.observe(elapsed.as_secs_f64());
         if duplicates > 0 {
             tracing::info!(
                 duplicates,
                 applied,
-                "skipped redelivered messages already in the ledger"
+                "skipped redelivered sums already in the ledger"
             );
         }
     }

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub queue_time: Histogram,
     pub end_to_end: Histogram,
     pub messages: IntCounterVec,
+    pub sums: IntCounterVec,
     pub batch_size: Histogram,
     pub apply: Histogram,
     pub sum: Gauge,
@@ -22,8 +23,8 @@ pub struct Metrics {
 
 /// 0.5 ms to 60 s, for queue time, end to end and ledger updates.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// 50 µs to 1 s, for GET /sum and friends.
 const HTTP_BUCKETS: &[f64] = &[
@@ -54,7 +55,18 @@ impl Metrics {
                 LATENCY_BUCKETS,
             ),
             messages: IntCounterVec::new(
-                Opts::new("totaler_messages_total", "Deliveries by outcome"),
+                Opts::new(
+                    "totaler_messages_total",
+                    "Deliveries by outcome: consumed (applied and acked) or dead_lettered (malformed)",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            sums: IntCounterVec::new(
+                Opts::new(
+                    "totaler_sums_total",
+                    "Rows of consumed messages by outcome: applied to the total, or duplicate (already counted)",
+                ),
                 &["outcome"],
             )
             .expect("valid metric"),
@@ -103,6 +115,7 @@ impl Metrics {
             Box::new(metrics.queue_time.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.end_to_end.clone()),
             Box::new(metrics.messages.clone()),
+            Box::new(metrics.sums.clone()),
             Box::new(metrics.batch_size.clone()),
             Box::new(metrics.apply.clone()),
             Box::new(metrics.sum.clone()),

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use testkit::{Broker, Proxy, database, proxy::target_of};
 
-use crate::support::{call, config, drain_messages, outbox_counts, pool, spawn_adder};
+use crate::support::{call, config, drain_messages, outbox_counts, pool, rows, spawn_adder};
 
 #[tokio::test]
 async fn row_is_marked_published_only_after_the_broker_confirms_it() {
@@ -48,19 +48,24 @@ async fn row_is_marked_published_only_after_the_broker_confirms_it() {
     .await;
     let messages = drain_messages(&broker).await;
     assert_eq!(messages.len(), 1);
-    assert_eq!((messages[0].seq, messages[0].sum), (response.outbox_id, 15));
-    assert!(messages[0].published_us >= messages[0].created_us);
+    let [row] = messages[0].sums[..] else {
+        panic!("one row in {:?}", messages[0]);
+    };
+    assert_eq!((row.seq, row.sum), (response.outbox_id, 15));
+    assert!(messages[0].published_us >= row.created_us);
     adder.stop().await;
     broker.delete().await;
 }
 
 #[tokio::test]
-async fn broker_outage_keeps_adds_succeeding_and_every_row_arrives_after() {
+async fn broker_outage_keeps_adds_succeeding_and_the_backlog_arrives_packed() {
     let db = database::fresh().await;
     let queue = testkit::unique_queue("outage");
     let broker = Broker::connect(&queue).await;
     let proxy = Proxy::start(target_of(&testkit::amqp_url())).await;
-    let adder = spawn_adder(config(&db, &proxy.url(&testkit::amqp_url()), &queue)).await;
+    let mut settings = config(&db, &proxy.url(&testkit::amqp_url()), &queue);
+    settings.relay_pack = 7;
+    let adder = spawn_adder(settings).await;
     let mut client = adder.client().await;
     call(&mut client, 1, 0, "").await.expect("Add");
     proxy.cut();
@@ -79,12 +84,19 @@ async fn broker_outage_keeps_adds_succeeding_and_every_row_arrives_after() {
         (outbox_counts(&outbox).await.1 == 0).then_some(())
     })
     .await;
-    let seqs: BTreeSet<i64> = drain_messages(&broker)
-        .await
-        .iter()
-        .map(|m| m.seq)
-        .collect();
+    let messages = drain_messages(&broker).await;
+    let seqs: BTreeSet<i64> = rows(&messages).map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=51).collect(), "every row arrives");
+    assert!(
+        messages.iter().all(|m| m.sums.len() <= 7),
+        "no message carries more than ADDER_RELAY_PACK rows"
+    );
+    assert!(
+        messages.len() < seqs.len(),
+        "the backlog is packed: {} messages for {} rows",
+        messages.len(),
+        seqs.len()
+    );
     adder.stop().await;
     broker.delete().await;
 }
@@ -118,8 +130,13 @@ async fn two_adders_on_one_database_publish_every_row() {
     )
     .await;
     let messages = drain_messages(&broker).await;
-    let seqs: BTreeSet<i64> = messages.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=800).collect(), "all 800 rows arrive");
+    let seqs: Vec<i64> = rows(&messages).map(|r| r.seq).collect();
+    assert_eq!(seqs.len(), 800, "each row is published once");
+    assert_eq!(
+        seqs.into_iter().collect::<BTreeSet<_>>(),
+        (1..=800).collect(),
+        "all 800 rows arrive"
+    );
     assert_eq!(
         messages
             .iter()

@@ -27,6 +27,8 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         http_addr: "127.0.0.1:0".parse().expect("an address"),
         db_pool: 4,
         relay_batch: 100,
+        relay_pack: 100,
+        relay_linger_ms: 0,
         relay_poll_ms: 200,
         retention_hours: 168,
         shutdown_grace_ms: 5_000,
@@ -140,4 +142,9 @@ pub async fn drain_messages(broker: &testkit::Broker) -> Vec<proto::SumMessage> 
         .iter()
         .map(|body| proto::SumMessage::decode(body).expect("the relay publishes valid messages"))
         .collect()
+}
+
+/// Every row of `messages`, in order.
+pub fn rows(messages: &[proto::SumMessage]) -> impl Iterator<Item = &proto::Sum> {
+    messages.iter().flat_map(|m| m.sums.iter())
 }

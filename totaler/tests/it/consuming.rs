@@ -6,7 +6,9 @@ use std::time::Duration;
 use testkit::{Broker, Proxy, proxy::target_of};
 use uuid::Uuid;
 
-use crate::support::{config, file_total, get, message, settle, spawn_totaler, temp_dir};
+use crate::support::{
+    config, file_total, get, message, pack, settle, spawn_totaler, temp_dir,
+};
 
 #[tokio::test]
 async fn messages_are_summed_into_the_file_and_acked() {
@@ -28,7 +30,11 @@ async fn messages_are_summed_into_the_file_and_acked() {
     assert_eq!(file_total(&path), expected);
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
     assert!(
-        metrics.contains(r#"totaler_messages_total{outcome="applied"} 300"#),
+        metrics.contains(r#"totaler_sums_total{outcome="applied"} 300"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"totaler_messages_total{outcome="consumed"} 300"#),
         "{metrics}"
     );
     assert!(
@@ -62,9 +68,40 @@ async fn the_same_message_id_published_twice_is_counted_once() {
     assert_eq!(file_total(&path), 115);
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
     assert!(
-        metrics.contains(r#"totaler_messages_total{outcome="duplicate"} 2"#),
+        metrics.contains(r#"totaler_sums_total{outcome="duplicate"} 2"#),
         "{metrics}"
     );
+    totaler.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn rows_repacked_into_other_messages_are_counted_once_each() {
+    let queue = testkit::unique_queue("repack");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("repack").join("sum.txt");
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    // A relay that crashed after publishing rows 1-3 but before marking
+    // them publishes them again, packed with newer rows.
+    broker.publish(&pack(source, &[(1, 1), (2, 20), (3, 300)])).await;
+    broker
+        .publish(&pack(source, &[(2, 20), (3, 300), (4, 4000), (6, 60000)]))
+        .await;
+    broker.publish(&pack(source, &[(5, 500_000), (6, 60000)])).await;
+    settle(&broker, "the packs to be handled", async || {
+        totaler.sum().await == 564_321
+    })
+    .await;
+    assert_eq!(file_total(&path), 564_321);
+    let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
+    for line in [
+        r#"totaler_sums_total{outcome="applied"} 6"#,
+        r#"totaler_sums_total{outcome="duplicate"} 3"#,
+        r#"totaler_messages_total{outcome="consumed"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     totaler.stop().await;
     broker.delete().await;
 }
@@ -82,19 +119,20 @@ async fn malformed_messages_are_dead_lettered_and_the_total_untouched() {
         .publish(br#"{"source":"00000000-0000-0000-0000-000000000001","seq":3}"#)
         .await;
     broker.publish(&message(source, 0, 1000)).await;
+    broker.publish(&pack(source, &[(5, 1000), (5, 1000)])).await;
     broker.publish(&message(source, 2, 8)).await;
     let dead = proto::topology::dead_letter_queue(&queue);
     testkit::eventually(
         Duration::from_secs(30),
-        "3 dead letters and a total of 15",
-        || async { (broker.count(&dead).await == 3 && totaler.sum().await == 15).then_some(()) },
+        "4 dead letters and a total of 15",
+        || async { (broker.count(&dead).await == 4 && totaler.sum().await == 15).then_some(()) },
     )
     .await;
     assert_eq!(broker.count(&queue).await, 0, "nothing is requeued");
     assert_eq!(file_total(&path), 15);
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
     assert!(
-        metrics.contains(r#"totaler_messages_total{outcome="dead_lettered"} 3"#),
+        metrics.contains(r#"totaler_messages_total{outcome="dead_lettered"} 4"#),
         "{metrics}"
     );
     let dead_bodies = broker.drain(&dead).await;

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use proto::{SumMessage, message::now_us};
+use proto::{Sum, SumMessage, message::now_us};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use totaler::{Config, config::LogFormat};
 use uuid::Uuid;
@@ -100,15 +100,25 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     testkit::http::get(addr, path).await
 }
 
-/// A valid queue message.
+/// A valid queue message carrying one row.
 pub fn message(source: Uuid, seq: i64, sum: i64) -> Vec<u8> {
+    pack(source, &[(seq, sum)])
+}
+
+/// A valid queue message carrying the rows `(seq, sum)`, as the relay packs them.
+pub fn pack(source: Uuid, rows: &[(i64, i64)]) -> Vec<u8> {
     let now = now_us();
     SumMessage {
         source,
-        seq,
-        sum,
-        created_us: now,
         published_us: now,
+        sums: rows
+            .iter()
+            .map(|&(seq, sum)| Sum {
+                seq,
+                sum,
+                created_us: now,
+            })
+            .collect(),
     }
     .encode()
 }
