@@ -47,6 +47,13 @@ pub struct Config {
     #[arg(long, env = "ADDER_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
 
+    /// Group-commit writers: each commits everything queued as one
+    /// multi-row INSERT, one WAL flush. Fewer writers make bigger groups and
+    /// fewer flushes; more let commits overlap. Default: a quarter of
+    /// ADDER_DB_POOL, at least 1.
+    #[arg(long, env = "ADDER_COMMIT_WRITERS")]
+    pub commit_writers: Option<usize>,
+
     /// Most outbox rows the relay publishes per batch (pipelined confirms).
     #[arg(long, env = "ADDER_RELAY_BATCH", default_value_t = 1000)]
     pub relay_batch: u32,
@@ -60,7 +67,7 @@ pub struct Config {
     /// How long the relay waits after a commit wakes it, gathering more rows
     /// into the batch, in milliseconds. 0 publishes at once; a few ms mean
     /// fewer, larger batches (fewer broker and disk flushes) at low rates.
-    #[arg(long, env = "ADDER_RELAY_LINGER_MS", default_value_t = 0)]
+    #[arg(long, env = "ADDER_RELAY_LINGER_MS", default_value_t = 5)]
     pub relay_linger_ms: u64,
 
     /// Safety-net poll of the outbox, in milliseconds; commits wake the relay at once.
@@ -92,6 +99,12 @@ pub enum LogFormat {
 impl Config {
     pub fn relay_poll(&self) -> Duration {
         Duration::from_millis(self.relay_poll_ms)
+    }
+
+    pub fn commit_writers(&self) -> usize {
+        self.commit_writers
+            .unwrap_or(self.db_pool as usize / 4)
+            .clamp(1, self.db_pool.max(1) as usize)
     }
 
     pub fn relay_linger(&self) -> Duration {

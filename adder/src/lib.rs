@@ -126,7 +126,7 @@ async fn open_outbox(config: &Config) -> Outbox {
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = match Outbox::connect_lazy(&config.database_url, config.db_pool) {
-            Ok(pool) => Outbox::open(pool).await,
+            Ok(pool) => Outbox::open(pool, config.commit_writers()).await,
             Err(e) => Err(e),
         };
         match opened {

@@ -71,9 +71,6 @@ const RECORD_ATTEMPTS: usize = 3;
 const GROUP_MAX_ROWS: usize = 1000;
 /// Adds that may wait for a writer before `record` waits to queue.
 const GROUP_QUEUE: usize = 16 * GROUP_MAX_ROWS;
-/// Group-commit writers per pool connection (at least one): they leave the
-/// rest of the pool to the relay, request ids and housekeeping.
-const WRITERS_PER_CONNECTION: f64 = 0.25;
 
 impl Outbox {
     /// A lazily connecting pool: the adder starts, and fails Adds with
@@ -85,14 +82,17 @@ impl Outbox {
             .connect_lazy(url)?)
     }
 
-    /// Runs the migrations (serialised across adders by sqlx's advisory lock)
-    /// and reads this database's source id.
-    pub async fn open(pool: PgPool) -> Result<Self, Error> {
+    /// Runs the migrations (serialised across adders by sqlx's advisory lock),
+    /// reads this database's source id and starts `writers` group-commit
+    /// writers (at least one; fewer writers make bigger groups, so fewer
+    /// WAL flushes, at the price of an Add sometimes waiting for the commit
+    /// before its own).
+    pub async fn open(pool: PgPool, writers: usize) -> Result<Self, Error> {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let source = sqlx::query_scalar("SELECT source FROM outbox_source")
             .fetch_one(&pool)
             .await?;
-        let group = spawn_writers(&pool);
+        let group = spawn_writers(&pool, writers.max(1));
         Ok(Self {
             pool,
             source,
@@ -254,11 +254,9 @@ impl Outbox {
 
 /// Starts the group-commit writers; they stop when every `Outbox` clone
 /// (every sender) is gone and the queue is empty.
-fn spawn_writers(pool: &PgPool) -> mpsc::Sender<Queued> {
+fn spawn_writers(pool: &PgPool, writers: usize) -> mpsc::Sender<Queued> {
     let (sender, receiver) = mpsc::channel(GROUP_QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
-    let connections = f64::from(pool.options().get_max_connections());
-    let writers = ((connections * WRITERS_PER_CONNECTION) as usize).max(1);
     for _ in 0..writers {
         tokio::spawn(write_groups(pool.clone(), receiver.clone()));
     }
@@ -346,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_adds_each_get_their_own_committed_row() {
         let url = testkit::database::fresh().await;
-        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap())
+        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap(), 2)
             .await
             .unwrap();
         let calls: Vec<_> = (0..300i64)

@@ -108,8 +108,11 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
-        for outcome in ["applied", "duplicate", "dead_lettered"] {
+        for outcome in ["consumed", "dead_lettered"] {
             metrics.messages.with_label_values(&[outcome]);
+        }
+        for outcome in ["applied", "duplicate"] {
+            metrics.sums.with_label_values(&[outcome]);
         }
         for collector in [
             Box::new(metrics.queue_time.clone()) as Box<dyn prometheus::core::Collector>,

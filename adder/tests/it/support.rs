@@ -27,6 +27,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         http_addr: "127.0.0.1:0".parse().expect("an address"),
         db_pool: 4,
         relay_batch: 100,
+        commit_writers: None,
         relay_pack: 100,
         relay_linger_ms: 0,
         relay_poll_ms: 200,
