@@ -3,16 +3,24 @@
 //! `FOR UPDATE SKIP LOCKED` inside the caller's transaction, marks rows
 //! published and purges old ones. It knows neither tonic nor lapin.
 //!
-//! Adds without a request id are group-committed: they queue for a few
-//! writer tasks, and a free writer takes everything queued (up to
-//! `GROUP_MAX_ROWS`) and inserts it with one multi-row INSERT, one commit.
-//! Each caller is answered only after that statement, and so its row, is
-//! committed; a failed statement fails every caller in it, and none of its
-//! rows exists. With a light load a writer is free and an Add commits
-//! alone, as it would without grouping. Adds with a request id keep their
-//! own statements (`record_idempotent`).
+//! Adds are group-committed: they queue for a few writer tasks, and a free
+//! writer takes everything queued (up to `GROUP_MAX_ROWS`) and inserts it
+//! with one multi-row INSERT, one commit. Each caller is answered only
+//! after that statement, and so its row, is committed; a failed statement
+//! fails every caller in it, and none of its rows exists. With a light load
+//! a writer is free and an Add commits alone, as it would without grouping.
+//!
+//! Request ids are resolved per group: one lookup of every id in the group
+//! first (a retry is answered from its row and burns no sequence value), then
+//! the INSERT skips ids another adder inserted meanwhile (`ON CONFLICT DO
+//! NOTHING`), and those are looked up after it. An id repeated within one
+//! group is inserted once; its repeats are answered from that row.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -31,8 +39,12 @@ struct Queued {
     a: i64,
     b: i64,
     sum: i64,
-    committed: oneshot::Sender<Result<i64, Error>>,
+    request_id: Option<String>,
+    committed: oneshot::Sender<Result<Recorded, Error>>,
 }
+
+/// An existing row found by its request id: `(id, a, b, sum)`.
+type Found = (i64, i64, i64, i64);
 
 /// A recorded Add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +77,6 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// How many times `record` retries a request id that raced another insert.
-const RECORD_ATTEMPTS: usize = 3;
 /// Most Adds one group commit inserts.
 const GROUP_MAX_ROWS: usize = 1000;
 /// Adds that may wait for a writer before `record` waits to queue.
@@ -118,70 +128,21 @@ impl Outbox {
         sum: i64,
         request_id: Option<&str>,
     ) -> Result<Recorded, Error> {
-        let Some(request_id) = request_id else {
-            let (committed, answer) = oneshot::channel();
-            let queued = Queued {
-                a,
-                b,
-                sum,
-                committed,
-            };
-            self.group
-                .send(queued)
-                .await
-                .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-            let id = answer
-                .await
-                .map_err(|_| Error::Database(sqlx::Error::PoolClosed))??;
-            return Ok(Recorded {
-                id,
-                sum,
-                replayed: false,
-            });
+        let (committed, answer) = oneshot::channel();
+        let queued = Queued {
+            a,
+            b,
+            sum,
+            request_id: request_id.map(str::to_owned),
+            committed,
         };
-        self.record_idempotent(a, b, sum, request_id).await
-    }
-
-    /// `record` with a request id: its own statements, unchanged by grouping.
-    async fn record_idempotent(
-        &self,
-        a: i64,
-        b: i64,
-        sum: i64,
-        request_id: &str,
-    ) -> Result<Recorded, Error> {
-        for _ in 0..RECORD_ATTEMPTS {
-            if let Some(found) = self.find(request_id).await? {
-                return replay(found, request_id, a, b);
-            }
-            let inserted = sqlx::query_scalar(
-                "INSERT INTO outbox (a, b, sum, request_id) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (request_id) DO NOTHING RETURNING id",
-            )
-            .bind(a)
-            .bind(b)
-            .bind(sum)
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(id) = inserted {
-                return Ok(Recorded {
-                    id,
-                    sum,
-                    replayed: false,
-                });
-            }
-        }
-        Err(Error::Database(sqlx::Error::RowNotFound))
-    }
-
-    async fn find(&self, request_id: &str) -> Result<Option<(i64, i64, i64, i64)>, Error> {
-        Ok(
-            sqlx::query_as("SELECT id, a, b, sum FROM outbox WHERE request_id = $1")
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        self.group
+            .send(queued)
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?
     }
 
     /// Opens the transaction a relay batch runs in. Its commit does not wait
@@ -274,10 +235,10 @@ async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
                 return;
             }
         }
-        match insert_group(&pool, &group).await {
-            Ok(ids) => {
-                for (queued, id) in group.drain(..).zip(ids) {
-                    let _ = queued.committed.send(Ok(id));
+        match commit_group(&pool, &group).await {
+            Ok(answers) => {
+                for (queued, answer) in group.drain(..).zip(answers) {
+                    let _ = queued.committed.send(answer);
                 }
             }
             Err(e) => {
@@ -290,37 +251,142 @@ async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
     }
 }
 
-/// Inserts `group` in one statement (so in one commit) and returns the ids
-/// in `group` order. Rows are inserted in `group` order (`ORDER BY n`), and
-/// an identity column hands out increasing ids within a statement, so the
-/// sorted ids match `group` whatever order RETURNING uses.
-async fn insert_group(pool: &PgPool, group: &[Queued]) -> Result<Vec<i64>, sqlx::Error> {
-    let a: Vec<i64> = group.iter().map(|q| q.a).collect();
-    let b: Vec<i64> = group.iter().map(|q| q.b).collect();
-    let sum: Vec<i64> = group.iter().map(|q| q.sum).collect();
-    let mut ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO outbox (a, b, sum) \
-         SELECT a, b, sum FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) \
-         WITH ORDINALITY AS t(a, b, sum, n) ORDER BY n RETURNING id",
+/// Commits one group and answers each Add in it, in `group` order. Err
+/// means nothing of the group was written.
+async fn commit_group(
+    pool: &PgPool,
+    group: &[Queued],
+) -> Result<Vec<Result<Recorded, Error>>, sqlx::Error> {
+    let ids: Vec<&str> = group
+        .iter()
+        .filter_map(|q| q.request_id.as_deref())
+        .collect();
+    let mut found = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        find_all(pool, &ids).await?
+    };
+    // Every id-less Add, and the first Add of each request id not found.
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let mut to_insert = Vec::with_capacity(group.len());
+    for (i, queued) in group.iter().enumerate() {
+        match queued.request_id.as_deref() {
+            None => to_insert.push(i),
+            Some(id) if !found.contains_key(id) && !first_of.contains_key(id) => {
+                first_of.insert(id, i);
+                to_insert.push(i);
+            }
+            Some(_) => {}
+        }
+    }
+    let inserted = insert_group(pool, group, &to_insert).await?;
+    let raced: Vec<&str> = to_insert
+        .iter()
+        .filter(|i| !inserted.contains_key(i))
+        .filter_map(|&i| group[i].request_id.as_deref())
+        .collect();
+    if !raced.is_empty() {
+        found.extend(find_all(pool, &raced).await?);
+    }
+    Ok(group
+        .iter()
+        .enumerate()
+        .map(|(i, queued)| {
+            if let Some(&id) = inserted.get(&i) {
+                return Ok(Recorded {
+                    id,
+                    sum: queued.sum,
+                    replayed: false,
+                });
+            }
+            let request_id = queued
+                .request_id
+                .as_deref()
+                .expect("only Adds with a request id are left out of the insert");
+            let earlier = first_of.get(request_id).and_then(|&first| {
+                let q = &group[first];
+                inserted.get(&first).map(|&id| (id, q.a, q.b, q.sum))
+            });
+            match earlier.or_else(|| found.get(request_id).copied()) {
+                Some(row) => replay(row, request_id, queued.a, queued.b),
+                // Raced an insert that was rolled back: the caller retries.
+                None => Err(Error::Database(sqlx::Error::RowNotFound)),
+            }
+        })
+        .collect())
+}
+
+/// The rows of these request ids, by request id.
+async fn find_all(
+    pool: &PgPool,
+    request_ids: &[&str],
+) -> Result<HashMap<String, Found>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64, i64)> =
+        sqlx::query_as("SELECT request_id, id, a, b, sum FROM outbox WHERE request_id = ANY($1)")
+            .bind(request_ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(request_id, id, a, b, sum)| (request_id, (id, a, b, sum)))
+        .collect())
+}
+
+/// Inserts the Adds `group[i]` for `i` in `to_insert` in one statement (so
+/// in one commit), skipping request ids that exist by now, and returns the
+/// id of each inserted one by its index. Rows are inserted in `to_insert`
+/// order (`ORDER BY n`), and an identity column hands out increasing ids
+/// within a statement, so the sorted ids of the inserted rows follow that
+/// order, whatever order RETURNING uses.
+async fn insert_group(
+    pool: &PgPool,
+    group: &[Queued],
+    to_insert: &[usize],
+) -> Result<HashMap<usize, i64>, sqlx::Error> {
+    if to_insert.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let a: Vec<i64> = to_insert.iter().map(|&i| group[i].a).collect();
+    let b: Vec<i64> = to_insert.iter().map(|&i| group[i].b).collect();
+    let sum: Vec<i64> = to_insert.iter().map(|&i| group[i].sum).collect();
+    let request_id: Vec<Option<&str>> = to_insert
+        .iter()
+        .map(|&i| group[i].request_id.as_deref())
+        .collect();
+    let mut rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "INSERT INTO outbox (a, b, sum, request_id) \
+         SELECT a, b, sum, r FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
+         WITH ORDINALITY AS t(a, b, sum, r, n) ORDER BY n \
+         ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id",
     )
     .bind(&a)
     .bind(&b)
     .bind(&sum)
+    .bind(&request_id)
     .fetch_all(pool)
     .await?;
-    if ids.len() != group.len() {
+    rows.sort_unstable_by_key(|(id, _)| *id);
+    let returned: HashSet<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
+    let kept: Vec<usize> = to_insert
+        .iter()
+        .copied()
+        .filter(|&i| {
+            group[i]
+                .request_id
+                .as_deref()
+                .is_none_or(|r| returned.contains(r))
+        })
+        .collect();
+    if kept.len() != rows.len() {
         return Err(sqlx::Error::RowNotFound);
     }
-    ids.sort_unstable();
-    Ok(ids)
+    Ok(kept
+        .into_iter()
+        .zip(rows.into_iter().map(|(id, _)| id))
+        .collect())
 }
 
-fn replay(
-    found: (i64, i64, i64, i64),
-    request_id: &str,
-    a: i64,
-    b: i64,
-) -> Result<Recorded, Error> {
+fn replay(found: Found, request_id: &str, a: i64, b: i64) -> Result<Recorded, Error> {
     let (id, found_a, found_b, sum) = found;
     if (found_a, found_b) != (a, b) {
         return Err(Error::Conflict {
@@ -367,5 +433,50 @@ mod tests {
             assert_eq!(row, (a, 1000), "row {} belongs to another Add", recorded.id);
             assert!(ids.insert(recorded.id));
         }
+    }
+
+    #[tokio::test]
+    async fn concurrent_repeats_of_a_request_id_share_one_row() {
+        let url = testkit::database::fresh().await;
+        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap(), 1)
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..200i64)
+            .map(|i| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    let id = match i % 4 {
+                        0 | 1 => Some("same".to_owned()),
+                        2 => Some(format!("own-{i}")),
+                        _ => None,
+                    };
+                    (i, outbox.record(2, 3, 5, id.as_deref()).await.unwrap())
+                })
+            })
+            .collect();
+        let mut same_ids = std::collections::HashSet::new();
+        let mut same_fresh = 0;
+        for call in calls {
+            let (i, recorded) = call.await.unwrap();
+            assert_eq!(recorded.sum, 5);
+            if i % 4 < 2 {
+                same_ids.insert(recorded.id);
+                same_fresh += usize::from(!recorded.replayed);
+            } else {
+                assert!(!recorded.replayed, "call {i}");
+            }
+        }
+        assert_eq!(same_ids.len(), 1, "every repeat is answered from one row");
+        assert_eq!(same_fresh, 1, "exactly one of the repeats wrote it");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 1 + 50 + 50, "one row for 'same', one per other Add");
+        let conflict = outbox.record(2, 4, 6, Some("same")).await;
+        assert!(
+            matches!(conflict, Err(Error::Conflict { a: 2, b: 3, .. })),
+            "{conflict:?}"
+        );
     }
 }

@@ -18,9 +18,21 @@ pub const PARTS: &[(&str, &str)] = &[
 /// The report keys of each part's share, at saturation and at the fixed rate.
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("adder", "cpu_saturation_adder", "cpu_fixed_rate_adder"),
-    ("totaler", "cpu_saturation_totaler", "cpu_fixed_rate_totaler"),
-    ("postgres", "cpu_saturation_postgres", "cpu_fixed_rate_postgres"),
-    ("rabbitmq", "cpu_saturation_rabbitmq", "cpu_fixed_rate_rabbitmq"),
+    (
+        "totaler",
+        "cpu_saturation_totaler",
+        "cpu_fixed_rate_totaler",
+    ),
+    (
+        "postgres",
+        "cpu_saturation_postgres",
+        "cpu_fixed_rate_postgres",
+    ),
+    (
+        "rabbitmq",
+        "cpu_saturation_rabbitmq",
+        "cpu_fixed_rate_rabbitmq",
+    ),
     ("bench", "cpu_saturation_bench", "cpu_fixed_rate_bench"),
     ("other", "cpu_saturation_other", "cpu_fixed_rate_other"),
 ];
@@ -50,7 +62,9 @@ impl Sample {
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                let Some(pid) = name
+                    .to_str()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
                 else {
                     continue;
                 };
@@ -121,7 +135,8 @@ mod tests {
 
     #[test]
     fn stat_lines_give_command_and_cpu_ticks() {
-        let line = "1234 (beam.smp) S 1 1234 1234 0 -1 4194560 2817 0 0 0 150 25 0 0 20 0 30 0 1000 0 0";
+        let line =
+            "1234 (beam.smp) S 1 1234 1234 0 -1 4194560 2817 0 0 0 150 25 0 0 20 0 30 0 1000 0 0";
         assert_eq!(parse_stat(line), Some(("beam.smp", 175)));
         let odd = "7 (a (b) c) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0";
         assert_eq!(parse_stat(odd), Some(("a (b) c", 7)));

@@ -39,7 +39,9 @@ pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
         messages: u64::MAX,
         duration: config.duration(),
     };
-    let published = broker.publish(&queue, config.confirm_window, 1, bound).await;
+    let published = broker
+        .publish(&queue, config.confirm_window, 1, bound)
+        .await;
     broker.delete(&queue).await;
     let (acked, elapsed) = published?;
     Ok(acked as f64 / elapsed.as_secs_f64())

@@ -157,11 +157,7 @@ pub const FIGURES: &[Figure] = &[
         "stage at the fixed rate, p99 (outbox commit to durable in sum.txt)",
         "ms"
     ),
-    figure!(
-        "cpu_saturation_adder",
-        "CPU at saturation: adder",
-        "cores"
-    ),
+    figure!("cpu_saturation_adder", "CPU at saturation: adder", "cores"),
     figure!(
         "cpu_saturation_totaler",
         "CPU at saturation: totaler",

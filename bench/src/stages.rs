@@ -186,7 +186,10 @@ y_bucket{le="+Inf"} 3
         let p99 = after
             .quantile_ms_since(&before, r#"x{method="grpc"}"#, 0.99)
             .unwrap();
-        assert!((p99 - 2.0).abs() < 1e-9, "in +Inf: the highest bound, {p99}");
+        assert!(
+            (p99 - 2.0).abs() < 1e-9,
+            "in +Inf: the highest bound, {p99}"
+        );
     }
 
     #[test]

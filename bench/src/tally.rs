@@ -264,7 +264,12 @@ impl Stack {
         };
         let queued = self
             .broker
-            .publish(&self.queue, self.config.confirm_window, self.config.pack, bound)
+            .publish(
+                &self.queue,
+                self.config.confirm_window,
+                self.config.pack,
+                bound,
+            )
             .await;
         let (messages, _) = match queued {
             Ok(queued) => queued,

@@ -21,8 +21,8 @@ use lapin::{
     types::FieldTable,
 };
 use proto::{SumMessage, message::now_us};
-use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     ledger::{self, Ledger, Outcome},

@@ -6,9 +6,7 @@ use std::time::Duration;
 use testkit::{Broker, Proxy, proxy::target_of};
 use uuid::Uuid;
 
-use crate::support::{
-    config, file_total, get, message, pack, settle, spawn_totaler, temp_dir,
-};
+use crate::support::{config, file_total, get, message, pack, settle, spawn_totaler, temp_dir};
 
 #[tokio::test]
 async fn messages_are_summed_into_the_file_and_acked() {
@@ -84,11 +82,15 @@ async fn rows_repacked_into_other_messages_are_counted_once_each() {
     let source = Uuid::new_v4();
     // A relay that crashed after publishing rows 1-3 but before marking
     // them publishes them again, packed with newer rows.
-    broker.publish(&pack(source, &[(1, 1), (2, 20), (3, 300)])).await;
+    broker
+        .publish(&pack(source, &[(1, 1), (2, 20), (3, 300)]))
+        .await;
     broker
         .publish(&pack(source, &[(2, 20), (3, 300), (4, 4000), (6, 60000)]))
         .await;
-    broker.publish(&pack(source, &[(5, 500_000), (6, 60000)])).await;
+    broker
+        .publish(&pack(source, &[(5, 500_000), (6, 60000)]))
+        .await;
     settle(&broker, "the packs to be handled", async || {
         totaler.sum().await == 564_321
     })
