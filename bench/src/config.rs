@@ -86,11 +86,11 @@ pub struct Config {
     pub db_pool: u32,
 
     /// The totaler's prefetch; the raw consume uses the same.
-    #[arg(long, env = "TOTALER_PREFETCH", default_value_t = 4000)]
+    #[arg(long, env = "TOTALER_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
 
     /// The totaler's batch size; the raw consume acks as often.
-    #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 2000)]
+    #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: u64,
 
     /// Longest wait for the total to settle after a load, in seconds.

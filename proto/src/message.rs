@@ -65,13 +65,15 @@ impl SumMessage {
         if message.sums.len() > MAX_SUMS {
             return Err(DecodeError::TooMany(message.sums.len()));
         }
-        let mut seen = HashSet::with_capacity(message.sums.len());
-        for sum in &message.sums {
-            if sum.seq <= 0 {
-                return Err(DecodeError::Seq(sum.seq));
-            }
-            if !seen.insert(sum.seq) {
-                return Err(DecodeError::Repeated(sum.seq));
+        if let Some(bad) = message.sums.iter().find(|s| s.seq <= 0) {
+            return Err(DecodeError::Seq(bad.seq));
+        }
+        // The relay packs rows in increasing seq order: then no seq repeats,
+        // and the set below is needed only for other orders.
+        if !message.sums.windows(2).all(|w| w[0].seq < w[1].seq) {
+            let mut seen = HashSet::with_capacity(message.sums.len());
+            if let Some(repeated) = message.sums.iter().find(|s| !seen.insert(s.seq)) {
+                return Err(DecodeError::Repeated(repeated.seq));
             }
         }
         Ok(message)
@@ -158,6 +160,20 @@ mod tests {
             SumMessage::decode(&message.encode()),
             Err(DecodeError::Repeated(42))
         ));
+        message.sums.push(Sum {
+            seq: 7,
+            sum: 1,
+            created_us: 1,
+        });
+        message.sums[1].seq = 50;
+        message.sums.push(message.sums[1]);
+        assert!(
+            matches!(
+                SumMessage::decode(&message.encode()),
+                Err(DecodeError::Repeated(50))
+            ),
+            "a repeat out of order is found too"
+        );
         message.sums.clear();
         assert!(matches!(
             SumMessage::decode(&message.encode()),

@@ -34,12 +34,13 @@ pub struct Config {
     #[arg(long, env = "TOTALER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// Unacked deliveries the broker may send ahead (AMQP prefetch).
-    #[arg(long, env = "TOTALER_PREFETCH", default_value_t = 4000)]
+    /// Unacked deliveries the broker may send ahead (AMQP prefetch). Each
+    /// carries up to ADDER_RELAY_PACK rows, so this bounds the memory held.
+    #[arg(long, env = "TOTALER_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
 
     /// Most deliveries applied in one ledger update.
-    #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 2000)]
+    #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
 
     /// How long a batch waits for more deliveries once it has one, in milliseconds.
