@@ -284,14 +284,16 @@ impl Consumer {
     fn record(&self, messages: usize, rows: &[Row], outcomes: &[Outcome], elapsed: Duration) {
         let durable_us = now_us();
         let mut applied = 0;
+        // One flush of the shared histogram per batch, not one atomic
+        // update per row.
+        let end_to_end = self.metrics.end_to_end.local();
         for (row, outcome) in rows.iter().zip(outcomes) {
             if *outcome == Outcome::Applied {
                 applied += 1;
-                self.metrics
-                    .end_to_end
-                    .observe(seconds_between(row.created_us, durable_us));
+                end_to_end.observe(seconds_between(row.created_us, durable_us));
             }
         }
+        end_to_end.flush();
         let duplicates = rows.len() - applied;
         self.metrics
             .messages
