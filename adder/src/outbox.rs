@@ -357,7 +357,7 @@ async fn insert_group(
         "INSERT INTO outbox (a, b, sum, request_id) \
          SELECT a, b, sum, r FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
          WITH ORDINALITY AS t(a, b, sum, r, n) ORDER BY n \
-         ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id",
+         ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id, request_id",
     )
     .bind(&a)
     .bind(&b)
