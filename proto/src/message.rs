@@ -163,7 +163,8 @@ mod tests {
 
     #[test]
     fn missing_field_is_rejected() {
-        let body = br#"{"source":"00000000-0000-0000-0000-000000000007","published_us":1,"sums":[[1,1]]}"#;
+        let body =
+            br#"{"source":"00000000-0000-0000-0000-000000000007","published_us":1,"sums":[[1,1]]}"#;
         assert!(matches!(
             SumMessage::decode(body),
             Err(DecodeError::Json(_))
