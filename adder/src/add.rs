@@ -27,6 +27,8 @@ pub enum Error {
     RequestIdTooLong,
     #[error("request_id {request_id:?} was already used with other numbers (a = {a}, b = {b})")]
     Conflict { request_id: String, a: i64, b: i64 },
+    #[error("{0}")]
+    Refused(String),
     #[error("the outbox database is unavailable, retry later")]
     Unavailable(#[source] outbox::Error),
 }
@@ -38,7 +40,9 @@ impl Error {
     /// The label used in `adder_requests_total{code}`.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Overflow { .. } | Error::RequestIdTooLong => "invalid_argument",
+            Error::Overflow { .. } | Error::RequestIdTooLong | Error::Refused(_) => {
+                "invalid_argument"
+            }
             Error::Conflict { .. } => "already_exists",
             Error::Unavailable(_) => "unavailable",
         }
@@ -63,6 +67,7 @@ impl Adder {
                 outbox::Error::Conflict { request_id, a, b } => {
                     Error::Conflict { request_id, a, b }
                 }
+                outbox::Error::Refused { reason } => Error::Refused(reason),
                 other => Error::Unavailable(other),
             })?;
         tracing::Span::current().record("replayed", recorded.replayed);

@@ -54,9 +54,15 @@ pub struct Config {
     #[arg(long, env = "ADDER_COMMIT_WRITERS")]
     pub commit_writers: Option<usize>,
 
-    /// Most outbox rows the relay publishes per batch (pipelined confirms).
-    #[arg(long, env = "ADDER_RELAY_BATCH", default_value_t = 1000)]
+    /// Most outbox rows one relay batch takes (a snapshot batch with more
+    /// rows is cut into several batches).
+    #[arg(long, env = "ADDER_RELAY_BATCH", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub relay_batch: u32,
+
+    /// How long the relay waits for the broker's confirms of a batch before
+    /// it gives the channel up and publishes the batch again, in milliseconds.
+    #[arg(long, env = "ADDER_RELAY_CONFIRM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub relay_confirm_timeout_ms: u64,
 
     /// Most outbox rows one queue message carries: the relay packs each
     /// batch into messages of up to this many rows. 1 publishes a message
@@ -105,6 +111,10 @@ impl Config {
         self.commit_writers
             .unwrap_or(self.db_pool as usize / 4)
             .clamp(1, self.db_pool.max(1) as usize)
+    }
+
+    pub fn relay_confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.relay_confirm_timeout_ms.max(1))
     }
 
     pub fn relay_linger(&self) -> Duration {

@@ -26,7 +26,7 @@ struct Service {
 impl From<add::Error> for Status {
     fn from(error: add::Error) -> Self {
         match &error {
-            add::Error::Overflow { .. } | add::Error::RequestIdTooLong => {
+            add::Error::Overflow { .. } | add::Error::RequestIdTooLong | add::Error::Refused(_) => {
                 Status::invalid_argument(error.to_string())
             }
             add::Error::Conflict { .. } => Status::already_exists(error.to_string()),

@@ -111,7 +111,7 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
         .into_response(),
         Err(e) => {
             let status = match e {
-                add::Error::Overflow { .. } | add::Error::RequestIdTooLong => {
+                add::Error::Overflow { .. } | add::Error::RequestIdTooLong | add::Error::Refused(_) => {
                     StatusCode::BAD_REQUEST
                 }
                 add::Error::Conflict { .. } => StatusCode::CONFLICT,

@@ -7,7 +7,8 @@
 //! - `add`: the Add operation shared by both front ends.
 //! - `grpc`, `http`: the front ends; the only modules that know tonic / warp.
 //! - `outbox`: every SQL statement.
-//! - `relay`: outbox -> broker with pipelined confirms.
+//! - `relay`: outbox -> broker: one active relay per database, snapshot
+//!   batches published in parts with pipelined confirms.
 //! - `housekeeping`: pending gauge and retention purge.
 //! - `metrics`, `telemetry`: Prometheus registry and log set-up.
 
@@ -61,10 +62,10 @@ pub async fn run(
     let token = CancellationToken::new();
     tokio::pin!(shutdown);
     let outbox = tokio::select! {
-        outbox = open_outbox(&config) => outbox,
+        outbox = open_outbox(&config) => outbox?,
         () = &mut shutdown => return Ok(()),
     };
-    tracing::info!(source = %outbox.source(), "outbox ready");
+    tracing::info!(source = %outbox.source().await.unwrap_or_default(), "outbox ready");
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
     let adder = Adder {
@@ -80,6 +81,7 @@ pub async fn run(
         pack: config.relay_pack.max(1) as usize,
         poll: config.relay_poll(),
         linger: config.relay_linger(),
+        confirm_timeout: config.relay_confirm_timeout(),
         wake,
         metrics: metrics.clone(),
     };
@@ -121,8 +123,9 @@ pub async fn run(
     }
 }
 
-/// Connects and migrates, retrying with backoff while PostgreSQL is down.
-async fn open_outbox(config: &Config) -> Outbox {
+/// Connects and migrates, retrying with backoff while PostgreSQL is down; a
+/// database that must not be published from (a logical copy) is an error.
+async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = match Outbox::connect_lazy(&config.database_url, config.db_pool) {
@@ -130,7 +133,8 @@ async fn open_outbox(config: &Config) -> Outbox {
             Err(e) => Err(e),
         };
         match opened {
-            Ok(outbox) => return outbox,
+            Ok(outbox) => return Ok(outbox),
+            Err(e) if e.is_fatal() => return Err(e).context("opening the outbox"),
             Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),
         }
         tokio::time::sleep(backoff).await;

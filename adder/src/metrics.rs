@@ -17,6 +17,7 @@ pub struct Metrics {
     pub relay_batch_size: Histogram,
     pub relay_confirm: Histogram,
     pub broker_up: IntGauge,
+    pub relay_active: IntGauge,
 }
 
 /// 100 µs to 10 s for Add latency, fine between 0.5 and 10 ms where an
@@ -83,6 +84,11 @@ impl Metrics {
             "1 while the relay holds a broker channel",
         )
         .expect("valid metric");
+        let relay_active = IntGauge::new(
+            "adder_relay_active",
+            "1 while this adder's relay is its database's active relay (0: standby)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -92,6 +98,7 @@ impl Metrics {
             Box::new(relay_batch_size.clone()),
             Box::new(relay_confirm.clone()),
             Box::new(broker_up.clone()),
+            Box::new(relay_active.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry
@@ -108,6 +115,7 @@ impl Metrics {
             relay_batch_size,
             relay_confirm,
             broker_up,
+            relay_active,
         }
     }
 

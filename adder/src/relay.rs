@@ -1,20 +1,24 @@
-//! The relay: outbox -> broker. Each batch runs in one transaction that claims
-//! rows with `FOR UPDATE SKIP LOCKED`, packs them into messages of up to
-//! `pack` rows, publishes those (persistent, mandatory) with pipelined
-//! publisher confirms, and marks published exactly the rows of the messages
-//! the broker acked. A nack, a return or a lost connection leaves rows for a
-//! retry; a row published twice (even in another pack) is deduplicated by
-//! the totaler, row by row.
+//! The relay: outbox -> broker, one active relay per outbox database.
 //!
-//! Batches run in `LANES` concurrent lanes on the one channel, so one lane
-//! claims and publishes while another waits for its confirms or commits;
-//! `SKIP LOCKED` keeps their rows apart. Rows may so reach the queue a little
-//! out of id order, which the totaler's dedupe state allows.
+//! Once connected to the broker, a relay takes the database's relay lock
+//! (`outbox::Active`); without it, it stands by and tries again every poll
+//! (at most a second), so it takes over within a second of the active
+//! relay's loss. The active relay first publishes the legacy rows (recorded
+//! before snapshot batches, row by row as before), then republishes every
+//! batch cut but not confirmed, identically, then cuts new batches: each is
+//! committed before its first part is published, its parts (up to `pack`
+//! rows each) are published persistent and mandatory with pipelined
+//! confirms, and only when the broker acked every part is it marked
+//! confirmed. Up to `WINDOW` batches await their confirms while the next is
+//! cut and published.
 //!
-//! It must never mark a row before its confirm, and it stops only between
-//! batches: when one lane fails, the others finish their batch and stop.
+//! A nack, a return, a confirm timeout or a lost channel ends the active
+//! period: the lock is released and every unconfirmed batch is published
+//! again on the next one, which the ledger counts once. It never marks a
+//! batch before all its confirms, and stops only between batches.
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -23,13 +27,13 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use proto::{Sum, SumMessage, message::now_us};
+use proto::{Sum, SumMessage, message::Part, message::now_us};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    outbox::{self, Outbox, Pending},
+    outbox::{self, Active, Batch, Outbox},
 };
 
 /// What the relay needs to run.
@@ -37,12 +41,15 @@ pub struct Relay {
     pub outbox: Outbox,
     pub amqp_url: String,
     pub queue: String,
+    /// Most rows one batch takes.
     pub batch: u32,
     /// Most rows one message carries.
     pub pack: usize,
     pub poll: Duration,
-    /// Wait after a wake-up before claiming, so one batch takes more rows.
+    /// Wait after a wake-up before cutting, so one batch takes more rows.
     pub linger: Duration,
+    /// How long to wait for the broker's confirms of a batch.
+    pub confirm_timeout: Duration,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
 }
@@ -55,19 +62,27 @@ enum Error {
     Outbox(#[from] outbox::Error),
     #[error("broker: the channel is closed")]
     Disconnected,
-    #[error("broker: no confirms within {CONFIRM_TIMEOUT:?}")]
-    ConfirmTimeout,
+    #[error("broker: no confirms within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("broker: message {id} was {what}")]
+    NotConfirmed { id: String, what: String },
 }
 
-/// Batches in flight at once on the channel.
-const LANES: usize = 2;
+/// A batch whose parts are published and await their confirms.
+struct InFlight {
+    batch: Batch,
+    confirms: Vec<(String, PublisherConfirm)>,
+    published: Instant,
+}
+
+/// Batches awaiting confirms at once while the next is cut.
+const WINDOW: usize = 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Closing a connection whose socket is already dead must not hang us either.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Confirms that never come (a half-open connection) end the channel; the
-/// rows stay unpublished and are retried on a new one.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// A standby tries the relay lock at least this often.
+const STANDBY_POLL_MAX: Duration = Duration::from_secs(1);
 
 impl Relay {
     /// Publishes until `shutdown`, reconnecting to the broker with backoff.
@@ -79,8 +94,9 @@ impl Relay {
                     backoff = BACKOFF_MIN;
                     self.metrics.broker_up.set(1);
                     tracing::info!(queue = %self.queue, "relay connected to the broker");
-                    let result = self.pump(&channel, &shutdown).await;
+                    let result = self.serve(&channel, &shutdown).await;
                     self.metrics.broker_up.set(0);
+                    self.metrics.relay_active.set(0);
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
                         connection.close(200, "relay stopping".into()),
@@ -88,7 +104,7 @@ impl Relay {
                     .await;
                     match result {
                         Ok(()) => return,
-                        Err(e) => tracing::warn!(error = %e, "relay lost the broker, reconnecting"),
+                        Err(e) => tracing::warn!(error = %e, "relay stopped publishing, reconnecting"),
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "relay cannot reach the broker, retrying"),
@@ -109,53 +125,68 @@ impl Relay {
         Ok((connection, channel))
     }
 
-    /// Runs the lanes until shutdown (`Ok`) or a broker error in any lane
-    /// (`Err`, once every lane has stopped between batches).
-    async fn pump(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
-        let stop = shutdown.child_token();
-        let lanes = (0..LANES).map(|_| async {
-            let result = self.lane(channel, &stop).await;
-            if result.is_err() {
-                stop.cancel();
-            }
-            result
-        });
-        futures_util::future::join_all(lanes)
-            .await
-            .into_iter()
-            .find(Result::is_err)
-            .unwrap_or(Ok(()))
-    }
-
-    /// Publishes batches until `shutdown` (`Ok`) or a broker error (`Err`).
-    /// Outbox errors back off here, keeping the channel.
-    async fn lane(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
-        let mut backoff = BACKOFF_MIN;
-        loop {
+    /// Stands by until this relay holds the relay lock, then publishes until
+    /// shutdown (`Ok`) or an error (`Err`, the lock released).
+    async fn serve(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
+        let standby = self.poll.min(STANDBY_POLL_MAX);
+        let mut active = loop {
             if !channel.status().connected() {
                 return Err(Error::Disconnected);
             }
-            let full = match self.publish_batch(channel).await {
-                Ok(count) => {
-                    backoff = BACKOFF_MIN;
-                    count == self.batch as usize
+            match Active::try_acquire(self.outbox.pool()).await {
+                Ok(Some(active)) => break active,
+                Ok(None) => {}
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(error = %e, "relay refuses to publish from this database");
                 }
-                Err(Error::Outbox(e)) => {
-                    tracing::warn!(error = %e, "relay cannot read the outbox, retrying");
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => return Ok(()),
-                    }
-                    continue;
+                Err(e) => tracing::warn!(error = %e, "relay cannot reach the outbox, retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(standby) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        };
+        tracing::info!("relay is the active relay of this outbox");
+        self.metrics.relay_active.set(1);
+        let result = self.publish_all(&mut active, channel, shutdown).await;
+        self.metrics.relay_active.set(0);
+        active.release().await;
+        result
+    }
+
+    /// The active period: legacy rows, then unconfirmed batches, then new ones.
+    async fn publish_all(
+        &self,
+        active: &mut Active,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
+        self.publish_legacy(active, channel).await?;
+        let mut in_flight = VecDeque::new();
+        for batch in active.unconfirmed().await? {
+            tracing::info!(source = %batch.source, batch = batch.id, "republishing a batch cut but not confirmed");
+            let published = self.publish(active, channel, batch).await?;
+            in_flight.push_back(published);
+            if in_flight.len() >= WINDOW {
+                self.settle_front(active, &mut in_flight).await?;
+            }
+        }
+        loop {
+            while in_flight.len() < WINDOW {
+                if !channel.status().connected() {
+                    return Err(Error::Disconnected);
                 }
-                Err(e) => return Err(e),
-            };
+                let Some(batch) = active.cut(i64::from(self.batch), self.pack as i32).await? else {
+                    break;
+                };
+                in_flight.push_back(self.publish(active, channel, batch).await?);
+            }
+            if !in_flight.is_empty() {
+                self.settle_front(active, &mut in_flight).await?;
+                continue;
+            }
             if shutdown.is_cancelled() {
                 return Ok(());
-            }
-            if full {
-                continue;
             }
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -171,40 +202,23 @@ impl Relay {
         }
     }
 
-    /// One batch: claim, publish with pipelined confirms, mark the acked rows,
-    /// commit. Returns how many rows it claimed.
-    #[tracing::instrument(skip_all, fields(claimed, confirmed))]
-    async fn publish_batch(&self, channel: &Channel) -> Result<usize, Error> {
-        let mut tx = self.outbox.begin().await?;
-        let rows = Outbox::claim(&mut tx, self.batch).await?;
-        if rows.is_empty() {
-            tx.commit().await.map_err(outbox::Error::from)?;
-            return Ok(0);
-        }
-        let started = Instant::now();
-        let confirmed = self.publish(channel, &rows).await?;
-        self.metrics
-            .relay_confirm
-            .observe(started.elapsed().as_secs_f64());
-        Outbox::mark_published(&mut tx, &confirmed).await?;
-        tx.commit().await.map_err(outbox::Error::from)?;
-        self.metrics.relay_batch_size.observe(rows.len() as f64);
-        self.metrics.relay_published.inc_by(confirmed.len() as u64);
-        let span = tracing::Span::current();
-        span.record("claimed", rows.len());
-        span.record("confirmed", confirmed.len());
-        Ok(rows.len())
-    }
-
-    /// Publishes every pack of rows before awaiting any confirm; returns the
-    /// ids of the rows whose message the broker acked without returning it.
-    async fn publish(&self, channel: &Channel, rows: &[Pending]) -> Result<Vec<i64>, Error> {
-        let mut confirms = Vec::with_capacity(rows.len().div_ceil(self.pack));
-        for pack in rows.chunks(self.pack.max(1)) {
+    /// Publishes every part of `batch` without awaiting a confirm.
+    #[tracing::instrument(skip_all, fields(source = %batch.source, batch = batch.id, rows = batch.rows))]
+    async fn publish(&self, active: &mut Active, channel: &Channel, batch: Batch) -> Result<InFlight, Error> {
+        let rows = active.rows(&batch).await?;
+        let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
+        let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
+        let mut confirms = Vec::with_capacity(parts as usize);
+        for (part, chunk) in rows.chunks(pack).enumerate() {
             let message = SumMessage {
-                source: self.outbox.source(),
+                source: batch.source,
+                part: Some(Part {
+                    batch: batch.id,
+                    part: part as u32,
+                    parts,
+                }),
                 published_us: now_us(),
-                sums: pack
+                sums: chunk
                     .iter()
                     .map(|row| Sum {
                         seq: row.id,
@@ -213,46 +227,109 @@ impl Relay {
                     })
                     .collect(),
             };
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_message_id(message.id().into());
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.encode(),
-                    properties,
-                )
-                .await?;
-            confirms.push((pack, confirm));
+            let confirm = self.send(channel, &message).await?;
+            confirms.push((message.id(), confirm));
         }
         self.metrics.relay_messages.inc_by(confirms.len() as u64);
-        tokio::time::timeout(CONFIRM_TIMEOUT, await_confirms(confirms))
+        self.metrics.relay_batch_size.observe(batch.rows as f64);
+        Ok(InFlight {
+            batch,
+            confirms,
+            published: Instant::now(),
+        })
+    }
+
+    async fn send(&self, channel: &Channel, message: &SumMessage) -> Result<PublisherConfirm, Error> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(message.id().into());
+        Ok(channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.encode(),
+                properties,
+            )
+            .await?)
+    }
+
+    /// Awaits every confirm of the oldest batch in flight and marks it
+    /// confirmed; any part not acked (or returned) ends the active period.
+    async fn settle_front(&self, active: &mut Active, in_flight: &mut VecDeque<InFlight>) -> Result<(), Error> {
+        let Some(front) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        let waited = tokio::time::timeout(self.confirm_timeout, await_confirms(front.confirms))
             .await
-            .map_err(|_| Error::ConfirmTimeout)?
+            .map_err(|_| Error::ConfirmTimeout(self.confirm_timeout))?;
+        waited?;
+        active.confirm(&front.batch).await?;
+        self.metrics
+            .relay_confirm
+            .observe(front.published.elapsed().as_secs_f64());
+        self.metrics.relay_published.inc_by(front.batch.rows as u64);
+        Ok(())
+    }
+
+    /// Legacy rows, row by row in messages without a batch, until none is left.
+    async fn publish_legacy(&self, active: &mut Active, channel: &Channel) -> Result<(), Error> {
+        loop {
+            let rows = active.legacy(i64::from(self.batch)).await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let source = self.outbox.source().await?;
+            let mut confirms = Vec::new();
+            for chunk in rows.chunks(self.pack.max(1)) {
+                let message = SumMessage {
+                    source,
+                    part: None,
+                    published_us: now_us(),
+                    sums: chunk
+                        .iter()
+                        .map(|row| Sum {
+                            seq: row.id,
+                            sum: row.sum,
+                            created_us: row.created_us,
+                        })
+                        .collect(),
+                };
+                confirms.push((message.id(), self.send(channel, &message).await?));
+            }
+            tokio::time::timeout(self.confirm_timeout, await_confirms(confirms))
+                .await
+                .map_err(|_| Error::ConfirmTimeout(self.confirm_timeout))??;
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            active.mark_legacy(&ids).await?;
+            self.metrics.relay_published.inc_by(ids.len() as u64);
+            tracing::info!(rows = ids.len(), "published legacy rows");
+        }
     }
 }
 
-/// Waits for every confirm; returns the ids of the rows whose message the
-/// broker acked without returning it.
-async fn await_confirms(confirms: Vec<(&[Pending], PublisherConfirm)>) -> Result<Vec<i64>, Error> {
-    let mut confirmed = Vec::new();
-    for (pack, confirm) in confirms {
-        let first = pack.first().map_or(0, |row| row.id);
+/// Waits for every confirm; Err names the first message not acked.
+async fn await_confirms(confirms: Vec<(String, PublisherConfirm)>) -> Result<(), Error> {
+    for (id, confirm) in confirms {
         match confirm.await? {
-            Confirmation::Ack(None) => confirmed.extend(pack.iter().map(|row| row.id)),
+            Confirmation::Ack(None) => {}
             Confirmation::Ack(Some(returned)) => {
-                tracing::warn!(first, rows = pack.len(), reply = %returned.reply_text, "broker returned the message, will retry")
+                return Err(Error::NotConfirmed {
+                    id,
+                    what: format!("returned ({})", returned.reply_text),
+                });
             }
             other => {
-                tracing::warn!(first, rows = pack.len(), confirmation = ?other, "broker did not confirm, will retry")
+                return Err(Error::NotConfirmed {
+                    id,
+                    what: format!("not confirmed ({other:?})"),
+                });
             }
         }
     }
-    Ok(confirmed)
+    Ok(())
 }

@@ -1,10 +1,16 @@
-//! The queue message: one or more outbox rows of one outbox database, as
-//! JSON. Each row carries what the totaler needs to count its sum exactly
-//! once (`source` + `seq`, a unique id) and to measure latency
-//! (`created_us`); the message carries when it was published. The relay
-//! packs the rows of a batch into messages of up to `ADDER_RELAY_PACK`
-//! rows, so the broker moves one message per pack, not per Add. Decoding
-//! validates; it never guesses a default for a missing field.
+//! The queue message: one part of a snapshot batch of one outbox database,
+//! as JSON. Its id, `(source, batch, part)`, is what the totaler counts
+//! exactly once: `batch` is dense per source and a batch is the same rows
+//! every time it is published, in `parts` parts of up to `ADDER_RELAY_PACK`
+//! rows. Each row carries its outbox id (`seq`), its sum and when it was
+//! committed (`created_us`); the message carries when it was published.
+//!
+//! A message without `batch` is a *legacy* message (the format before
+//! snapshot batches, still published for rows recorded before them):
+//! deduplicated row by row on `(source, seq)`.
+//!
+//! Decoding validates, size first: it never parses a body over
+//! [`MAX_BODY_BYTES`] and never guesses a default for a missing field.
 
 use std::{
     collections::HashSet,
@@ -15,15 +21,26 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The body of a message on the Tally queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SumMessage {
     /// Identity of the outbox database that recorded the sums, created with
     /// the outbox itself, so ids stay unique even if that database is recreated.
     pub source: Uuid,
+    /// The batch this message is a part of, `None` in a legacy message.
+    pub part: Option<Part>,
     /// When the relay published it, microseconds since the Unix epoch.
     pub published_us: i64,
     /// The rows, at least one, each `seq` at most once.
     pub sums: Vec<Sum>,
+}
+
+/// Where a message sits in its batch: part `part` (from 0) of `parts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// The batch number, dense per source from 1.
+    pub batch: i64,
+    pub part: u32,
+    pub parts: u32,
 }
 
 /// One outbox row in a message, on the wire a JSON array
@@ -56,12 +73,49 @@ impl From<Sum> for (i64, i64, i64) {
     }
 }
 
+/// The JSON shape, read: `batch`, `part` and `parts` come all three or none.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    source: Uuid,
+    batch: Option<i64>,
+    part: Option<u32>,
+    parts: Option<u32>,
+    published_us: i64,
+    sums: Vec<Sum>,
+}
+
+/// The JSON shape, written (in this field order).
+#[derive(Serialize)]
+struct WireRef<'a> {
+    source: &'a Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<u32>,
+    published_us: i64,
+    sums: &'a [Sum],
+}
+
 /// Most rows one message may carry; a bigger body is malformed.
 pub const MAX_SUMS: usize = 10_000;
+
+/// Largest body decoded: [`MAX_SUMS`] rows of the widest numbers, and room to
+/// spare. A bigger body is malformed without being parsed.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Most parts one batch may have.
+pub const MAX_PARTS: u32 = 1_000_000;
 
 /// Why a message body is not a valid [`SumMessage`].
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    #[error("the body is {0} bytes, more than {MAX_BODY_BYTES}")]
+    TooLarge(usize),
+    #[error("batch {batch} part {part} of {parts} is impossible (batch >= 1, 1 <= parts <= {MAX_PARTS}, part < parts)")]
+    Part { batch: i64, part: u32, parts: u32 },
     #[error("body is not a valid sum message: {0}")]
     Json(#[from] serde_json::Error),
     #[error("the message carries no sums")]
@@ -77,7 +131,31 @@ pub enum DecodeError {
 impl SumMessage {
     /// Parses and validates a message body.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let message: Self = serde_json::from_slice(body)?;
+        if body.len() > MAX_BODY_BYTES {
+            return Err(DecodeError::TooLarge(body.len()));
+        }
+        let wire: Wire = serde_json::from_slice(body)?;
+        let part = match (wire.batch, wire.part, wire.parts) {
+            (None, None, None) => None,
+            (Some(batch), Some(part), Some(parts))
+                if batch >= 1 && (1..=MAX_PARTS).contains(&parts) && part < parts =>
+            {
+                Some(Part { batch, part, parts })
+            }
+            (batch, part, parts) => {
+                return Err(DecodeError::Part {
+                    batch: batch.unwrap_or(0),
+                    part: part.unwrap_or(0),
+                    parts: parts.unwrap_or(0),
+                });
+            }
+        };
+        let message = Self {
+            source: wire.source,
+            part,
+            published_us: wire.published_us,
+            sums: wire.sums,
+        };
         if message.sums.is_empty() {
             return Err(DecodeError::Empty);
         }
@@ -100,12 +178,24 @@ impl SumMessage {
 
     /// The JSON body.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a struct of plain numbers always serialises")
+        let wire = WireRef {
+            source: &self.source,
+            batch: self.part.map(|p| p.batch),
+            part: self.part.map(|p| p.part),
+            parts: self.part.map(|p| p.parts),
+            published_us: self.published_us,
+            sums: &self.sums,
+        };
+        serde_json::to_vec(&wire).expect("a struct of plain numbers always serialises")
     }
 
-    /// The message id, also set as the AMQP `message_id`: `<source>:<seq>`
-    /// of its first row, and `+<n>` when it carries `n` more.
+    /// The message id, also set as the AMQP `message_id`:
+    /// `<source>/<batch>.<part>` (a legacy message: `<source>:<seq>` of its
+    /// first row, and `+<n>` when it carries `n` more).
     pub fn id(&self) -> String {
+        if let Some(p) = self.part {
+            return format!("{}/{}.{}", self.source, p.batch, p.part);
+        }
         let first = self.sums.first().map_or(0, |s| s.seq);
         match self.sums.len() {
             0 | 1 => format!("{}:{first}", self.source),
@@ -130,6 +220,11 @@ mod tests {
     fn sample() -> SumMessage {
         SumMessage {
             source: Uuid::from_u128(7),
+            part: Some(Part {
+                batch: 3,
+                part: 1,
+                parts: 2,
+            }),
             published_us: 2,
             sums: vec![
                 Sum {
@@ -157,7 +252,7 @@ mod tests {
         let body = String::from_utf8(sample().encode()).unwrap();
         assert_eq!(
             body,
-            r#"{"source":"00000000-0000-0000-0000-000000000007","published_us":2,"sums":[[42,-3,1],[44,5,1]]}"#
+            r#"{"source":"00000000-0000-0000-0000-000000000007","batch":3,"part":1,"parts":2,"published_us":2,"sums":[[42,-3,1],[44,5,1]]}"#
         );
     }
 
@@ -229,10 +324,50 @@ mod tests {
     }
 
     #[test]
-    fn id_names_source_first_seq_and_how_many_more() {
-        assert_eq!(sample().id(), "00000000-0000-0000-0000-000000000007:42+1");
-        let mut one = sample();
-        one.sums.pop();
-        assert_eq!(one.id(), "00000000-0000-0000-0000-000000000007:42");
+    fn id_names_source_batch_and_part() {
+        assert_eq!(sample().id(), "00000000-0000-0000-0000-000000000007/3.1");
+    }
+
+    #[test]
+    fn a_legacy_message_has_no_batch_and_is_named_by_its_rows() {
+        let body = br#"{"source":"00000000-0000-0000-0000-000000000007","published_us":2,"sums":[[42,-3,1],[44,5,1]]}"#;
+        let mut legacy = SumMessage::decode(body).unwrap();
+        assert_eq!(legacy.part, None);
+        assert_eq!(legacy.encode(), body.to_vec(), "encoded as before");
+        assert_eq!(legacy.id(), "00000000-0000-0000-0000-000000000007:42+1");
+        legacy.sums.pop();
+        assert_eq!(legacy.id(), "00000000-0000-0000-0000-000000000007:42");
+    }
+
+    #[test]
+    fn impossible_parts_are_rejected() {
+        for (batch, part, parts) in [(0, 0, 1), (1, 1, 1), (1, 0, 0), (1, 0, MAX_PARTS + 1)] {
+            let mut message = sample();
+            message.part = Some(Part { batch, part, parts });
+            assert!(
+                matches!(
+                    SumMessage::decode(&message.encode()),
+                    Err(DecodeError::Part { .. })
+                ),
+                "{batch} {part} {parts}"
+            );
+        }
+        let mut half = String::from_utf8(sample().encode()).unwrap();
+        half = half.replace(r#""parts":2,"#, "");
+        assert!(
+            SumMessage::decode(half.as_bytes()).is_err(),
+            "batch without parts: {half}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_body_is_refused_before_parsing() {
+        let mut body = sample().encode();
+        body.truncate(body.len() - 1);
+        body.resize(MAX_BODY_BYTES + 1, b' ');
+        assert!(matches!(
+            SumMessage::decode(&body),
+            Err(DecodeError::TooLarge(_))
+        ));
     }
 }

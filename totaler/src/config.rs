@@ -25,10 +25,22 @@ pub struct Config {
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
     pub queue: String,
 
+    /// An operator command instead of the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The ledger file (total on line 1, dedupe state after). Created when
-    /// missing; a corrupt one stops the totaler.
+    /// missing and nothing shows one existed (no `<file>.lock` or
+    /// `<file>.tmp` beside it); a corrupt, vanished or replaced one stops
+    /// the totaler.
     #[arg(long, env = "SUM_FILE", default_value = "data/sum.txt")]
     pub sum_file: PathBuf,
+
+    /// Create a new ledger at 0 even though one existed at SUM_FILE (its
+    /// lock file is there). For an operator who knows the old ledger is
+    /// gone for good; an existing file is never overwritten.
+    #[arg(long, env = "TOTALER_CREATE_LEDGER")]
+    pub create_ledger: bool,
 
     /// Address of the HTTP server (GET /sum, /metrics, /healthz, /readyz).
     #[arg(long, env = "TOTALER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
@@ -64,6 +76,14 @@ pub struct Config {
     /// before its deliveries are acked, to prove redeliveries count once.
     #[arg(long, env = "TOTALER_CRASH_AFTER_APPLY", hide = true)]
     pub crash_after_apply: bool,
+}
+
+/// Operator commands.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Compare sum.txt with the outbox database(s), batch by batch and the
+    /// total; read-only, safe on a live system. Exits 1 on any discrepancy.
+    Verify(crate::verify::Args),
 }
 
 /// How log lines are written.

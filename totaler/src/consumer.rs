@@ -1,12 +1,17 @@
 //! The consumer: delivery -> ledger -> ack. It gathers deliveries into a
-//! batch, dead-letters the malformed ones, applies every row of the rest in
-//! one ledger update (each row deduplicated on its own, whatever message
-//! carried it) and, only once that update is durable, acks them with one
-//! `multiple` ack. A lost broker means reconnect with backoff; unacked
-//! deliveries come back and the ledger counts them once. A disk error means
-//! no ack and a retry with backoff; a corrupt ledger stops the totaler.
+//! batch, dead-letters the malformed ones, applies the rest in one ledger
+//! update (each batch part counted once by `(source, batch, part)`, each
+//! legacy row by `(source, seq)`) and, only once that update is durable,
+//! dead-letters the messages the ledger refused (forged: far beyond their
+//! source's horizon, or contradicting a known part count) and acks the rest
+//! with one `multiple` ack. A lost broker means reconnect with backoff;
+//! unacked deliveries come back and the ledger counts them once. A disk
+//! error means no ack and a retry with backoff; a corrupt, vanished or
+//! replaced ledger stops the totaler.
 //!
-//! It stops only between batches: never between the rename and the ack.
+//! Nothing is acked that is not durable, on any path: a shutdown while a
+//! batch waits for the disk leaves the batch unacked (the broker delivers it
+//! again). It stops only between batches: never between the rename and the ack.
 
 use std::{
     sync::Arc,
@@ -22,10 +27,9 @@ use lapin::{
 };
 use proto::{SumMessage, message::now_us};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::{
-    ledger::{self, Ledger, Outcome},
+    ledger::{self, Ledger, Outcome, Refusal, State},
     metrics::Metrics,
     status::Status,
 };
@@ -53,6 +57,8 @@ pub enum Fatal {
 enum Stop {
     Broker(String),
     Fatal(Fatal),
+    /// Shutdown came while a batch was not yet durable: it stays unacked.
+    Shutdown,
 }
 
 impl From<lapin::Error> for Stop {
@@ -67,12 +73,11 @@ struct Valid {
     message: SumMessage,
 }
 
-/// One row of a delivery, as the ledger applies it.
-struct Row {
-    source: Uuid,
-    seq: i64,
-    sum: i64,
-    created_us: i64,
+/// What the ledger did with one delivery.
+enum Applied {
+    /// How many of its rows changed the total (all or none for a batch part).
+    Rows(usize),
+    Refused(Refusal),
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -98,7 +103,7 @@ impl Consumer {
                     )
                     .await;
                     match result {
-                        Ok(()) => return Ok(()),
+                        Ok(()) | Err(Stop::Shutdown) => return Ok(()),
                         Err(Stop::Fatal(e)) => return Err(e),
                         Err(Stop::Broker(e)) => {
                             tracing::warn!(error = %e, "consumer lost the broker, reconnecting")
@@ -211,12 +216,24 @@ impl Consumer {
         let Some(last) = valid.iter().map(|v| v.tag).max() else {
             return Ok(());
         };
-        self.apply(&valid, shutdown).await?;
+        let applied = self.apply(&valid, shutdown).await?;
         if self.crash_after_apply {
             tracing::error!(
                 "TOTALER_CRASH_AFTER_APPLY: aborting between the durable update and the ack"
             );
             std::process::abort();
+        }
+        for (v, outcome) in valid.iter().zip(&applied) {
+            if let Applied::Refused(refusal) = outcome {
+                tracing::warn!(id = %v.message.id(), error = %refusal, "dead-lettering a message the ledger refused");
+                channel
+                    .basic_reject(v.tag, BasicRejectOptions { requeue: false })
+                    .await?;
+                self.metrics
+                    .messages
+                    .with_label_values(&["dead_lettered"])
+                    .inc();
+            }
         }
         channel
             .basic_ack(last, BasicAckOptions { multiple: true })
@@ -224,34 +241,18 @@ impl Consumer {
         Ok(())
     }
 
-    /// One durable ledger update for every row of the batch, retried with
-    /// backoff on disk errors. On shutdown during retries, returns without
-    /// acking.
-    async fn apply(&self, valid: &[Valid], shutdown: &CancellationToken) -> Result<(), Stop> {
-        let rows: Arc<Vec<Row>> = Arc::new(
-            valid
-                .iter()
-                .flat_map(|v| {
-                    v.message.sums.iter().map(|s| Row {
-                        source: v.message.source,
-                        seq: s.seq,
-                        sum: s.sum,
-                        created_us: s.created_us,
-                    })
-                })
-                .collect(),
-        );
+    /// One durable ledger update for every delivery of the batch, retried
+    /// with backoff on disk errors. A shutdown during the retries returns
+    /// `Stop::Shutdown`: the batch is not durable, so it must not be acked.
+    async fn apply(&self, valid: &[Valid], shutdown: &CancellationToken) -> Result<Vec<Applied>, Stop> {
+        let messages: Arc<Vec<SumMessage>> =
+            Arc::new(valid.iter().map(|v| v.message.clone()).collect());
         let mut backoff = BACKOFF_MIN;
         loop {
             let ledger = self.ledger.clone();
-            let batch = rows.clone();
+            let batch = messages.clone();
             let update = tokio::task::spawn_blocking(move || {
-                ledger.update(|state| {
-                    batch
-                        .iter()
-                        .map(|r| state.apply(r.source, r.seq, r.sum))
-                        .collect::<Vec<_>>()
-                })
+                ledger.update(|state| batch.iter().map(|m| apply_one(state, m)).collect::<Vec<_>>())
             })
             .await
             .expect("the ledger update does not panic");
@@ -259,11 +260,12 @@ impl Consumer {
                 Ok(update) => {
                     self.status.set_ledger_ok(true);
                     self.status.set_total(update.state.total);
-                    self.record(valid.len(), &rows, &update.result, update.elapsed);
+                    self.record(&messages, &update.result, update.elapsed);
                     self.metrics.sum.set(update.state.total as f64);
-                    return Ok(());
+                    self.metrics.open_batches.set(update.state.open_count() as i64);
+                    return Ok(update.result);
                 }
-                Err(e) if e.is_corrupt() => {
+                Err(e) if e.is_fatal() => {
                     self.status.set_ledger_ok(false);
                     return Err(Stop::Fatal(e.into()));
                 }
@@ -275,30 +277,37 @@ impl Consumer {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    tracing::warn!(deliveries = valid.len(), "shutting down with a batch the ledger could not take: leaving it unacked for redelivery");
+                    return Err(Stop::Shutdown);
+                }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    fn record(&self, messages: usize, rows: &[Row], outcomes: &[Outcome], elapsed: Duration) {
+    fn record(&self, messages: &[SumMessage], outcomes: &[Applied], elapsed: Duration) {
         let durable_us = now_us();
-        let mut applied = 0;
+        let (mut applied, mut rows) = (0, 0);
         // One flush of the shared histogram per batch, not one atomic
         // update per row.
         let end_to_end = self.metrics.end_to_end.local();
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            if *outcome == Outcome::Applied {
-                applied += 1;
-                end_to_end.observe(seconds_between(row.created_us, durable_us));
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            let Applied::Rows(n) = outcome else { continue };
+            rows += message.sums.len();
+            applied += n;
+            if *n > 0 {
+                for sum in &message.sums {
+                    end_to_end.observe(seconds_between(sum.created_us, durable_us));
+                }
             }
         }
         end_to_end.flush();
-        let duplicates = rows.len() - applied;
+        let duplicates = rows - applied;
         self.metrics
             .messages
             .with_label_values(&["consumed"])
-            .inc_by(messages as u64);
+            .inc_by(messages.len() as u64);
         self.metrics
             .sums
             .with_label_values(&["applied"])
@@ -307,7 +316,7 @@ impl Consumer {
             .sums
             .with_label_values(&["duplicate"])
             .inc_by(duplicates as u64);
-        self.metrics.batch_size.observe(messages as f64);
+        self.metrics.batch_size.observe(messages.len() as f64);
         self.metrics.apply.observe(elapsed.as_secs_f64());
         if duplicates > 0 {
             tracing::info!(
@@ -316,6 +325,27 @@ impl Consumer {
                 "skipped redelivered sums already in the ledger"
             );
         }
+    }
+}
+
+/// Applies one message: a batch part whole, a legacy message row by row.
+fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
+    match message.part {
+        Some(part) => {
+            let sum = message.sums.iter().map(|s| i128::from(s.sum)).sum();
+            match state.apply_part(message.source, part, sum) {
+                Ok(Outcome::Applied) => Applied::Rows(message.sums.len()),
+                Ok(Outcome::Duplicate) => Applied::Rows(0),
+                Err(refusal) => Applied::Refused(refusal),
+            }
+        }
+        None => Applied::Rows(
+            message
+                .sums
+                .iter()
+                .filter(|s| state.apply_row(message.source, s.seq, s.sum) == Outcome::Applied)
+                .count(),
+        ),
     }
 }
 

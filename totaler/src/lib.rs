@@ -8,6 +8,7 @@
 //! - `consumer`: delivery -> ledger -> ack, and the refresher of the total.
 //! - `status`: the in-memory total and health the HTTP server reports.
 //! - `http`: the warp server; the only module that knows warp.
+//! - `verify`: the read-only audit of the ledger against the outbox.
 //! - `metrics`, `telemetry`: Prometheus registry and log set-up.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod status;
 pub mod telemetry;
+pub mod verify;
 
 use std::{future::Future, sync::Arc};
 
@@ -26,7 +28,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
 
-use crate::{consumer::Consumer, ledger::Ledger, metrics::Metrics, status::Status};
+use crate::{
+    consumer::Consumer,
+    ledger::{Create, Ledger},
+    metrics::Metrics,
+    status::Status,
+};
 
 /// Runs the totaler until `shutdown` resolves (then finishes and acks the
 /// batch in hand) or the ledger turns out corrupt (an error).
@@ -36,7 +43,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let path = config.sum_file.clone();
-    let (ledger, state) = tokio::task::spawn_blocking(move || Ledger::open(&path))
+    let create = if config.create_ledger {
+        Create::Always
+    } else {
+        Create::IfNew
+    };
+    let (ledger, state) = tokio::task::spawn_blocking(move || Ledger::open(&path, create))
         .await
         .context("opening the ledger")??;
     tracing::info!(file = %config.sum_file.display(), total = %state.total, "ledger open");

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub apply: Histogram,
     pub sum: Gauge,
     pub ledger_errors: IntCounter,
+    /// Batches above a horizon with parts applied: the dedupe state's size.
+    pub open_batches: prometheus::IntGauge,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
 }
@@ -90,6 +92,11 @@ impl Metrics {
                 "Failed ledger updates (retried)",
             )
             .expect("valid metric"),
+            open_batches: prometheus::IntGauge::new(
+                "totaler_open_batches",
+                "Batches in flight in the ledger's dedupe state (above a source's horizon)",
+            )
+            .expect("valid metric"),
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "totaler_http_requests_total",
@@ -123,6 +130,7 @@ impl Metrics {
             Box::new(metrics.apply.clone()),
             Box::new(metrics.sum.clone()),
             Box::new(metrics.ledger_errors.clone()),
+            Box::new(metrics.open_batches.clone()),
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_duration.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),

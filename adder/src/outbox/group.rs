@@ -1,221 +1,52 @@
-//! The outbox table and nothing else: every SQL statement the adder runs lives
-//! here. It records Adds, hands unpublished rows to the relay under
-//! `FOR UPDATE SKIP LOCKED` inside the caller's transaction, marks rows
-//! published and purges old ones. It knows neither tonic nor lapin.
-//!
-//! Adds are group-committed: they queue for a few writer tasks, and a free
-//! writer takes everything queued (up to `GROUP_MAX_ROWS`) and inserts it
-//! with one multi-row INSERT, one commit. Each caller is answered only
-//! after that statement, and so its row, is committed; a failed statement
-//! fails every caller in it, and none of its rows exists. With a light load
-//! a writer is free and an Add commits alone, as it would without grouping.
+//! Group commit: Adds queue for a few writer tasks, and a free writer takes
+//! everything queued (up to `GROUP_MAX_ROWS`) and inserts it with one
+//! multi-row INSERT, one commit. Each caller is answered only after that
+//! statement, and so its row, is committed. With a light load a writer is
+//! free and an Add commits alone, as it would without grouping.
 //!
 //! Request ids are resolved per group: one lookup of every id in the group
 //! first (a retry is answered from its row and burns no sequence value), then
 //! the INSERT skips ids another adder inserted meanwhile (`ON CONFLICT DO
 //! NOTHING`), and those are looked up after it. An id repeated within one
 //! group is inserted once; its repeats are answered from that row.
+//!
+//! One caller's data never fails another: a group whose statement PostgreSQL
+//! refuses for its data (an SQLSTATE of class 22 or 23) is retried row by
+//! row, so only the offending Add fails, with `Error::Refused`. A group whose
+//! INSERT committed is never reported as failed: if the lookup of ids that
+//! raced another adder fails afterwards, only those Adds (which wrote
+//! nothing) get the error.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::Duration,
 };
 
-use sqlx::{PgPool, Postgres, Transaction, postgres::PgPoolOptions};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use uuid::Uuid;
 
-/// The outbox of one PostgreSQL database.
-#[derive(Clone)]
-pub struct Outbox {
-    pool: PgPool,
-    source: Uuid,
-    group: mpsc::Sender<Queued>,
-}
+use super::{Error, Recorded};
 
 /// An Add waiting for a group commit.
-struct Queued {
-    a: i64,
-    b: i64,
-    sum: i64,
-    request_id: Option<String>,
-    committed: oneshot::Sender<Result<Recorded, Error>>,
+pub(super) struct Queued {
+    pub a: i64,
+    pub b: i64,
+    pub sum: i64,
+    pub request_id: Option<String>,
+    pub committed: oneshot::Sender<Result<Recorded, Error>>,
 }
 
 /// An existing row found by its request id: `(id, a, b, sum)`.
 type Found = (i64, i64, i64, i64);
-
-/// A recorded Add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recorded {
-    pub id: i64,
-    pub sum: i64,
-    /// The request id matched an earlier row; nothing new was written.
-    pub replayed: bool,
-}
-
-/// An unpublished row, as the relay publishes it.
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
-pub struct Pending {
-    pub id: i64,
-    pub sum: i64,
-    pub created_us: i64,
-}
-
-/// What can go wrong with the outbox.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("request_id {request_id:?} was already used with a = {a}, b = {b}")]
-    Conflict { request_id: String, a: i64, b: i64 },
-    #[error("the outbox database is unavailable")]
-    Database(#[from] sqlx::Error),
-    /// A group commit failed; every Add in it gets the same cause.
-    #[error("the outbox database is unavailable")]
-    Group(#[source] Arc<sqlx::Error>),
-    #[error("migrating the outbox failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-}
 
 /// Most Adds one group commit inserts.
 const GROUP_MAX_ROWS: usize = 1000;
 /// Adds that may wait for a writer before `record` waits to queue.
 const GROUP_QUEUE: usize = 16 * GROUP_MAX_ROWS;
 
-impl Outbox {
-    /// A lazily connecting pool: the adder starts, and fails Adds with
-    /// `UNAVAILABLE`, while PostgreSQL is down.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, Error> {
-        Ok(PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(url)?)
-    }
-
-    /// Runs the migrations (serialised across adders by sqlx's advisory lock),
-    /// reads this database's source id and starts `writers` group-commit
-    /// writers (at least one; fewer writers make bigger groups, so fewer
-    /// WAL flushes, at the price of an Add sometimes waiting for the commit
-    /// before its own).
-    pub async fn open(pool: PgPool, writers: usize) -> Result<Self, Error> {
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        let source = sqlx::query_scalar("SELECT source FROM outbox_source")
-            .fetch_one(&pool)
-            .await?;
-        let group = spawn_writers(&pool, writers.max(1));
-        Ok(Self {
-            pool,
-            source,
-            group,
-        })
-    }
-
-    /// The identity of this outbox database, part of every message id.
-    pub fn source(&self) -> Uuid {
-        self.source
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Commits a row for `a + b = sum`. With a request id, a repeat of the same
-    /// numbers returns the first row and writes nothing.
-    pub async fn record(
-        &self,
-        a: i64,
-        b: i64,
-        sum: i64,
-        request_id: Option<&str>,
-    ) -> Result<Recorded, Error> {
-        let (committed, answer) = oneshot::channel();
-        let queued = Queued {
-            a,
-            b,
-            sum,
-            request_id: request_id.map(str::to_owned),
-            committed,
-        };
-        self.group
-            .send(queued)
-            .await
-            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        answer
-            .await
-            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?
-    }
-
-    /// Opens the transaction a relay batch runs in. Its commit does not wait
-    /// for the WAL flush (`synchronous_commit = off`): all it records is that
-    /// rows were published, and if a crash loses that, the rows are published
-    /// again and the totaler counts them once. Every Add's own commit stays
-    /// synchronous. This keeps the relay's flushes out of the Adds' way.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
-    }
-
-    /// Locks up to `limit` unpublished rows, oldest first, skipping rows
-    /// another relay holds. The locks last until `tx` ends.
-    pub async fn claim(
-        tx: &mut Transaction<'static, Postgres>,
-        limit: u32,
-    ) -> Result<Vec<Pending>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT id, sum, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us \
-             FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&mut **tx)
-        .await?)
-    }
-
-    /// Marks rows published; call only with ids the broker confirmed.
-    pub async fn mark_published(
-        tx: &mut Transaction<'static, Postgres>,
-        ids: &[i64],
-    ) -> Result<(), Error> {
-        sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Rows not yet confirmed by the broker.
-    pub async fn pending(&self) -> Result<i64, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Deletes up to `limit` rows published before `retention` ago; returns how many.
-    pub async fn purge(&self, retention: Duration, limit: i64) -> Result<u64, Error> {
-        let result = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-             WHERE published_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(limit)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
-    }
-
-    /// Whether PostgreSQL answers.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-}
-
 /// Starts the group-commit writers; they stop when every `Outbox` clone
 /// (every sender) is gone and the queue is empty.
-fn spawn_writers(pool: &PgPool, writers: usize) -> mpsc::Sender<Queued> {
+pub(super) fn spawn_writers(pool: &PgPool, writers: usize) -> mpsc::Sender<Queued> {
     let (sender, receiver) = mpsc::channel(GROUP_QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..writers {
@@ -235,24 +66,60 @@ async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
                 return;
             }
         }
-        match commit_group(&pool, &group).await {
-            Ok(answers) => {
-                for (queued, answer) in group.drain(..).zip(answers) {
-                    let _ = queued.committed.send(answer);
-                }
+        let answers = match commit_group(&pool, &group).await {
+            Err(e) if group.len() > 1 && is_data_error(&e) => {
+                tracing::warn!(error = %e, adds = group.len(), "a group commit was refused for its data; retrying its Adds one by one");
+                one_by_one(&pool, &group).await
             }
+            Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
             Err(e) => {
                 let e = Arc::new(e);
-                for queued in group.drain(..) {
-                    let _ = queued.committed.send(Err(Error::Group(e.clone())));
-                }
+                group.iter().map(|_| Err(Error::Group(e.clone()))).collect()
             }
+            Ok(answers) => answers,
+        };
+        for (queued, answer) in group.drain(..).zip(answers) {
+            let _ = queued.committed.send(answer);
         }
     }
 }
 
+/// Commits each Add of `group` on its own, so only an Add whose own data
+/// PostgreSQL refuses fails.
+async fn one_by_one(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Error>> {
+    let mut answers = Vec::with_capacity(group.len());
+    for queued in group {
+        let alone = std::slice::from_ref(queued);
+        answers.push(match commit_group(pool, alone).await {
+            Ok(mut answer) => answer.pop().unwrap_or(Err(Error::Database(sqlx::Error::RowNotFound))),
+            Err(e) if is_data_error(&e) => Err(refused(&e)),
+            Err(e) => Err(Error::Group(Arc::new(e))),
+        });
+    }
+    answers
+}
+
+/// Whether PostgreSQL refused the statement for the data it carries (SQLSTATE
+/// class 22, data exception, or 23, integrity constraint violation) rather
+/// than for being unavailable.
+fn is_data_error(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+fn refused(error: &sqlx::Error) -> Error {
+    let reason = error
+        .as_database_error()
+        .map_or_else(|| error.to_string(), |e| e.message().to_owned());
+    Error::Refused { reason }
+}
+
 /// Commits one group and answers each Add in it, in `group` order. Err
-/// means nothing of the group was written.
+/// means nothing of the group was written. Once its INSERT committed, it
+/// returns Ok: an Add whose id raced another adder and could not be looked
+/// up afterwards gets its own error (it wrote nothing, so a retry is safe).
 async fn commit_group(
     pool: &PgPool,
     group: &[Queued],
@@ -280,13 +147,18 @@ async fn commit_group(
         }
     }
     let inserted = insert_group(pool, group, &to_insert).await?;
+    // From here on the group's rows are committed: nothing below may fail it.
     let raced: Vec<&str> = to_insert
         .iter()
         .filter(|i| !inserted.contains_key(i))
         .filter_map(|&i| group[i].request_id.as_deref())
         .collect();
+    let mut lookup_failed = None;
     if !raced.is_empty() {
-        found.extend(find_all(pool, &raced).await?);
+        match find_all(pool, &raced).await {
+            Ok(rows) => found.extend(rows),
+            Err(e) => lookup_failed = Some(Arc::new(e)),
+        }
     }
     Ok(group
         .iter()
@@ -309,8 +181,11 @@ async fn commit_group(
             });
             match earlier.or_else(|| found.get(request_id).copied()) {
                 Some(row) => replay(row, request_id, queued.a, queued.b),
-                // Raced an insert that was rolled back: the caller retries.
-                None => Err(Error::Database(sqlx::Error::RowNotFound)),
+                None => Err(match &lookup_failed {
+                    Some(e) => Error::Group(e.clone()),
+                    // Raced an insert that was rolled back: the caller retries.
+                    None => Error::Database(sqlx::Error::RowNotFound),
+                }),
             }
         })
         .collect())
@@ -406,6 +281,7 @@ fn replay(found: Found, request_id: &str, a: i64, b: i64) -> Result<Recorded, Er
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::outbox::Outbox;
 
     #[tokio::test]
     async fn concurrent_adds_each_get_their_own_committed_row() {
@@ -478,5 +354,39 @@ mod tests {
             matches!(conflict, Err(Error::Conflict { a: 2, b: 3, .. })),
             "{conflict:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_row_postgres_refuses_fails_only_its_own_add() {
+        let url = testkit::database::fresh().await;
+        // One writer, so concurrent Adds really share groups.
+        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap(), 1)
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..200i64)
+            .map(|i| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    let id = (i % 10 == 0).then(|| format!("bad\0{i}"));
+                    (i, outbox.record(i, 1, i + 1, id.as_deref()).await)
+                })
+            })
+            .collect();
+        for call in calls {
+            let (i, recorded) = call.await.unwrap();
+            if i % 10 == 0 {
+                assert!(
+                    matches!(recorded, Err(Error::Refused { .. })),
+                    "Add {i}: {recorded:?}"
+                );
+            } else {
+                assert_eq!(recorded.unwrap().sum, i + 1, "Add {i}");
+            }
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(outbox.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 180, "every good Add has its row, no refused one does");
     }
 }

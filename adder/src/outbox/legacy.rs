@@ -1,0 +1,58 @@
+//! Legacy rows: rows recorded before snapshot batches (their `xid` is NULL),
+//! published row by row as before: the active relay publishes them first,
+//! in messages without a batch (deduplicated by the ledger row by row, as
+//! they always were), and marks each row's `published_at` after the
+//! broker's confirm. New rows never enter this path.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use super::{Active, Error};
+
+/// An unpublished legacy row, as the relay publishes it.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Pending {
+    pub id: i64,
+    pub sum: i64,
+    pub created_us: i64,
+}
+
+impl Active {
+    /// Up to `limit` unpublished legacy rows, oldest first.
+    pub async fn legacy(&mut self, limit: i64) -> Result<Vec<Pending>, Error> {
+        legacy_rows(self.connection(), limit).await
+    }
+
+    /// Marks legacy rows published; call only with ids the broker confirmed.
+    pub async fn mark_legacy(&mut self, ids: &[i64]) -> Result<(), Error> {
+        sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1) AND xid IS NULL")
+            .bind(ids)
+            .execute(self.connection())
+            .await?;
+        Ok(())
+    }
+}
+
+async fn legacy_rows(connection: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT id, sum, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us \
+         FROM outbox WHERE published_at IS NULL AND xid IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(connection)
+    .await?)
+}
+
+/// Deletes up to `limit` legacy rows published before `retention` ago.
+pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, Error> {
+    let result = sqlx::query(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE xid IS NULL \
+         AND published_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,152 @@
+//! The outbox database and nothing else: every SQL statement the adder runs
+//! lives in this module. It records Adds (group-committed, `group`), lets one
+//! relay per database cut them into snapshot batches and confirm them
+//! (`batches`), publishes rows from before batches existed (`legacy`),
+//! keeps the database's identity (`identity`) and purges what retention
+//! allows. It knows neither tonic nor lapin.
+
+mod batches;
+mod group;
+mod identity;
+mod legacy;
+
+use std::time::Duration;
+
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
+
+pub use batches::{Active, Batch, Row};
+pub use identity::Identity;
+pub use legacy::Pending;
+
+/// The outbox of one PostgreSQL database.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: PgPool,
+    group: mpsc::Sender<group::Queued>,
+}
+
+/// A recorded Add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub id: i64,
+    pub sum: i64,
+    /// The request id matched an earlier row; nothing new was written.
+    pub replayed: bool,
+}
+
+/// What can go wrong with the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("request_id {request_id:?} was already used with a = {a}, b = {b}")]
+    Conflict { request_id: String, a: i64, b: i64 },
+    /// PostgreSQL refused this Add's own data (alone, not its group's).
+    #[error("the outbox refused this Add: {reason}")]
+    Refused { reason: String },
+    #[error("the outbox database is unavailable")]
+    Database(#[from] sqlx::Error),
+    /// A group commit failed; every Add in it gets the same cause.
+    #[error("the outbox database is unavailable")]
+    Group(#[source] std::sync::Arc<sqlx::Error>),
+    #[error("migrating the outbox failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database is a logical copy of an outbox: its transaction ids mean
+    /// nothing to the batches it holds. Fatal.
+    #[error("{0}")]
+    Copied(String),
+}
+
+impl Error {
+    /// Whether retrying cannot help (the adder must stop).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Copied(_))
+    }
+}
+
+impl Outbox {
+    /// A lazily connecting pool: the adder starts, and fails Adds with
+    /// `UNAVAILABLE`, while PostgreSQL is down.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+        Ok(PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(url)?)
+    }
+
+    /// Runs the migrations (serialised across adders by sqlx's advisory lock),
+    /// checks the database's identity (a logical copy is refused) and starts
+    /// `writers` group-commit writers (at least one; fewer writers make
+    /// bigger groups, so fewer WAL flushes, at the price of an Add sometimes
+    /// waiting for the commit before its own).
+    pub async fn open(pool: PgPool, writers: usize) -> Result<Self, Error> {
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        identity::check(&pool).await?;
+        let group = group::spawn_writers(&pool, writers.max(1));
+        Ok(Self { pool, group })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The source new batches are cut under.
+    pub async fn source(&self) -> Result<uuid::Uuid, Error> {
+        Ok(sqlx::query_scalar("SELECT source FROM outbox_source")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Commits a row for `a + b = sum`. With a request id, a repeat of the same
+    /// numbers returns the first row and writes nothing.
+    pub async fn record(
+        &self,
+        a: i64,
+        b: i64,
+        sum: i64,
+        request_id: Option<&str>,
+    ) -> Result<Recorded, Error> {
+        let (committed, answer) = oneshot::channel();
+        let queued = group::Queued {
+            a,
+            b,
+            sum,
+            request_id: request_id.map(str::to_owned),
+            committed,
+        };
+        self.group
+            .send(queued)
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?
+    }
+
+    /// Rows the broker has not confirmed yet: legacy rows not marked, rows
+    /// not in a confirmed batch.
+    pub async fn pending(&self) -> Result<i64, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL AND xid IS NULL) \
+             + (SELECT coalesce(sum(rows), 0)::bigint FROM outbox_batch WHERE confirmed_at IS NULL) \
+             + (SELECT count(*) FROM outbox o, outbox_cursor c \
+                WHERE o.xid >= pg_snapshot_xmin(c.hi) AND NOT pg_visible_in_snapshot(o.xid, c.hi))",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Deletes up to `limit` rows of confirmed batches (and published legacy
+    /// rows) created before `retention` ago; returns how many. Batches go
+    /// whole and in order: their rows, then their summaries, whose count and
+    /// sum are added to their source's purged totals (for `totaler verify`).
+    pub async fn purge(&self, retention: Duration, limit: i64) -> Result<u64, Error> {
+        let legacy = legacy::purge(&self.pool, retention, limit).await?;
+        let batches = batches::purge(&self.pool, retention, limit).await?;
+        Ok(legacy + batches)
+    }
+
+    /// Whether PostgreSQL answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
