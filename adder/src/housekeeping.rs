@@ -1,5 +1,7 @@
 //! Periodic outbox upkeep: refreshes `adder_outbox_pending` every second and
-//! purges published rows past retention in bounded batches every minute.
+//! purges rows of confirmed batches past retention, whole batches at a
+//! time in rounds of about `PURGE_BATCH` rows, every minute: off the hot
+//! path, in its own transactions.
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,7 +43,7 @@ async fn purge(outbox: &Outbox, retention: Duration, shutdown: &CancellationToke
         match outbox.purge(retention, PURGE_BATCH).await {
             Ok(deleted) => {
                 total += deleted;
-                if deleted < PURGE_BATCH as u64 {
+                if deleted == 0 {
                     break;
                 }
             }

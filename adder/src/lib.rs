@@ -65,7 +65,8 @@ pub async fn run(
         outbox = open_outbox(&config) => outbox?,
         () = &mut shutdown => return Ok(()),
     };
-    tracing::info!(source = %outbox.source().await.unwrap_or_default(), "outbox ready");
+    let source = outbox.source().await.unwrap_or_default();
+    tracing::info!(%source, "outbox ready");
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
     let adder = Adder {

@@ -104,7 +104,9 @@ impl Relay {
                     .await;
                     match result {
                         Ok(()) => return,
-                        Err(e) => tracing::warn!(error = %e, "relay stopped publishing, reconnecting"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "relay stopped publishing, reconnecting")
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "relay cannot reach the broker, retrying"),
@@ -129,11 +131,12 @@ impl Relay {
     /// shutdown (`Ok`) or an error (`Err`, the lock released).
     async fn serve(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
         let standby = self.poll.min(STANDBY_POLL_MAX);
+        let mut waiting = None;
         let mut active = loop {
             if !channel.status().connected() {
                 return Err(Error::Disconnected);
             }
-            match Active::try_acquire(self.outbox.pool()).await {
+            match Active::try_acquire(self.outbox.pool(), &mut waiting).await {
                 Ok(Some(active)) => break active,
                 Ok(None) => {}
                 Err(e) if e.is_fatal() => {
@@ -204,7 +207,12 @@ impl Relay {
 
     /// Publishes every part of `batch` without awaiting a confirm.
     #[tracing::instrument(skip_all, fields(source = %batch.source, batch = batch.id, rows = batch.rows))]
-    async fn publish(&self, active: &mut Active, channel: &Channel, batch: Batch) -> Result<InFlight, Error> {
+    async fn publish(
+        &self,
+        active: &mut Active,
+        channel: &Channel,
+        batch: Batch,
+    ) -> Result<InFlight, Error> {
         let rows = active.rows(&batch).await?;
         let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
         let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
@@ -239,7 +247,11 @@ impl Relay {
         })
     }
 
-    async fn send(&self, channel: &Channel, message: &SumMessage) -> Result<PublisherConfirm, Error> {
+    async fn send(
+        &self,
+        channel: &Channel,
+        message: &SumMessage,
+    ) -> Result<PublisherConfirm, Error> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
@@ -260,7 +272,11 @@ impl Relay {
 
     /// Awaits every confirm of the oldest batch in flight and marks it
     /// confirmed; any part not acked (or returned) ends the active period.
-    async fn settle_front(&self, active: &mut Active, in_flight: &mut VecDeque<InFlight>) -> Result<(), Error> {
+    async fn settle_front(
+        &self,
+        active: &mut Active,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), Error> {
         let Some(front) = in_flight.pop_front() else {
             return Ok(());
         };

@@ -81,6 +81,11 @@ impl Broker {
             let first = i64::try_from((seq - 1) * pack as u64)?;
             let message = SumMessage {
                 source,
+                part: Some(proto::message::Part {
+                    batch: i64::try_from(seq)?,
+                    part: 0,
+                    parts: 1,
+                }),
                 published_us: now_us(),
                 sums: (1..=pack as i64)
                     .map(|i| Sum {

@@ -114,7 +114,9 @@ pub const MAX_PARTS: u32 = 1_000_000;
 pub enum DecodeError {
     #[error("the body is {0} bytes, more than {MAX_BODY_BYTES}")]
     TooLarge(usize),
-    #[error("batch {batch} part {part} of {parts} is impossible (batch >= 1, 1 <= parts <= {MAX_PARTS}, part < parts)")]
+    #[error(
+        "batch {batch} part {part} of {parts} is impossible (batch >= 1, 1 <= parts <= {MAX_PARTS}, part < parts)"
+    )]
     Part { batch: i64, part: u32, parts: u32 },
     #[error("body is not a valid sum message: {0}")]
     Json(#[from] serde_json::Error),

@@ -244,7 +244,11 @@ impl Consumer {
     /// One durable ledger update for every delivery of the batch, retried
     /// with backoff on disk errors. A shutdown during the retries returns
     /// `Stop::Shutdown`: the batch is not durable, so it must not be acked.
-    async fn apply(&self, valid: &[Valid], shutdown: &CancellationToken) -> Result<Vec<Applied>, Stop> {
+    async fn apply(
+        &self,
+        valid: &[Valid],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Applied>, Stop> {
         let messages: Arc<Vec<SumMessage>> =
             Arc::new(valid.iter().map(|v| v.message.clone()).collect());
         let mut backoff = BACKOFF_MIN;
@@ -252,7 +256,12 @@ impl Consumer {
             let ledger = self.ledger.clone();
             let batch = messages.clone();
             let update = tokio::task::spawn_blocking(move || {
-                ledger.update(|state| batch.iter().map(|m| apply_one(state, m)).collect::<Vec<_>>())
+                ledger.update(|state| {
+                    batch
+                        .iter()
+                        .map(|m| apply_one(state, m))
+                        .collect::<Vec<_>>()
+                })
             })
             .await
             .expect("the ledger update does not panic");
@@ -262,7 +271,9 @@ impl Consumer {
                     self.status.set_total(update.state.total);
                     self.record(&messages, &update.result, update.elapsed);
                     self.metrics.sum.set(update.state.total as f64);
-                    self.metrics.open_batches.set(update.state.open_count() as i64);
+                    self.metrics
+                        .open_batches
+                        .set(update.state.open_count() as i64);
                     return Ok(update.result);
                 }
                 Err(e) if e.is_fatal() => {

@@ -31,7 +31,13 @@ pub struct Args {
     pub sum_file: PathBuf,
     /// An outbox database (repeat for several); every source in the ledger
     /// must be in one of them for the total to be checked.
-    #[arg(long = "database-url", env = "DATABASE_URL", required = true, value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        required = true,
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub database_urls: Vec<String>,
     /// Batches confirmed within this many seconds may still be on their way
     /// to the ledger: reported as in flight, not as missing.
@@ -67,8 +73,9 @@ struct Cut {
 pub async fn run(args: &Args) -> anyhow::Result<Findings> {
     let text = std::fs::read_to_string(&args.sum_file)
         .with_context(|| format!("reading the ledger {}", args.sum_file.display()))?;
-    let state = State::parse(&text)
-        .map_err(|problem| anyhow::anyhow!("ledger {} is corrupt: {problem}", args.sum_file.display()))?;
+    let state = State::parse(&text).map_err(|problem| {
+        anyhow::anyhow!("ledger {} is corrupt: {problem}", args.sum_file.display())
+    })?;
     let mut findings = Findings::default();
     findings.line(format!(
         "ledger {}: total {}, {} sources, {} batches in flight",
@@ -98,7 +105,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Findings> {
             if purged_through > 0 {
                 expected += parse_total(&purged_total)?;
             }
-            expected += check_source(&mut db, &state, source, purged_through, args, &mut findings).await?;
+            expected +=
+                check_source(&mut db, &state, source, purged_through, args, &mut findings).await?;
         }
         expected += check_legacy(&mut db, &state, &mut findings).await?;
     }
@@ -168,7 +176,9 @@ async fn check_source(
         let pack = i64::from(cut.pack.max(1));
         let parts = (cut.rows + pack - 1) / pack;
         let whole = cut.id <= horizon
-            || entry.is_some_and(|(_, p, spans)| i64::from(*p) == parts && spans == &vec![(0, parts - 1)]);
+            || entry.is_some_and(|(_, p, spans)| {
+                i64::from(*p) == parts && spans == &vec![(0, parts - 1)]
+            });
         if whole {
             applied_sum += parse_total(&cut.total)?;
             continue;
@@ -198,7 +208,11 @@ async fn check_source(
 }
 
 /// The sum of the parts of `cut` that `spans` says are applied.
-async fn partial_sum(db: &mut PgConnection, cut: &Cut, spans: &[(i64, i64)]) -> anyhow::Result<i128> {
+async fn partial_sum(
+    db: &mut PgConnection,
+    cut: &Cut,
+    spans: &[(i64, i64)],
+) -> anyhow::Result<i128> {
     let sums: Vec<i64> = sqlx::query_scalar(
         "SELECT sum FROM outbox WHERE id BETWEEN $3 AND $4 \
          AND xid >= pg_snapshot_xmin($1::pg_snapshot) AND xid < pg_snapshot_xmax($2::pg_snapshot) \
@@ -214,14 +228,22 @@ async fn partial_sum(db: &mut PgConnection, cut: &Cut, spans: &[(i64, i64)]) -> 
     Ok(sums
         .chunks(cut.pack.max(1) as usize)
         .enumerate()
-        .filter(|(part, _)| spans.iter().any(|&(lo, hi)| (lo..=hi).contains(&(*part as i64))))
+        .filter(|(part, _)| {
+            spans
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi).contains(&(*part as i64)))
+        })
         .flat_map(|(_, rows)| rows.iter().map(|&s| i128::from(s)))
         .sum())
 }
 
 /// Legacy rows (recorded before batches): applied row by row; returns the sum
 /// of those the ledger applied.
-async fn check_legacy(db: &mut PgConnection, state: &State, findings: &mut Findings) -> anyhow::Result<i128> {
+async fn check_legacy(
+    db: &mut PgConnection,
+    state: &State,
+    findings: &mut Findings,
+) -> anyhow::Result<i128> {
     let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
         "SELECT id, sum, published_at IS NOT NULL FROM outbox WHERE xid IS NULL ORDER BY id",
     )
@@ -230,15 +252,18 @@ async fn check_legacy(db: &mut PgConnection, state: &State, findings: &mut Findi
     if rows.is_empty() {
         return Ok(0);
     }
-    let source: Uuid = sqlx::query_scalar("SELECT source FROM outbox_sources ORDER BY started_at LIMIT 1")
-        .fetch_one(&mut *db)
-        .await?;
+    let source: Uuid =
+        sqlx::query_scalar("SELECT source FROM outbox_sources ORDER BY started_at LIMIT 1")
+            .fetch_one(&mut *db)
+            .await?;
     let mut sum: i128 = 0;
     for (id, row_sum, published) in &rows {
         if state.contains_row(source, *id) {
             sum += i128::from(*row_sum);
         } else if *published {
-            findings.discrepancy(format!("MISSING source {source} legacy row {id} (sum {row_sum}): published, not applied"));
+            findings.discrepancy(format!(
+                "MISSING source {source} legacy row {id} (sum {row_sum}): published, not applied"
+            ));
         }
     }
     findings.line(format!("source {source}: {} legacy rows", rows.len()));

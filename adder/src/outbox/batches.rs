@@ -61,19 +61,28 @@ macro_rules! in_pair {
 
 impl Active {
     /// Takes the relay lock if no other relay holds it, on a connection of its
-    /// own, and settles the database's identity. `None`: another relay is active.
-    pub async fn try_acquire(pool: &PgPool) -> Result<Option<Self>, Error> {
-        let mut connection = pool.acquire().await?.detach();
+    /// own (kept in `standby` between tries, so a standby does not open a
+    /// connection per try), and settles the database's identity. `None`:
+    /// another relay is active.
+    pub async fn try_acquire(
+        pool: &PgPool,
+        standby: &mut Option<PgConnection>,
+    ) -> Result<Option<Self>, Error> {
+        let mut connection = match standby.take() {
+            Some(connection) => connection,
+            None => PgConnection::connect_with(&pool.connect_options()).await?,
+        };
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK)
             .fetch_one(&mut connection)
             .await?;
         if !locked {
-            let _ = connection.close().await;
+            *standby = Some(connection);
             return Ok(None);
         }
+        let active = Self { connection };
         identity::check(pool).await?;
-        Ok(Some(Self { connection }))
+        Ok(Some(active))
     }
 
     /// Cuts the next batch of at most `max_rows` rows, each part `pack` rows,
@@ -222,9 +231,9 @@ async fn span(
     .await?)
 }
 
-/// Deletes the rows of up to `limit` rows' worth of the oldest confirmed
-/// batches created before `retention` ago, whole batches in order, and
-/// their summaries (added to the purged totals of their source).
+/// Deletes the oldest confirmed batches created before `retention` ago,
+/// whole and in order, as many as fit in `limit` rows (at least one): their
+/// rows, then their summaries (added to the purged totals of their source).
 pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, Error> {
     let mut tx = pool.begin().await?;
     let batches: Vec<Batch> = sqlx::query_as(
@@ -232,14 +241,16 @@ pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Res
          WHERE confirmed_at IS NOT NULL AND created_at < clock_timestamp() - make_interval(secs => $1) \
            AND NOT EXISTS (SELECT 1 FROM outbox_batch u WHERE u.source = b.source AND u.id < b.id \
                            AND u.confirmed_at IS NULL) \
-         ORDER BY source, id LIMIT GREATEST($2 / 100, 1) FOR UPDATE SKIP LOCKED",
+         ORDER BY source, id LIMIT 1000 FOR UPDATE SKIP LOCKED",
     )
     .bind(retention.as_secs_f64())
-    .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
     let mut deleted = 0;
     for batch in &batches {
+        if deleted > 0 && deleted + batch.rows as u64 > limit as u64 {
+            break;
+        }
         let result = sqlx::query(concat!(
             "DELETE FROM outbox WHERE id BETWEEN $3 AND $4 AND ",
             in_pair!()

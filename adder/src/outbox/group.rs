@@ -91,7 +91,9 @@ async fn one_by_one(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Err
     for queued in group {
         let alone = std::slice::from_ref(queued);
         answers.push(match commit_group(pool, alone).await {
-            Ok(mut answer) => answer.pop().unwrap_or(Err(Error::Database(sqlx::Error::RowNotFound))),
+            Ok(mut answer) => answer
+                .pop()
+                .unwrap_or(Err(Error::Database(sqlx::Error::RowNotFound))),
             Err(e) if is_data_error(&e) => Err(refused(&e)),
             Err(e) => Err(Error::Group(Arc::new(e))),
         });

@@ -36,11 +36,9 @@ pub async fn check(pool: &PgPool) -> Result<Uuid, Error> {
 
 async fn settle(tx: &mut Transaction<'static, Postgres>) -> Result<Uuid, Error> {
     let (source, system_id, db_oid, timeline): (Uuid, Option<String>, Option<i64>, Option<i64>) =
-        sqlx::query_as(
-            "SELECT source, system_id, db_oid, timeline FROM outbox_source FOR UPDATE",
-        )
-        .fetch_one(&mut **tx)
-        .await?;
+        sqlx::query_as("SELECT source, system_id, db_oid, timeline FROM outbox_source FOR UPDATE")
+            .fetch_one(&mut **tx)
+            .await?;
     let now = current(tx).await?;
     let stored = match (system_id, db_oid, timeline) {
         (Some(system_id), Some(db_oid), Some(timeline)) => Identity {

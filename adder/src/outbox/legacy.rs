@@ -26,10 +26,12 @@ impl Active {
 
     /// Marks legacy rows published; call only with ids the broker confirmed.
     pub async fn mark_legacy(&mut self, ids: &[i64]) -> Result<(), Error> {
-        sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1) AND xid IS NULL")
-            .bind(ids)
-            .execute(self.connection())
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1) AND xid IS NULL",
+        )
+        .bind(ids)
+        .execute(self.connection())
+        .await?;
         Ok(())
     }
 }

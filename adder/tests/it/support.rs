@@ -30,6 +30,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         commit_writers: None,
         relay_pack: 100,
         relay_linger_ms: 0,
+        relay_confirm_timeout_ms: 30_000,
         relay_poll_ms: 200,
         retention_hours: 168,
         shutdown_grace_ms: 5_000,
@@ -38,6 +39,10 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
 }
 
 pub async fn spawn_adder(config: Config) -> TestAdder {
+    // TEST_LOG=1 shows the adders' warnings and errors.
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
+    }
     let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
     let (grpc_addr, http_addr) = (
@@ -125,10 +130,13 @@ pub async fn pool(url: &str) -> PgPool {
         .expect("connect to the test database")
 }
 
-/// (rows, unpublished rows, sum of all rows)
+/// (rows, rows the broker has not confirmed, sum of all rows); a row is
+/// confirmed when its batch is (or, a legacy row, when it is marked).
 pub async fn outbox_counts(pool: &PgPool) -> (i64, i64, i64) {
     sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL), coalesce(sum(sum), 0)::bigint FROM outbox",
+        "SELECT count(*), count(*) - (SELECT coalesce(sum(rows), 0)::bigint FROM outbox_batch \
+         WHERE confirmed_at IS NOT NULL) - count(*) FILTER (WHERE xid IS NULL AND published_at IS NOT NULL), \
+         coalesce(sum(sum), 0)::bigint FROM outbox",
     )
     .fetch_one(pool)
     .await

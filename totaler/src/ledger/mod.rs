@@ -320,7 +320,9 @@ mod tests {
         let path = temp_dir("vanish").join("sum.txt");
         let (ledger, _) = Ledger::open(&path, Create::IfNew).unwrap();
         let source = Uuid::from_u128(1);
-        ledger.update(|state| state.apply_part(source, one(1), 42)).unwrap();
+        ledger
+            .update(|state| state.apply_part(source, one(1), 42))
+            .unwrap();
         fs::remove_file(&path).unwrap();
         let error = ledger
             .update(|state| state.apply_part(source, one(2), 1))
@@ -337,9 +339,13 @@ mod tests {
         let path = dir.join("sum.txt");
         let (ledger, _) = Ledger::open(&path, Create::IfNew).unwrap();
         let source = Uuid::from_u128(1);
-        ledger.update(|state| state.apply_part(source, one(1), 42)).unwrap();
+        ledger
+            .update(|state| state.apply_part(source, one(1), 42))
+            .unwrap();
         let older = fs::read_to_string(&path).unwrap();
-        ledger.update(|state| state.apply_part(source, one(2), 1)).unwrap();
+        ledger
+            .update(|state| state.apply_part(source, one(2), 1))
+            .unwrap();
         fs::write(&path, &older).unwrap();
         let error = ledger
             .update(|state| state.apply_part(source, one(3), 1))
@@ -364,10 +370,23 @@ mod tests {
         .unwrap();
         let (ledger, state) = Ledger::open(&path, Create::IfNew).unwrap();
         assert_eq!(state.total, 99);
-        assert!(fs::read_to_string(&path).unwrap().contains("tally-ledger v2"));
-        let update = ledger.update(|state| state.apply_row(source, 7, 5)).unwrap();
+        assert!(
+            fs::read_to_string(&path)
+                .unwrap()
+                .contains("tally-ledger v2")
+        );
+        let update = ledger
+            .update(|state| state.apply_row(source, 7, 5))
+            .unwrap();
         assert_eq!(update.result, Outcome::Duplicate);
-        assert_eq!(ledger.update(|state| state.apply_row(source, 4, 5)).unwrap().state.total, 104);
+        assert_eq!(
+            ledger
+                .update(|state| state.apply_row(source, 4, 5))
+                .unwrap()
+                .state
+                .total,
+            104
+        );
     }
 
     #[test]
@@ -390,8 +409,12 @@ mod tests {
         let (first, _) = Ledger::open(&path, Create::IfNew).unwrap();
         let (second, _) = Ledger::open(&path, Create::IfNew).unwrap();
         let source = Uuid::from_u128(9);
-        first.update(|state| state.apply_part(source, one(1), 5)).unwrap();
-        let update = second.update(|state| state.apply_part(source, one(1), 5)).unwrap();
+        first
+            .update(|state| state.apply_part(source, one(1), 5))
+            .unwrap();
+        let update = second
+            .update(|state| state.apply_part(source, one(1), 5))
+            .unwrap();
         assert_eq!(update.result, Ok(Outcome::Duplicate));
         assert_eq!(update.state.total, 5);
         assert_eq!(second.read().unwrap().total, 5);

@@ -79,7 +79,9 @@ pub enum Outcome {
 /// Why a message is refused (it is then dead-lettered; nothing changes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("batch {batch} is more than {MAX_AHEAD} batches above the source's horizon {horizon}: forged or foreign")]
+    #[error(
+        "batch {batch} is more than {MAX_AHEAD} batches above the source's horizon {horizon}: forged or foreign"
+    )]
     TooFarAhead { batch: i64, horizon: i64 },
     #[error("batch {batch} has {known} parts, the message claims {parts}")]
     PartsDiffer { batch: i64, parts: u32, known: u32 },
@@ -116,8 +118,7 @@ impl State {
     pub fn contains_part(&self, source: Uuid, batch: i64, part: u32) -> bool {
         self.sources.get(&source).is_some_and(|s| {
             batch <= s.horizon
-                || s
-                    .open
+                || s.open
                     .get(&batch)
                     .is_some_and(|o| o.applied.contains(i64::from(part)))
         })
@@ -175,7 +176,11 @@ impl State {
         for (source, s) in &self.sources {
             text.push_str(&format!("source {source} {}", s.horizon));
             for (batch, open) in &s.open {
-                text.push_str(&format!(" {batch}/{}:{}", open.parts, open.applied.render()));
+                text.push_str(&format!(
+                    " {batch}/{}:{}",
+                    open.parts,
+                    open.applied.render()
+                ));
             }
             text.push('\n');
             if let Some(legacy) = &s.legacy {
@@ -213,7 +218,8 @@ impl State {
         };
         let version_1 = header == VERSION_1;
         if !version_1 {
-            (state.id, state.generation) = parse_header(header).map_err(|e| format!("line 2: {e}"))?;
+            (state.id, state.generation) =
+                parse_header(header).map_err(|e| format!("line 2: {e}"))?;
         }
         for (index, line) in lines.enumerate() {
             let line_no = index + 3;
@@ -237,7 +243,9 @@ impl State {
                 for token in fields {
                     let (batch, entry) = parse_open(token)?;
                     if batch <= horizon || open.insert(batch, entry).is_some() {
-                        return Err(format!("batch {batch} is at or below the horizon, or twice"));
+                        return Err(format!(
+                            "batch {batch} is at or below the horizon, or twice"
+                        ));
                     }
                 }
                 let entry = self.sources.entry(source).or_default();
@@ -445,7 +453,11 @@ fn parse_open(token: &str) -> Result<(i64, Open), String> {
     let (batch, rest) = token.split_once('/').ok_or_else(bad)?;
     let (parts, ranges) = rest.split_once(':').ok_or_else(bad)?;
     let batch = batch.parse::<i64>().map_err(|_| bad())?;
-    let parts = parts.parse::<u32>().ok().filter(|p| *p >= 1).ok_or_else(bad)?;
+    let parts = parts
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p >= 1)
+        .ok_or_else(bad)?;
     let mut applied = Ranges {
         horizon: -1,
         ranges: Vec::new(),
@@ -540,10 +552,19 @@ mod tests {
     #[test]
     fn a_repeated_part_is_a_duplicate_whatever_else_arrived() {
         let mut state = State::default();
-        assert_eq!(state.apply_part(A, part(1, 0, 2), 100), Ok(Outcome::Applied));
-        assert_eq!(state.apply_part(A, part(1, 0, 2), 100), Ok(Outcome::Duplicate));
+        assert_eq!(
+            state.apply_part(A, part(1, 0, 2), 100),
+            Ok(Outcome::Applied)
+        );
+        assert_eq!(
+            state.apply_part(A, part(1, 0, 2), 100),
+            Ok(Outcome::Duplicate)
+        );
         assert_eq!(state.apply_part(A, part(1, 1, 2), 1), Ok(Outcome::Applied));
-        assert_eq!(state.apply_part(A, part(1, 1, 2), 1), Ok(Outcome::Duplicate));
+        assert_eq!(
+            state.apply_part(A, part(1, 1, 2), 1),
+            Ok(Outcome::Duplicate)
+        );
         assert_eq!(state.apply_part(B, part(1, 0, 2), 1), Ok(Outcome::Applied));
         assert_eq!(state.total, 102);
     }
@@ -593,7 +614,10 @@ mod tests {
                 horizon: 0
             })
         );
-        assert_eq!(state.apply_part(A, part(MAX_AHEAD, 0, 1), 1), Ok(Outcome::Applied));
+        assert_eq!(
+            state.apply_part(A, part(MAX_AHEAD, 0, 1), 1),
+            Ok(Outcome::Applied)
+        );
         assert_ne!(state, before);
         state.apply_part(A, part(3, 0, 2), 1).unwrap();
         assert_eq!(
@@ -654,7 +678,10 @@ mod tests {
     #[test]
     fn a_newer_version_is_refused_naming_it() {
         let error = State::parse("1\ntally-ledger v3 x 1\n").unwrap_err();
-        assert!(error.contains("line 2") && error.contains("newer"), "{error}");
+        assert!(
+            error.contains("line 2") && error.contains("newer"),
+            "{error}"
+        );
     }
 
     #[test]

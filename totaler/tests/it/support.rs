@@ -42,6 +42,8 @@ pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
         shutdown_grace_ms: 5_000,
         log_format: LogFormat::Text,
         crash_after_apply: false,
+        command: None,
+        create_ledger: false,
     }
 }
 
@@ -100,16 +102,35 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     testkit::http::get(addr, path).await
 }
 
-/// A valid queue message carrying one row.
-pub fn message(source: Uuid, seq: i64, sum: i64) -> Vec<u8> {
-    pack(source, &[(seq, sum)])
+/// A valid queue message: batch `batch` of one part, one row (seq `batch`).
+pub fn message(source: Uuid, batch: i64, sum: i64) -> Vec<u8> {
+    part_message(source, (batch, 0, 1), &[(batch, sum)])
 }
 
-/// A valid queue message carrying the rows `(seq, sum)`, as the relay packs them.
+/// Part `part` of `parts` of batch `batch`, carrying the rows `(seq, sum)`.
+pub fn part_message(
+    source: Uuid,
+    (batch, part, parts): (i64, u32, u32),
+    rows: &[(i64, i64)],
+) -> Vec<u8> {
+    encode(
+        source,
+        Some(proto::message::Part { batch, part, parts }),
+        rows,
+    )
+}
+
+/// A legacy message (no batch: rows deduplicated by seq) carrying the rows
+/// `(seq, sum)`, as the relay packed them before snapshot batches.
 pub fn pack(source: Uuid, rows: &[(i64, i64)]) -> Vec<u8> {
+    encode(source, None, rows)
+}
+
+fn encode(source: Uuid, part: Option<proto::message::Part>, rows: &[(i64, i64)]) -> Vec<u8> {
     let now = now_us();
     SumMessage {
         source,
+        part,
         published_us: now,
         sums: rows
             .iter()
