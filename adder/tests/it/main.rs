@@ -2,6 +2,7 @@
 //! database per test) and a real RabbitMQ (a unique queue per test).
 
 mod adds;
+mod batches;
 mod relay;
 mod shutdown;
 mod support;
