@@ -46,7 +46,7 @@ fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let sum = warp::path!("sum")
         .and(with(status.clone()))
-        .map(|status: Arc<Status>| reply::json(&json!({"sum": status.total()})));
+        .map(|status: Arc<Status>| sum_reply(status.total()));
     let metrics = warp::path!("metrics")
         .and(with(metrics))
         .map(|metrics: Arc<Metrics>| metrics.render());
@@ -74,6 +74,17 @@ fn routes(
             .or(readyz.map(Reply::into_response))
             .unify(),
     )
+}
+
+/// `{"sum":<digits>}` written by hand: serde_json has no `i128` number
+/// without `arbitrary_precision`, and an `f64` would round the total.
+fn sum_reply(total: i128) -> warp::reply::Response {
+    reply::with_header(
+        format!(r#"{{"sum":{total}}}"#),
+        "content-type",
+        "application/json",
+    )
+    .into_response()
 }
 
 fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {

@@ -3,4 +3,5 @@
 
 mod consuming;
 mod crashes;
+mod sum_range;
 mod support;
