@@ -26,9 +26,9 @@ struct Service {
 impl From<add::Error> for Status {
     fn from(error: add::Error) -> Self {
         match &error {
-            add::Error::Overflow { .. } | add::Error::RequestIdTooLong => {
-                Status::invalid_argument(error.to_string())
-            }
+            add::Error::Overflow { .. }
+            | add::Error::RequestIdTooLong
+            | add::Error::RequestIdHasNul => Status::invalid_argument(error.to_string()),
             add::Error::Conflict { .. } => Status::already_exists(error.to_string()),
             add::Error::Unavailable(_) => Status::unavailable(error.to_string()),
         }

@@ -111,9 +111,9 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
         .into_response(),
         Err(e) => {
             let status = match e {
-                add::Error::Overflow { .. } | add::Error::RequestIdTooLong => {
-                    StatusCode::BAD_REQUEST
-                }
+                add::Error::Overflow { .. }
+                | add::Error::RequestIdTooLong
+                | add::Error::RequestIdHasNul => StatusCode::BAD_REQUEST,
                 add::Error::Conflict { .. } => StatusCode::CONFLICT,
                 add::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };

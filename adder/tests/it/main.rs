@@ -3,5 +3,6 @@
 
 mod adds;
 mod relay;
+mod request_ids;
 mod shutdown;
 mod support;
