@@ -3,5 +3,6 @@
 
 mod consuming;
 mod crashes;
+mod http_limits;
 mod sum_range;
 mod support;
