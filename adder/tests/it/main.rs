@@ -2,6 +2,7 @@
 //! database per test) and a real RabbitMQ (a unique queue per test).
 
 mod adds;
+mod limits;
 mod relay;
 mod request_ids;
 mod shutdown;
