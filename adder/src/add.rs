@@ -25,6 +25,8 @@ pub enum Error {
     Overflow { a: i64, b: i64 },
     #[error("request_id must be at most {MAX_REQUEST_ID} bytes")]
     RequestIdTooLong,
+    #[error("request_id must not contain a NUL character (PostgreSQL text cannot store it)")]
+    RequestIdHasNul,
     #[error("request_id {request_id:?} was already used with other numbers (a = {a}, b = {b})")]
     Conflict { request_id: String, a: i64, b: i64 },
     #[error("{0}")]
@@ -40,9 +42,10 @@ impl Error {
     /// The label used in `adder_requests_total{code}`.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Overflow { .. } | Error::RequestIdTooLong | Error::Refused(_) => {
-                "invalid_argument"
-            }
+            Error::Overflow { .. }
+            | Error::RequestIdTooLong
+            | Error::RequestIdHasNul
+            | Error::Refused(_) => "invalid_argument",
             Error::Conflict { .. } => "already_exists",
             Error::Unavailable(_) => "unavailable",
         }
@@ -55,9 +58,7 @@ impl Adder {
     #[tracing::instrument(skip_all, fields(a, b, replayed))]
     pub async fn add(&self, a: i64, b: i64, request_id: &str) -> Result<Recorded, Error> {
         let sum = a.checked_add(b).ok_or(Error::Overflow { a, b })?;
-        if request_id.len() > MAX_REQUEST_ID {
-            return Err(Error::RequestIdTooLong);
-        }
+        check_request_id(request_id)?;
         let request_id = (!request_id.is_empty()).then_some(request_id);
         let recorded = self
             .outbox
@@ -80,5 +81,39 @@ impl Adder {
     /// Whether the relay currently holds a broker channel.
     pub fn broker_up(&self) -> bool {
         self.broker.get() == 1
+    }
+}
+
+/// Refuses, before it can join a group commit, an id the outbox cannot
+/// store: one failed row would fail every Add of its group. The database is
+/// UTF-8 and a Rust `str` is valid UTF-8, so NUL is the one character
+/// PostgreSQL `text` rejects.
+fn check_request_id(request_id: &str) -> Result<(), Error> {
+    if request_id.len() > MAX_REQUEST_ID {
+        return Err(Error::RequestIdTooLong);
+    }
+    if request_id.contains('\0') {
+        return Err(Error::RequestIdHasNul);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_the_outbox_cannot_store_are_refused() {
+        assert!(check_request_id("").is_ok());
+        assert!(check_request_id(&"x".repeat(MAX_REQUEST_ID)).is_ok());
+        assert!(check_request_id("tab\tbell\u{7}emoji\u{1F600}").is_ok());
+        assert!(matches!(
+            check_request_id(&"x".repeat(MAX_REQUEST_ID + 1)),
+            Err(Error::RequestIdTooLong)
+        ));
+        assert!(matches!(
+            check_request_id("a\0b"),
+            Err(Error::RequestIdHasNul)
+        ));
     }
 }

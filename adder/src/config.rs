@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 /// gRPC `Add(a, b)` that records every sum in a PostgreSQL outbox and relays
 /// it to RabbitMQ with publisher confirms.
@@ -88,9 +88,76 @@ pub struct Config {
     #[arg(long, env = "ADDER_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
+    /// Bounds on what gRPC and HTTP clients may hold: connections, streams, time.
+    #[command(flatten)]
+    pub limits: Limits,
+
     /// Log output format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The servers' limits against slow or hostile clients.
+#[derive(Clone, Debug, Args)]
+pub struct Limits {
+    /// Most open gRPC connections; past it the adder stops accepting and
+    /// further clients wait in the listen backlog until one closes.
+    #[arg(long, env = "ADDER_GRPC_MAX_CONNECTIONS", default_value_t = Limits::default().grpc_max_connections)]
+    pub grpc_max_connections: usize,
+
+    /// Most concurrent gRPC calls (HTTP/2 streams) per connection, announced
+    /// in the HTTP/2 SETTINGS; a client queues further calls, and a stream
+    /// opened past it is refused.
+    #[arg(long, env = "ADDER_GRPC_MAX_STREAMS", default_value_t = Limits::default().grpc_max_streams)]
+    pub grpc_max_streams: u32,
+
+    /// Longest a gRPC call may run, in milliseconds; then it ends with
+    /// CANCELLED (a client's shorter grpc-timeout wins). The Add may still
+    /// be recorded, as when a client gives up: retry with the same request_id.
+    #[arg(long, env = "ADDER_GRPC_TIMEOUT_MS", default_value_t = Limits::default().grpc_timeout_ms)]
+    pub grpc_timeout_ms: u64,
+
+    /// Most open HTTP connections; past it the adder stops accepting HTTP
+    /// and further clients wait in the listen backlog until one closes.
+    #[arg(long, env = "ADDER_HTTP_MAX_CONNECTIONS", default_value_t = Limits::default().http_max_connections)]
+    pub http_max_connections: usize,
+
+    /// How long an HTTP connection may take to send a whole request head,
+    /// from its start or the end of its last response, in milliseconds; then
+    /// it is closed. Bounds half-sent requests and idle keep-alive connections.
+    #[arg(long, env = "ADDER_HTTP_HEADER_TIMEOUT_MS", default_value_t = Limits::default().http_header_timeout_ms)]
+    pub http_header_timeout_ms: u64,
+
+    /// How long one HTTP request may take from its head to its reply, body
+    /// included, in milliseconds; then it gets 408 and its connection closes.
+    #[arg(long, env = "ADDER_HTTP_REQUEST_TIMEOUT_MS", default_value_t = Limits::default().http_request_timeout_ms)]
+    pub http_request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            grpc_max_connections: 20_000,
+            grpc_max_streams: 256,
+            grpc_timeout_ms: 30_000,
+            http_max_connections: 20_000,
+            http_header_timeout_ms: 10_000,
+            http_request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn grpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.grpc_timeout_ms)
+    }
+
+    pub fn http(&self) -> listen::http::Limits {
+        listen::http::Limits {
+            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            request_timeout: Duration::from_millis(self.http_request_timeout_ms),
+        }
+    }
 }
 
 /// How log lines are written.

@@ -9,12 +9,12 @@ use proto::tally::v1::{
     adder_server::{Adder as AdderRpc, AdderServer},
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
     add::{self, Adder},
+    config::Limits,
     metrics::Metrics,
 };
 
@@ -26,9 +26,10 @@ struct Service {
 impl From<add::Error> for Status {
     fn from(error: add::Error) -> Self {
         match &error {
-            add::Error::Overflow { .. } | add::Error::RequestIdTooLong | add::Error::Refused(_) => {
-                Status::invalid_argument(error.to_string())
-            }
+            add::Error::Overflow { .. }
+            | add::Error::RequestIdTooLong
+            | add::Error::RequestIdHasNul
+            | add::Error::Refused(_) => Status::invalid_argument(error.to_string()),
             add::Error::Conflict { .. } => Status::already_exists(error.to_string()),
             add::Error::Unavailable(_) => Status::unavailable(error.to_string()),
         }
@@ -60,11 +61,14 @@ impl AdderRpc for Service {
     }
 }
 
-/// Serves gRPC on `listener` until `shutdown`, then finishes in-flight calls.
+/// Serves gRPC on `listener` within `limits` until `shutdown`, then
+/// finishes in-flight calls. Accepting goes through `listen::Incoming`:
+/// tonic retries a failed accept at once, which spins on EMFILE.
 pub async fn serve(
     listener: TcpListener,
     adder: Adder,
     metrics: Arc<Metrics>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,11 +77,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let incoming = listen::Incoming::new(listener, limits.grpc_max_connections).into_stream();
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .timeout(limits.grpc_timeout())
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AdderServer::new(Service { adder, metrics }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use warp::{Filter, Rejection, Reply, http::StatusCode, hyper::body::Bytes, reply
 
 use crate::{
     add::{self, Adder},
+    config::Limits,
     metrics::Metrics,
 };
 
@@ -34,19 +35,24 @@ struct AddReply {
 /// Largest accepted `POST /add` body.
 const MAX_BODY: u64 = 4096;
 
-/// Serves HTTP on `listener` until `shutdown`.
+/// Serves HTTP on `listener` within `limits` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     adder: Adder,
     metrics: Arc<Metrics>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let routes = routes(adder, metrics).recover(rejection);
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown.cancelled_owned())
-        .run()
-        .await;
+    let incoming = listen::Incoming::new(listener, limits.http_max_connections);
+    listen::http::serve(
+        incoming,
+        warp::service(routes),
+        limits.http(),
+        timed_out,
+        shutdown,
+    )
+    .await;
 }
 
 fn routes(
@@ -113,6 +119,7 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
             let status = match e {
                 add::Error::Overflow { .. }
                 | add::Error::RequestIdTooLong
+                | add::Error::RequestIdHasNul
                 | add::Error::Refused(_) => StatusCode::BAD_REQUEST,
                 add::Error::Conflict { .. } => StatusCode::CONFLICT,
                 add::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -135,6 +142,11 @@ async fn readyz(adder: Adder) -> warp::reply::Response {
         status,
     )
     .into_response()
+}
+
+/// The reply to a request that took longer than its limit.
+fn timed_out() -> warp::reply::Response {
+    error_reply(StatusCode::REQUEST_TIMEOUT, "request took too long")
 }
 
 fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {

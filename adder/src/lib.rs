@@ -98,9 +98,16 @@ pub async fn run(
         listeners.http,
         adder.clone(),
         metrics.clone(),
+        config.limits.clone(),
         token.clone(),
     ));
-    let grpc = tracker.spawn(grpc::serve(listeners.grpc, adder, metrics, token.clone()));
+    let grpc = tracker.spawn(grpc::serve(
+        listeners.grpc,
+        adder,
+        metrics,
+        config.limits.clone(),
+        token.clone(),
+    ));
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
     tokio::pin!(grpc);
     let served = tokio::select! {

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 /// Consumes Tally's queue and keeps the exact running total in a file-locked
 /// sum.txt, acking each batch only after the new total is durable.
@@ -68,6 +68,10 @@ pub struct Config {
     #[arg(long, env = "TOTALER_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
+    /// Bounds on what HTTP clients may hold: connections and time.
+    #[command(flatten)]
+    pub limits: Limits,
+
     /// Log output format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -84,6 +88,45 @@ pub enum Command {
     /// Compare sum.txt with the outbox database(s), batch by batch and the
     /// total; read-only, safe on a live system. Exits 1 on any discrepancy.
     Verify(crate::verify::Args),
+}
+
+/// The HTTP server's limits against slow or hostile clients.
+#[derive(Clone, Debug, Args)]
+pub struct Limits {
+    /// Most open HTTP connections; past it the totaler stops accepting and
+    /// further clients wait in the listen backlog until one closes.
+    #[arg(long, env = "TOTALER_HTTP_MAX_CONNECTIONS", default_value_t = Limits::default().http_max_connections)]
+    pub http_max_connections: usize,
+
+    /// How long a connection may take to send a whole request head, from
+    /// its start or the end of its last response, in milliseconds; then it
+    /// is closed. Bounds half-sent requests and idle keep-alive connections.
+    #[arg(long, env = "TOTALER_HTTP_HEADER_TIMEOUT_MS", default_value_t = Limits::default().http_header_timeout_ms)]
+    pub http_header_timeout_ms: u64,
+
+    /// How long one HTTP request may take from its head to its reply, body
+    /// included, in milliseconds; then it gets 408 and its connection closes.
+    #[arg(long, env = "TOTALER_HTTP_REQUEST_TIMEOUT_MS", default_value_t = Limits::default().http_request_timeout_ms)]
+    pub http_request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            http_max_connections: 20_000,
+            http_header_timeout_ms: 10_000,
+            http_request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn http(&self) -> listen::http::Limits {
+        listen::http::Limits {
+            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            request_timeout: Duration::from_millis(self.http_request_timeout_ms),
+        }
+    }
 }
 
 /// How log lines are written.

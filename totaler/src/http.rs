@@ -8,13 +8,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Rejection, Reply, http::StatusCode, reply};
 
-use crate::{metrics::Metrics, status::Status};
+use crate::{config::Limits, metrics::Metrics, status::Status};
 
-/// Serves HTTP on `listener` until `shutdown`.
+/// Serves HTTP on `listener` within `limits` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let timed = metrics.clone();
@@ -33,11 +34,15 @@ pub async fn serve(
             .observe(info.elapsed().as_secs_f64());
     });
     let routes = routes(status, metrics).recover(rejection).with(log);
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown.cancelled_owned())
-        .run()
-        .await;
+    let incoming = listen::Incoming::new(listener, limits.http_max_connections);
+    listen::http::serve(
+        incoming,
+        warp::service(routes),
+        limits.http(),
+        timed_out,
+        shutdown,
+    )
+    .await;
 }
 
 fn routes(
@@ -46,7 +51,7 @@ fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let sum = warp::path!("sum")
         .and(with(status.clone()))
-        .map(|status: Arc<Status>| reply::json(&json!({"sum": status.total()})));
+        .map(|status: Arc<Status>| sum_reply(status.total()));
     let metrics = warp::path!("metrics")
         .and(with(metrics))
         .map(|metrics: Arc<Metrics>| metrics.render());
@@ -76,8 +81,28 @@ fn routes(
     )
 }
 
+/// `{"sum":<digits>}` written by hand: serde_json has no `i128` number
+/// without `arbitrary_precision`, and an `f64` would round the total.
+fn sum_reply(total: i128) -> warp::reply::Response {
+    reply::with_header(
+        format!(r#"{{"sum":{total}}}"#),
+        "content-type",
+        "application/json",
+    )
+    .into_response()
+}
+
 fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
     warp::any().map(move || value.clone())
+}
+
+/// The reply to a request that took longer than its limit.
+fn timed_out() -> warp::reply::Response {
+    reply::with_status(
+        reply::json(&json!({"error": "request took too long"})),
+        StatusCode::REQUEST_TIMEOUT,
+    )
+    .into_response()
 }
 
 async fn rejection(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {

@@ -63,6 +63,7 @@ pub async fn run(
         listener,
         status.clone(),
         metrics.clone(),
+        config.limits.clone(),
         token.clone(),
     ));
     tracker.spawn(consumer::refresh(

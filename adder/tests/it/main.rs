@@ -3,6 +3,8 @@
 
 mod adds;
 mod batches;
+mod limits;
 mod relay;
+mod request_ids;
 mod shutdown;
 mod support;

@@ -34,6 +34,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         relay_poll_ms: 200,
         retention_hours: 168,
         shutdown_grace_ms: 5_000,
+        limits: adder::config::Limits::default(),
         log_format: LogFormat::Text,
     }
 }

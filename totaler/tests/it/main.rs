@@ -4,4 +4,6 @@
 mod consuming;
 mod crashes;
 mod exactness;
+mod http_limits;
+mod sum_range;
 mod support;

@@ -41,6 +41,7 @@ pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
         refresh_ms: 50,
         shutdown_grace_ms: 5_000,
         log_format: LogFormat::Text,
+        limits: totaler::config::Limits::default(),
         crash_after_apply: false,
         command: None,
         create_ledger: false,
