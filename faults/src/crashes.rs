@@ -119,19 +119,28 @@ impl Stack {
     pub(crate) async fn two_adders(&mut self) -> anyhow::Result<()> {
         self.second_adder.start().await?;
         self.counts.two_adder_periods += 1;
-        let before = self.tally.acknowledged.load(std::sync::atomic::Ordering::Relaxed);
+        let before = self
+            .tally
+            .acknowledged
+            .load(std::sync::atomic::Ordering::Relaxed);
         let shape = Shape {
             workers: 4,
             rate: 200,
             idless_workers: 4,
             idless_rate: 200,
         };
-        let label = format!("{}-adder2-{}", self.options.seed, self.counts.two_adder_periods);
+        let label = format!(
+            "{}-adder2-{}",
+            self.options.seed, self.counts.two_adder_periods
+        );
         let grpc = format!("127.0.0.1:{}", self.second_grpc);
         let load = Load::start(&grpc, shape, &mut self.rng, &label, self.tally.clone())?;
         self.pause(3000, 6000).await;
         load.finish().await;
-        let after = self.tally.acknowledged.load(std::sync::atomic::Ordering::Relaxed);
+        let after = self
+            .tally
+            .acknowledged
+            .load(std::sync::atomic::Ordering::Relaxed);
         self.counts.acknowledged_during_two_adders += after - before;
         self.sampler.sample_now().await;
         let status = self.second_adder.terminate().await;

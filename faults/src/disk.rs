@@ -62,7 +62,10 @@ impl DataDir {
                 data.mounted = true;
                 (data, None)
             }
-            Err(e) => (data, Some(format!("mounting a tmpfs on {}: {e:#}", dir.display()))),
+            Err(e) => (
+                data,
+                Some(format!("mounting a tmpfs on {}: {e:#}", dir.display())),
+            ),
         }
     }
 

@@ -70,14 +70,16 @@ pub async fn nul_request_ids(
             }
         }));
     }
-    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
     for call in calls {
         if let Some(problem) = call.await? {
-            problems.push(problem);
+            *seen.entry(problem).or_default() += 1;
         }
     }
-    problems.dedup();
-    Ok(problems)
+    Ok(seen
+        .into_iter()
+        .map(|(problem, n)| format!("{problem} ({n} of 40 calls)"))
+        .collect())
 }
 
 /// The hostile message bodies for outbox `source` whose highest id is
@@ -180,11 +182,11 @@ pub async fn half_sent_http(addr: SocketAddr, timeout: Duration) -> Vec<String> 
     }
     let mut problems = Vec::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    if !crate::process::http_get(addr, "/sum")
+    if !crate::process::http_get(addr, "/healthz")
         .await
         .is_some_and(|(status, _)| status == 200)
     {
-        problems.push("GET /sum failed while half-sent requests were open".to_owned());
+        problems.push("GET /healthz failed while half-sent requests were open".to_owned());
     }
     for wait in waits {
         if let Ok(Some(problem)) = wait.await {

@@ -94,7 +94,10 @@ impl Stack {
     /// i64::MIN, and waits again.
     pub(crate) async fn beyond_i64(&mut self) -> anyhow::Result<()> {
         self.counts.beyond_i64_rounds += 1;
-        let label = format!("{}-i64-{}", self.options.seed, self.counts.beyond_i64_rounds);
+        let label = format!(
+            "{}-i64-{}",
+            self.options.seed, self.counts.beyond_i64_rounds
+        );
         let mut client = client(&self.adder_grpc())?;
         let mut n = 0;
         for (a, past) in [(i64::MAX, true), (i64::MIN, false)] {
@@ -114,10 +117,10 @@ impl Stack {
                 until_acknowledged(&mut client, &request, &self.tally).await;
                 n += 1;
             }
-            match self.served_until(beyond, Duration::from_secs(60)).await {
+            match self.served_until(beyond, Duration::from_secs(20)).await {
                 Ok(served) => self.counts.beyond_i64_seen.push(served),
                 Err(last) => self.fail(format!(
-                    "GET /sum never showed the total beyond i64 ({}) within 60 s; last answer: {last}",
+                    "GET /sum never showed the total beyond i64 ({}) within 20 s; last answer: {last}",
                     if past { "above i64::MAX" } else { "below i64::MIN" }
                 )),
             }

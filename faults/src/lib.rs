@@ -172,6 +172,33 @@ pub const ALL_FAULTS: [Fault; 22] = [
     Fault::PostgresCrashDuringAdderKill,
 ];
 
+/// The first round: every kind but the lone broker SIGKILL, which
+/// `BrokerCrashDuringTotalerKill` covers (a broker restart is the slowest
+/// fault, and CI time is bounded); it is drawn again afterwards.
+pub const FIRST_ROUND: [Fault; 21] = [
+    Fault::KillTotaler,
+    Fault::KillAdder,
+    Fault::StopBroker,
+    Fault::RestartPostgres,
+    Fault::TwoTotalers,
+    Fault::TerminateTotaler,
+    Fault::CrashTotalerAfterApply,
+    Fault::LoseRelayMarks,
+    Fault::TwoAdders,
+    Fault::ConfirmPartition,
+    Fault::FullDiskTerminate,
+    Fault::FullDiskKill,
+    Fault::DeleteSumFile,
+    Fault::ReplaceSumFile,
+    Fault::SlowOutboxTransaction,
+    Fault::NulRequestIds,
+    Fault::HostileMessages,
+    Fault::HalfSentHttp,
+    Fault::BeyondI64,
+    Fault::BrokerCrashDuringTotalerKill,
+    Fault::PostgresCrashDuringAdderKill,
+];
+
 /// The kinds drawn again after the first round: the long ones (the
 /// partition, the slow transaction, the half-sent requests) run once.
 const REPEATED: [Fault; 15] = [
@@ -233,7 +260,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let tally = load.finish().await;
     injected?;
     stack.ensure_running().await?;
-    let report = report::settle_and_check(&mut stack, &tally, &options, started, fault_time).await?;
+    let report =
+        report::settle_and_check(&mut stack, &tally, &options, started, fault_time).await?;
     stack.shut_down().await;
     if report.problems().is_empty() {
         drop(stack);
@@ -253,14 +281,14 @@ async fn inject_faults(
     started: Instant,
 ) -> anyhow::Result<()> {
     let until = Instant::now() + duration;
-    let mut first_round = ALL_FAULTS.to_vec();
+    let mut first_round = FIRST_ROUND.to_vec();
     for i in (1..first_round.len()).rev() {
         first_round.swap(i, stack.rng.range(0, i as u64 + 1) as usize);
     }
     let mut first_round = first_round.into_iter().peekable();
     // Every kind runs at least once, however long restarts take.
     while Instant::now() < until || first_round.peek().is_some() {
-        tokio::time::sleep(Duration::from_millis(stack.rng.range(500, 2500))).await;
+        tokio::time::sleep(Duration::from_millis(stack.rng.range(200, 1000))).await;
         let fault = first_round
             .next()
             .unwrap_or(REPEATED[stack.rng.range(0, REPEATED.len() as u64) as usize]);

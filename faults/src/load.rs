@@ -197,7 +197,11 @@ async fn add_once(client: &mut AdderClient<Channel>, request: &AddRequest, tally
     let sum = request.a + request.b;
     match client.add(request.clone()).await {
         Ok(response) => {
-            assert_eq!(response.into_inner().sum, sum, "the adder returned a wrong sum");
+            assert_eq!(
+                response.into_inner().sum,
+                sum,
+                "the adder returned a wrong sum"
+            );
             tally.acknowledge(sum);
             tally.idless_acknowledged.fetch_add(1, Ordering::Relaxed);
         }

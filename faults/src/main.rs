@@ -38,10 +38,18 @@ struct Args {
     #[arg(long, env = "TALLY_FAULTS_MIN_ACK_RATE", default_value_t = 200)]
     min_ack_rate: u64,
     /// The relay's confirm timeout in seconds: the partition holds confirms 5 s longer.
-    #[arg(long, env = "TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
     confirm_timeout_seconds: u64,
     /// The totaler's documented HTTP header-read timeout in seconds.
-    #[arg(long, env = "TALLY_FAULTS_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "TALLY_FAULTS_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
     header_timeout_seconds: u64,
 }
 

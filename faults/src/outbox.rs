@@ -116,7 +116,6 @@ pub async fn slow_transaction(
         }
         previous = id;
         slow.rows.push((a, SLOW_SUM));
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let first = slow_first_id(&mut transaction, first_tag).await?;
     // Hold it open until enough other Adds around it are committed and published.

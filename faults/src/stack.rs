@@ -87,8 +87,14 @@ impl Stack {
                 ),
             ]
         };
-        let [grpc, second_grpc, adder_http, second_adder_http, totaler_http, second_http] =
-            [(); 6].map(|()| free_port());
+        let [
+            grpc,
+            second_grpc,
+            adder_http,
+            second_adder_http,
+            totaler_http,
+            second_http,
+        ] = [(); 6].map(|()| free_port());
         let local = |port: u16| -> SocketAddr {
             format!("127.0.0.1:{port}")
                 .parse()
@@ -104,15 +110,30 @@ impl Stack {
             ("totaler-2".to_owned(), local(second_http)),
         ]);
         let mut stack = Self {
-            adder: service("adder", binary("adder")?, adder_env(grpc, adder_http), adder_http),
+            adder: service(
+                "adder",
+                binary("adder")?,
+                adder_env(grpc, adder_http),
+                adder_http,
+            ),
             second_adder: service(
                 "adder-2",
                 binary("adder")?,
                 adder_env(second_grpc, second_adder_http),
                 second_adder_http,
             ),
-            totaler: service("totaler", binary("totaler")?, totaler_env(totaler_http), totaler_http),
-            second: service("totaler-2", binary("totaler")?, totaler_env(second_http), second_http),
+            totaler: service(
+                "totaler",
+                binary("totaler")?,
+                totaler_env(totaler_http),
+                totaler_http,
+            ),
+            second: service(
+                "totaler-2",
+                binary("totaler")?,
+                totaler_env(second_http),
+                second_http,
+            ),
             root: root.to_path_buf(),
             grpc,
             second_grpc,

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// How long a totaler may take to notice a vanished or replaced `sum.txt`.
-const NOTICE: Duration = Duration::from_secs(10);
+const NOTICE: Duration = Duration::from_secs(5);
 
 impl Stack {
     pub(crate) async fn full_disk(&mut self, kill: bool) -> anyhow::Result<()> {
@@ -22,7 +22,10 @@ impl Stack {
         }
         let before = value(&scrape(self.totaler.http).await, LEDGER_ERRORS);
         let filler = self.data.fill()?;
-        if self.ledger_errors_above(before, Duration::from_secs(15)).await {
+        if self
+            .ledger_errors_above(before, Duration::from_secs(15))
+            .await
+        {
             self.counts.full_disk_ledger_errors += 1;
         } else {
             self.fail(format!(
