@@ -182,10 +182,8 @@ pub async fn half_sent_http(addr: SocketAddr, timeout: Duration) -> Vec<String> 
     }
     let mut problems = Vec::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    if !crate::process::http_get(addr, "/healthz")
-        .await
-        .is_some_and(|(status, _)| status == 200)
-    {
+    let healthy = crate::process::http_get(addr, "/healthz").await;
+    if healthy.is_none_or(|(status, _)| status != 200) {
         problems.push("GET /healthz failed while half-sent requests were open".to_owned());
     }
     for wait in waits {

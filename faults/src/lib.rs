@@ -146,7 +146,7 @@ pub enum Fault {
     PostgresCrashDuringAdderKill,
 }
 
-/// Every kind, in the order the first round shuffles.
+/// Every kind (the soak and the first round draw from these).
 pub const ALL_FAULTS: [Fault; 22] = [
     Fault::KillTotaler,
     Fault::KillAdder,
