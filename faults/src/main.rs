@@ -22,9 +22,35 @@ struct Args {
     /// Adds per second the load aims at, all workers together.
     #[arg(long, env = "TALLY_FAULTS_RATE", default_value_t = 800)]
     rate: u64,
+    /// Concurrent id-less load workers (no request id; an Add counts only when it returned OK).
+    #[arg(long, env = "TALLY_FAULTS_IDLESS_WORKERS", default_value_t = 16)]
+    idless_workers: usize,
+    /// Id-less Adds per second, all id-less workers together.
+    #[arg(long, env = "TALLY_FAULTS_IDLESS_RATE", default_value_t = 600)]
+    idless_rate: u64,
+    /// ADDER_COMMIT_WRITERS of the adders (group-commit writers).
+    #[arg(long, env = "TALLY_FAULTS_COMMIT_WRITERS", default_value_t = 8)]
+    commit_writers: usize,
     /// How long the backlog may take to drain at the end, in seconds.
     #[arg(long, env = "TALLY_FAULTS_SETTLE_SECONDS", default_value_t = 240)]
     settle_seconds: u64,
+    /// Acknowledged Adds per second of fault time the run must reach.
+    #[arg(long, env = "TALLY_FAULTS_MIN_ACK_RATE", default_value_t = 200)]
+    min_ack_rate: u64,
+    /// The relay's confirm timeout in seconds: the partition holds confirms 5 s longer.
+    #[arg(
+        long,
+        env = "TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    confirm_timeout_seconds: u64,
+    /// The totaler's documented HTTP header-read timeout in seconds.
+    #[arg(
+        long,
+        env = "TALLY_FAULTS_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    header_timeout_seconds: u64,
 }
 
 #[tokio::main]
@@ -35,14 +61,22 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed.unwrap_or_else(faults::rng::Rng::fresh_seed),
         workers: args.workers,
         rate: args.rate,
+        idless_workers: args.idless_workers,
+        idless_rate: args.idless_rate,
+        commit_writers: args.commit_writers,
         settle_seconds: args.settle_seconds,
+        min_ack_rate: args.min_ack_rate,
+        confirm_timeout_seconds: args.confirm_timeout_seconds,
+        header_timeout_seconds: args.header_timeout_seconds,
     };
     let report = faults::run(options).await?;
     println!("{report}");
     let problems = report.problems();
     anyhow::ensure!(
         problems.is_empty(),
-        "the total is not exact: {}",
+        "seed {}: {} problems: {}",
+        report.seed,
+        problems.len(),
         problems.join("; ")
     );
     Ok(())

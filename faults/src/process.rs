@@ -45,18 +45,14 @@ impl Service {
 
     /// Starts the process and waits for its `/healthz`.
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.binary)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        self.child = Some(child);
+        self.start_with(&[]).await
+    }
+
+    /// Starts the process with `extra` added to its environment and waits
+    /// for its `/healthz`; a process that exits first is an error (and is
+    /// no longer running).
+    pub async fn start_with(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.spawn(extra)?;
         for _ in 0..600 {
             if http_get(self.http, "/healthz")
                 .await
@@ -64,9 +60,7 @@ impl Service {
             {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = self.exited()? {
                 bail!(
                     "{} exited at start with {status}; see {}",
                     self.name,
@@ -80,6 +74,48 @@ impl Service {
             self.name,
             self.log.display()
         )
+    }
+
+    /// Starts the process without waiting for anything.
+    pub fn spawn(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The exit status if the process has exited (it is then no longer running).
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            self.child = None;
+        }
+        Ok(status)
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.exited()? {
+                return Ok(Some(status));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(None)
     }
 
     pub fn is_running(&self) -> bool {
@@ -116,6 +152,10 @@ impl Service {
 
     pub fn log(&self) -> &Path {
         &self.log
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 }
 

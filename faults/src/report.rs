@@ -1,30 +1,88 @@
 //! The end of a run: wait for the backlog to drain, then compare the total
-//! (GET /sum and sum.txt's first line) with the sum of acknowledged Adds,
-//! reconcile the outbox, and look for dead letters. `Report` prints the
-//! counts of the run and lists every problem found.
+//! (GET /sum, parsed exactly, and sum.txt's first line) with the sum of
+//! acknowledged Adds (plus the uncertain ones the outbox holds), reconcile
+//! the outbox, require exactly the hostile messages in the dead-letter queue,
+//! run `totaler verify`, and require that the run saw what it must have seen
+//! (duplicates applied once, republished rows, each broker fault, a SIGTERM
+//! while consuming, an overlap of two totalers, enough Adds per second).
+//! `Report` prints every count and lists every problem found.
 
 use std::{
+    collections::BTreeMap,
     fmt,
+    process::Command,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use lapin::{options::QueueDeclareOptions, types::FieldTable};
-use sqlx::{Connection, PgConnection};
 
-use crate::{Options, Stack, load::Tally, process::http_get};
+use crate::{
+    FIRST_ROUND, Options,
+    hostile::drain,
+    inputs::exact_sum,
+    load::Tally,
+    metrics::{
+        APPLIED_ROWS, CONSUMED, DEAD_LETTERED, DUPLICATE_ROWS, LEDGER_ERRORS, PUBLISHED_MESSAGES,
+        PUBLISHED_ROWS,
+    },
+    outbox::{self, Outbox},
+    process::http_get,
+    stack::Stack,
+};
 
-/// How many faults of each kind a run injected.
+/// What the run did, fault by fault, and what each fault saw.
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
+    /// How often each kind ran, by name.
+    pub runs: BTreeMap<String, u32>,
     pub totaler_kills: u32,
     pub adder_kills: u32,
     pub broker_crashes: u32,
     pub broker_stops: u32,
     pub postgres_crashes: u32,
     pub two_totaler_periods: u32,
-    pub totaler_sigterms: u32,
-    pub sigterm_failures: Vec<String>,
+    pub two_totaler_overlaps: u32,
+    pub sigterms: u32,
+    pub sigterms_while_consuming: u32,
+    pub crashes_after_apply: u32,
+    pub forgotten_marks: u64,
+    pub two_adder_periods: u32,
+    pub acknowledged_during_two_adders: u64,
+    pub confirm_partitions: u32,
+    pub full_disk_sigterms: u32,
+    pub full_disk_sigterm_exits: Vec<String>,
+    pub full_disk_kills: u32,
+    pub full_disk_ledger_errors: u32,
+    pub sum_file_deletions: u32,
+    pub sum_file_replacements: u32,
+    pub sum_file_stops: u32,
+    pub refused_starts: u32,
+    pub slow_transactions: u32,
+    pub slow_rows: usize,
+    pub slow_gaps: usize,
+    pub slow_others: i64,
+    pub nul_rounds: u32,
+    pub hostile_messages: u32,
+    pub half_sent_rounds: u32,
+    pub beyond_i64_rounds: u32,
+    pub beyond_i64_seen: Vec<i128>,
+    pub broker_crashes_during_totaler_kills: u32,
+    pub postgres_crashes_during_adder_kills: u32,
+    /// What went wrong while faults ran.
+    pub failures: Vec<String>,
+}
+
+/// What the services' metrics say, summed over every process.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub applied_rows: f64,
+    pub duplicate_rows: f64,
+    pub consumed: f64,
+    pub dead_lettered: f64,
+    pub ledger_errors: f64,
+    pub published_rows: f64,
+    pub published_messages: f64,
 }
 
 /// What a run saw.
@@ -32,54 +90,149 @@ pub struct Counts {
 pub struct Report {
     pub seed: u64,
     pub counts: Counts,
+    pub seen: Seen,
     pub acknowledged: u64,
+    pub idless_acknowledged: u64,
     pub retries: u64,
+    pub uncertain: usize,
+    pub uncertain_committed: usize,
     pub expected: i128,
-    pub served: Option<i128>,
+    pub served: Result<i128, String>,
     pub file: Option<i128>,
-    pub outbox_sum: i128,
-    pub outbox_rows: i64,
-    pub unpublished: i64,
+    pub outbox: Option<Outbox>,
     pub ready: u32,
     pub dead_letters: u32,
+    /// Set at the end: the dead letters are exactly the hostile messages.
+    pub dead_letter_problem: Option<String>,
+    pub verify: Result<(), String>,
+    pub min_ack_rate: u64,
+    pub fault_time: Duration,
     pub settle: Duration,
     pub elapsed: Duration,
 }
 
 impl Report {
-    /// Every way the run fell short of an exact total; empty when it is exact.
+    /// Every way the run fell short of an exact total or of an honest run;
+    /// empty when it passed.
     pub fn problems(&self) -> Vec<String> {
-        let mut problems = self.counts.sigterm_failures.clone();
-        if self.served != Some(self.expected) {
-            problems.push(format!(
-                "GET /sum is {:?}, acknowledged Adds sum to {}",
-                self.served, self.expected
-            ));
+        let mut problems = self.counts.failures.clone();
+        problems.extend(self.total_problems());
+        problems.extend(self.dead_letter_problem.clone());
+        if let Err(e) = &self.verify {
+            problems.push(e.clone());
         }
-        if self.file != self.served {
+        problems.extend(self.honesty_problems());
+        problems
+    }
+
+    fn expected_rows(&self) -> i64 {
+        (self.acknowledged + self.uncertain_committed as u64) as i64
+    }
+
+    fn total_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match &self.served {
+            Ok(served) if *served == self.expected => {}
+            Ok(served) => problems.push(format!(
+                "GET /sum is {served}, acknowledged Adds sum to {} (off by {})",
+                self.expected,
+                served - self.expected
+            )),
+            Err(e) => problems.push(format!(
+                "GET /sum gave no exact total ({e}); acknowledged Adds sum to {}",
+                self.expected
+            )),
+        }
+        if self.file != self.served.clone().ok() {
             problems.push(format!(
                 "sum.txt says {:?}, GET /sum {:?}",
                 self.file, self.served
             ));
         }
-        if self.outbox_sum != self.expected || self.outbox_rows != self.acknowledged as i64 {
+        match self.outbox {
+            Some(o) if o.sum == self.expected && o.rows == self.expected_rows() => {}
+            Some(o) => problems.push(format!(
+                "the outbox holds {} rows summing to {}, but {} Adds summing to {} were acknowledged or committed",
+                o.rows, o.sum, self.expected_rows(), self.expected
+            )),
+            None => problems.push("the outbox could not be read".to_owned()),
+        }
+        let unpublished = self.outbox.map_or(-1, |o| o.unpublished);
+        if unpublished != 0 || self.ready != 0 {
             problems.push(format!(
-                "the outbox holds {} rows summing to {}, but {} Adds summing to {} were acknowledged",
-                self.outbox_rows, self.outbox_sum, self.acknowledged, self.expected
+                "backlog left: {unpublished} unpublished rows, {} queued messages",
+                self.ready
             ));
         }
-        if self.unpublished != 0 || self.ready != 0 {
+        let expected_dead = self.counts.hostile_messages;
+        if self.dead_letters != expected_dead {
             problems.push(format!(
-                "backlog left: {} unpublished rows, {} queued messages",
-                self.unpublished, self.ready
-            ));
-        }
-        if self.dead_letters != 0 {
-            problems.push(format!(
-                "{} messages in the dead-letter queue",
+                "{} messages in the dead-letter queue, expected exactly the {expected_dead} hostile ones",
                 self.dead_letters
             ));
         }
+        problems
+    }
+
+    /// What a run must have seen for its verdict to mean something.
+    fn honesty_problems(&self) -> Vec<String> {
+        let c = &self.counts;
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, what: String| {
+            if !ok {
+                problems.push(format!("the run did not show {what}"));
+            }
+        };
+        for fault in FIRST_ROUND {
+            let name = format!("{fault:?}");
+            require(
+                c.runs.get(&name).is_some_and(|n| *n > 0),
+                format!("the fault {name}"),
+            );
+        }
+        let rate = self.acknowledged as f64 / self.fault_time.as_secs_f64().max(1.0);
+        require(
+            rate >= self.min_ack_rate as f64,
+            format!(
+                "{} acknowledged Adds per second (it had {rate:.0})",
+                self.min_ack_rate
+            ),
+        );
+        require(self.idless_acknowledged > 0, "an id-less Add".to_owned());
+        require(
+            self.seen.duplicate_rows >= 1.0,
+            "a duplicate row applied once (totaler_sums_total{outcome=\"duplicate\"} is 0)"
+                .to_owned(),
+        );
+        let rows = self.outbox.map_or(0, |o| o.rows) as f64;
+        require(
+            self.seen.published_rows > rows,
+            format!(
+                "a republished row (the relays published {} rows for {rows} outbox rows)",
+                self.seen.published_rows
+            ),
+        );
+        require(
+            c.broker_crashes + c.broker_crashes_during_totaler_kills > 0,
+            "a broker SIGKILL".to_owned(),
+        );
+        require(c.broker_stops > 0, "a broker SIGTERM".to_owned());
+        require(
+            c.sigterms_while_consuming > 0,
+            "a totaler SIGTERM while it consumed".to_owned(),
+        );
+        require(
+            c.two_totaler_overlaps > 0,
+            "two totalers applying rows at once".to_owned(),
+        );
+        require(
+            c.crashes_after_apply > 0,
+            "a totaler crash between update and ack".to_owned(),
+        );
+        require(
+            c.acknowledged_during_two_adders > 0,
+            "Adds acknowledged while two adders ran".to_owned(),
+        );
         problems
     }
 }
@@ -87,53 +240,124 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
+        let s = &self.seen;
         writeln!(f, "fault suite report (seed {})", self.seed)?;
         writeln!(
             f,
-            "  time                 {:.1?} (drain {:.1?})",
-            self.elapsed, self.settle
+            "  time                 {:.1?} ({:.1?} of faults, drain {:.1?})",
+            self.elapsed, self.fault_time, self.settle
         )?;
         writeln!(
             f,
-            "  adds acknowledged    {} ({} failed calls retried)",
-            self.acknowledged, self.retries
+            "  adds acknowledged    {} ({:.0}/s; {} id-less; {} failed calls retried; {} uncertain, {} of them committed)",
+            self.acknowledged,
+            self.acknowledged as f64 / self.fault_time.as_secs_f64().max(1.0),
+            self.idless_acknowledged,
+            self.retries,
+            self.uncertain,
+            self.uncertain_committed
         )?;
-        writeln!(f, "  totaler SIGKILLs     {}", c.totaler_kills)?;
-        writeln!(f, "  adder SIGKILLs       {}", c.adder_kills)?;
+        writeln!(f, "  faults run           {:?}", c.runs)?;
         writeln!(
             f,
-            "  broker restarts      {} after SIGKILL, {} after SIGTERM",
-            c.broker_crashes, c.broker_stops
+            "  totaler SIGKILLs     {} (+{} with the broker)",
+            c.totaler_kills, c.broker_crashes_during_totaler_kills
+        )?;
+        writeln!(
+            f,
+            "  adder SIGKILLs       {} (+{} with PostgreSQL)",
+            c.adder_kills, c.postgres_crashes_during_adder_kills
+        )?;
+        writeln!(
+            f,
+            "  broker restarts      {} after SIGKILL (+{} during a totaler SIGKILL), {} after SIGTERM",
+            c.broker_crashes, c.broker_crashes_during_totaler_kills, c.broker_stops
         )?;
         writeln!(
             f,
             "  postgres restarts    {} (immediate stop)",
             c.postgres_crashes
         )?;
-        writeln!(f, "  two-totaler periods  {}", c.two_totaler_periods)?;
-        writeln!(f, "  totaler SIGTERMs     {}", c.totaler_sigterms)?;
+        writeln!(
+            f,
+            "  two totalers         {} periods, {} with both applying",
+            c.two_totaler_periods, c.two_totaler_overlaps
+        )?;
+        writeln!(
+            f,
+            "  two adders           {} periods, {} Adds acknowledged meanwhile",
+            c.two_adder_periods, c.acknowledged_during_two_adders
+        )?;
+        writeln!(
+            f,
+            "  SIGTERMs             {} ({} of the totaler while it consumed)",
+            c.sigterms, c.sigterms_while_consuming
+        )?;
+        writeln!(f, "  crash after apply    {}", c.crashes_after_apply)?;
+        writeln!(f, "  lost relay marks     {} rows", c.forgotten_marks)?;
+        writeln!(f, "  confirm partitions   {}", c.confirm_partitions)?;
+        writeln!(
+            f,
+            "  full disk            {} SIGTERM ({:?}), {} SIGKILL, {} with ledger errors seen",
+            c.full_disk_sigterms,
+            c.full_disk_sigterm_exits,
+            c.full_disk_kills,
+            c.full_disk_ledger_errors
+        )?;
+        writeln!(
+            f,
+            "  sum.txt              {} deleted, {} replaced, {} stops, {} refused starts",
+            c.sum_file_deletions, c.sum_file_replacements, c.sum_file_stops, c.refused_starts
+        )?;
+        writeln!(
+            f,
+            "  slow transactions    {} ({} rows in {} gaps, {} other Adds meanwhile)",
+            c.slow_transactions, c.slow_rows, c.slow_gaps, c.slow_others
+        )?;
+        writeln!(
+            f,
+            "  hostile              {} NUL rounds, {} messages, {} half-sent rounds",
+            c.nul_rounds, c.hostile_messages, c.half_sent_rounds
+        )?;
+        writeln!(
+            f,
+            "  beyond i64           {} rounds, GET /sum showed {:?}",
+            c.beyond_i64_rounds, c.beyond_i64_seen
+        )?;
+        writeln!(
+            f,
+            "  metrics              {} rows applied, {} duplicates, {} messages consumed, {} dead-lettered, {} ledger errors; relays published {} rows in {} messages",
+            s.applied_rows,
+            s.duplicate_rows,
+            s.consumed,
+            s.dead_lettered,
+            s.ledger_errors,
+            s.published_rows,
+            s.published_messages
+        )?;
         writeln!(f, "  expected total       {}", self.expected)?;
         writeln!(f, "  GET /sum             {:?}", self.served)?;
         writeln!(f, "  sum.txt line 1       {:?}", self.file)?;
-        writeln!(
-            f,
-            "  outbox               {} rows, sum {}, {} unpublished",
-            self.outbox_rows, self.outbox_sum, self.unpublished
-        )?;
+        writeln!(f, "  outbox               {:?}", self.outbox)?;
         writeln!(
             f,
             "  queue                {} ready, {} dead letters",
             self.ready, self.dead_letters
         )?;
+        writeln!(f, "  totaler verify       {:?}", self.verify)?;
         let problems = self.problems();
         if problems.is_empty() {
             write!(f, "  verdict              EXACT")
         } else {
-            write!(
+            writeln!(
                 f,
-                "  verdict              NOT EXACT: {}",
-                problems.join("; ")
-            )
+                "  verdict              FAILED, {} problems:",
+                problems.len()
+            )?;
+            for problem in &problems {
+                writeln!(f, "    - {problem}")?;
+            }
+            Ok(())
         }
     }
 }
@@ -141,77 +365,146 @@ impl fmt::Display for Report {
 /// Waits (bounded) until the total reaches the expected value and the
 /// backlog is gone, then gathers the report.
 pub(crate) async fn settle_and_check(
-    stack: &Stack,
+    stack: &mut Stack,
     tally: &Tally,
     options: &Options,
     started: Instant,
+    fault_time: Duration,
 ) -> anyhow::Result<Report> {
-    let expected = *tally.sum.lock().expect("tally lock");
     let settling = Instant::now();
     let deadline = settling + Duration::from_secs(options.settle_seconds);
-    let mut report = gather(stack, tally, options, expected).await?;
-    while Instant::now() < deadline && !report.problems().is_empty() {
+    let mut report = gather(stack, tally, options).await?;
+    // Stop waiting early once the backlog is gone and the total has not
+    // moved for 10 s: a wrong total then stays wrong.
+    let mut still = (report.served.clone(), Instant::now());
+    while Instant::now() < deadline && !report.total_problems().is_empty() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        report = gather(stack, tally, options, expected).await?;
+        report = gather(stack, tally, options).await?;
+        let drained = report.ready == 0 && report.outbox.is_some_and(|o| o.unpublished == 0);
+        if report.served != still.0 {
+            still = (report.served.clone(), Instant::now());
+        } else if drained && still.1.elapsed() > Duration::from_secs(10) {
+            break;
+        }
     }
     // Hold a moment longer: a total that is exact now must stay exact.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report = gather(stack, tally, options, expected).await?;
+    stack.sampler.sample_now().await;
+    report = gather(stack, tally, options).await?;
+    report.dead_letter_problem = dead_letter_problem(stack).await;
+    report.verify = verify(stack);
+    report.fault_time = fault_time;
     report.settle = settling.elapsed();
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-async fn gather(
-    stack: &Stack,
-    tally: &Tally,
-    options: &Options,
-    expected: i128,
-) -> anyhow::Result<Report> {
-    let served = http_get(stack.totaler.http, "/sum")
-        .await
-        .and_then(|(_, body)| {
-            let start = body.find("\"sum\":")? + 6;
-            let digits: String = body[start..]
-                .chars()
-                .take_while(|c| *c == '-' || c.is_ascii_digit())
-                .collect();
-            digits.parse().ok()
-        });
-    let file = std::fs::read_to_string(stack.root.join("data/sum.txt"))
+async fn gather(stack: &Stack, tally: &Tally, options: &Options) -> anyhow::Result<Report> {
+    let served = match http_get(stack.totaler.http, "/sum").await {
+        Some((200, body)) => exact_sum(&body).ok_or_else(|| format!("body {body:?}")),
+        Some((status, body)) => Err(format!("{status} {body:?}")),
+        None => Err("no answer".to_owned()),
+    };
+    let file = std::fs::read_to_string(stack.data.sum_file())
         .ok()
         .and_then(|text| text.lines().next().and_then(|line| line.parse().ok()));
-    let (outbox_sum, outbox_rows, unpublished) =
-        outbox(&stack.postgres.url()).await.unwrap_or((0, -1, -1));
+    let url = stack.postgres.url();
+    let uncertain = tally.uncertain.lock().expect("tally lock").clone();
+    let committed = outbox::committed_of(&url, &uncertain)
+        .await
+        .unwrap_or_default();
+    let expected = tally.sum() + committed.iter().map(|(_, s)| i128::from(*s)).sum::<i128>();
     let (ready, dead_letters) = queues(&stack.rabbit.url())
         .await
         .unwrap_or((u32::MAX, u32::MAX));
+    let total = |series| stack.sampler.total("", series);
     Ok(Report {
         seed: options.seed,
         counts: stack.counts.clone(),
+        seen: Seen {
+            applied_rows: total(APPLIED_ROWS),
+            duplicate_rows: total(DUPLICATE_ROWS),
+            consumed: total(CONSUMED),
+            dead_lettered: total(DEAD_LETTERED),
+            ledger_errors: total(LEDGER_ERRORS),
+            published_rows: total(PUBLISHED_ROWS),
+            published_messages: total(PUBLISHED_MESSAGES),
+        },
         acknowledged: tally.acknowledged.load(Ordering::Relaxed),
+        idless_acknowledged: tally.idless_acknowledged.load(Ordering::Relaxed),
         retries: tally.retries.load(Ordering::Relaxed),
+        uncertain: uncertain.len(),
+        uncertain_committed: committed.len(),
         expected,
         served,
         file,
-        outbox_sum,
-        outbox_rows,
-        unpublished,
+        outbox: outbox::reconcile(&url).await.ok(),
         ready,
         dead_letters,
+        dead_letter_problem: None,
+        verify: Ok(()),
+        min_ack_rate: options.min_ack_rate,
+        fault_time: Duration::ZERO,
         settle: Duration::ZERO,
         elapsed: Duration::ZERO,
     })
 }
 
-async fn outbox(url: &str) -> anyhow::Result<(i128, i64, i64)> {
-    let mut connection = PgConnection::connect(url).await?;
-    let (sum, rows, unpublished): (String, i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(sum), 0)::text, count(*), count(*) FILTER (WHERE published_at IS NULL) FROM outbox",
-    )
-    .fetch_one(&mut connection)
-    .await?;
-    Ok((sum.parse()?, rows, unpublished))
+/// The dead-letter queue must hold exactly the hostile messages, body for body.
+async fn dead_letter_problem(stack: &Stack) -> Option<String> {
+    let bodies = match drain(&stack.rabbit.url(), "tally.sums.dead").await {
+        Ok(bodies) => bodies,
+        Err(e) => return Some(format!("reading the dead-letter queue: {e:#}")),
+    };
+    let mut unexpected = bodies.clone();
+    let mut missing = Vec::new();
+    for (name, body) in &stack.expected_dead {
+        match unexpected.iter().position(|b| b == body) {
+            Some(i) => {
+                unexpected.swap_remove(i);
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if missing.is_empty() && unexpected.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = unexpected
+        .iter()
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(120)]).into_owned())
+        .collect();
+    Some(format!(
+        "dead letters: the hostile messages {missing:?} were not dead-lettered (the totaler took them); {} unexpected ones: {shown:?}",
+        unexpected.len()
+    ))
+}
+
+/// `totaler verify --sum-file F --database-url URL` must exist and exit 0.
+fn verify(stack: &Stack) -> Result<(), String> {
+    let binary = stack.totaler.binary();
+    let help = Command::new(binary).args(["verify", "--help"]).output();
+    if !help.as_ref().is_ok_and(|o| o.status.success()) {
+        let status = help.map_or_else(|e| e.to_string(), |o| o.status.to_string());
+        return Err(format!(
+            "totaler verify is missing (`totaler verify --help` exited with {status})"
+        ));
+    }
+    let output = Command::new(binary)
+        .arg("verify")
+        .arg("--sum-file")
+        .arg(stack.data.sum_file())
+        .args(["--database-url", &stack.postgres.url()])
+        .output()
+        .map_err(|e| format!("running totaler verify: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "totaler verify exited with {}: {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout).trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    ))
 }
 
 async fn queues(url: &str) -> anyhow::Result<(u32, u32)> {

@@ -1,5 +1,8 @@
-//! The fault suite in CI: a short run of the real binaries under faults.
-//! Length and seed come from `TALLY_FAULTS_SECONDS` / `TALLY_FAULTS_SEED`.
+//! The fault suite in CI: a short run of the real binaries under every kind
+//! of fault. Length, seed and the other knobs come from the `TALLY_FAULTS_*`
+//! variables (see the `faults` crate docs). Every check, including "every
+//! kind of fault ran and did what it must" and `totaler verify`, is in
+//! `Report::problems`, so the soak binary applies the same ones.
 
 use std::time::Duration;
 
@@ -7,7 +10,7 @@ use std::time::Duration;
 async fn every_acknowledged_add_is_counted_exactly_once_whatever_fails() {
     let options = faults::Options::from_env();
     // Never hang CI: the whole run is bounded.
-    let limit = Duration::from_secs(options.seconds + options.settle_seconds + 300);
+    let limit = Duration::from_secs(options.seconds + options.settle_seconds + 400);
     let report = tokio::time::timeout(limit, faults::run(options))
         .await
         .expect("the suite finishes in bounded time")
@@ -16,22 +19,9 @@ async fn every_acknowledged_add_is_counted_exactly_once_whatever_fails() {
     let problems = report.problems();
     assert!(
         problems.is_empty(),
-        "seed {}: {}",
+        "seed {}: {} problems:\n  - {}",
         report.seed,
-        problems.join("; ")
+        problems.len(),
+        problems.join("\n  - ")
     );
-    let c = &report.counts;
-    let every_kind = [
-        c.totaler_kills,
-        c.adder_kills,
-        c.broker_crashes + c.broker_stops,
-        c.postgres_crashes,
-        c.two_totaler_periods,
-        c.totaler_sigterms,
-    ];
-    assert!(
-        every_kind.iter().all(|n| *n > 0),
-        "every kind of fault ran: {c:?}"
-    );
-    assert!(report.acknowledged > 0, "the load ran");
 }
