@@ -106,12 +106,15 @@ impl Stack {
         self.totaler.start().await
     }
 
-    /// Clears the published mark of recently published rows, as a lost
-    /// asynchronous mark commit would: the relay publishes them again.
+    /// Clears the confirmation of recent batches, as a lost asynchronous
+    /// confirmation commit would, and kills the adder: the next active relay
+    /// publishes them again.
     pub(crate) async fn lose_relay_marks(&mut self) -> anyhow::Result<()> {
         let rows = outbox::forget_published(&self.postgres.url(), 300).await?;
         self.counts.forgotten_marks += rows;
-        Ok(())
+        // Only a relay starting its active period republishes what is not
+        // confirmed, as after the crash that lost the confirmations.
+        self.kill_adder().await
     }
 
     /// A second adder on the same database (and its own relay), with load

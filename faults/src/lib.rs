@@ -87,7 +87,8 @@ pub struct Options {
     pub settle_seconds: u64,
     /// Acknowledged Adds per second of fault time a run must reach.
     pub min_ack_rate: u64,
-    /// The relay's confirm timeout: the partition holds confirms 5 s longer.
+    /// The relay's confirm timeout the adders get (`ADDER_RELAY_CONFIRM_TIMEOUT_MS`):
+    /// the partition holds confirms 5 s longer.
     pub confirm_timeout_seconds: u64,
     /// The totaler's documented HTTP header-read timeout.
     pub header_timeout_seconds: u64,
@@ -112,7 +113,7 @@ impl Options {
             commit_writers: number("TALLY_FAULTS_COMMIT_WRITERS", 8) as usize,
             settle_seconds: number("TALLY_FAULTS_SETTLE_SECONDS", 240),
             min_ack_rate: number("TALLY_FAULTS_MIN_ACK_RATE", 200),
-            confirm_timeout_seconds: number("TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS", 30),
+            confirm_timeout_seconds: number("TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS", 4),
             header_timeout_seconds: number("TALLY_FAULTS_HEADER_TIMEOUT_SECONDS", 10),
         }
     }

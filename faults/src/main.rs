@@ -37,11 +37,12 @@ struct Args {
     /// Acknowledged Adds per second of fault time the run must reach.
     #[arg(long, env = "TALLY_FAULTS_MIN_ACK_RATE", default_value_t = 200)]
     min_ack_rate: u64,
-    /// The relay's confirm timeout in seconds: the partition holds confirms 5 s longer.
+    /// The relay's confirm timeout the adders get, in seconds: the partition
+    /// holds confirms 5 s longer.
     #[arg(
         long,
         env = "TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS",
-        default_value_t = 30
+        default_value_t = 4
     )]
     confirm_timeout_seconds: u64,
     /// The totaler's documented HTTP header-read timeout in seconds.

@@ -1,7 +1,8 @@
 //! The suite's own SQL on the outbox: what it holds (for the final check
 //! and for forging messages), a slow transaction whose rows interleave with
-//! the rows published meanwhile, the loss of published marks that makes the
-//! relay publish rows again, and which uncertain Adds were committed.
+//! the rows published meanwhile, the loss of batch confirmations that makes
+//! the next active relay publish batches again, and which uncertain Adds
+//! were committed.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,9 @@ pub struct Slow {
 pub async fn reconcile(url: &str) -> anyhow::Result<Outbox> {
     let mut connection = PgConnection::connect(url).await?;
     let (sum, rows, unpublished): (String, i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(sum), 0)::text, count(*), count(*) FILTER (WHERE published_at IS NULL) FROM outbox",
+        "SELECT coalesce(sum(sum), 0)::text, count(*), count(*) \
+         - (SELECT coalesce(sum(rows), 0)::bigint FROM outbox_batch WHERE confirmed_at IS NOT NULL) \
+         - count(*) FILTER (WHERE xid IS NULL AND published_at IS NOT NULL) FROM outbox",
     )
     .fetch_one(&mut connection)
     .await?;
@@ -70,19 +73,23 @@ pub async fn committed_of(url: &str, uncertain: &[(i64, i64)]) -> anyhow::Result
     Ok(rows)
 }
 
-/// Clears the published mark of the `rows` most recently published rows,
-/// as a relay whose asynchronous mark commit was lost would leave them: the
-/// relay publishes them again and the totaler must count them once.
+/// Clears the confirmation of the newest confirmed batches holding about
+/// `rows` rows, as a crash that lost the relay's asynchronous confirmation
+/// commits would leave them; returns their rows. The next active relay
+/// publishes them again, identically, and the totaler must count them once.
 pub async fn forget_published(url: &str, rows: i64) -> anyhow::Result<u64> {
     let mut connection = PgConnection::connect(url).await?;
-    let done = sqlx::query(
-        "UPDATE outbox SET published_at = NULL WHERE id IN \
-         (SELECT id FROM outbox WHERE published_at IS NOT NULL ORDER BY id DESC LIMIT $1)",
+    let forgotten: Option<i64> = sqlx::query_scalar(
+        "WITH newest AS (SELECT source, id, rows, sum(rows) OVER (ORDER BY created_at DESC, id DESC) AS upto \
+                         FROM outbox_batch WHERE confirmed_at IS NOT NULL), \
+              gone AS (UPDATE outbox_batch b SET confirmed_at = NULL FROM newest n \
+                       WHERE b.source = n.source AND b.id = n.id AND n.upto - n.rows < $1 RETURNING b.rows) \
+         SELECT sum(rows)::bigint FROM gone",
     )
     .bind(rows)
-    .execute(&mut connection)
+    .fetch_one(&mut connection)
     .await?;
-    Ok(done.rows_affected())
+    Ok(forgotten.unwrap_or(0) as u64)
 }
 
 /// Opens a transaction that inserts rows one at a time (as the adder would:
@@ -122,7 +129,10 @@ pub async fn slow_transaction(
     let (mut others_now, mut unpublished) = (0i64, 1i64);
     while (others_now < others || unpublished > 0) && Instant::now() < deadline {
         (others_now, unpublished) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL AND id <= $2) FROM outbox WHERE id > $1",
+            "SELECT count(*), count(*) FILTER (WHERE id <= $2 AND NOT EXISTS (SELECT 1 FROM outbox_batch b \
+               WHERE b.confirmed_at IS NOT NULL AND o.id BETWEEN b.first_id AND b.last_id \
+               AND pg_visible_in_snapshot(o.xid, b.hi) AND NOT pg_visible_in_snapshot(o.xid, b.lo))) \
+             FROM outbox o WHERE id > $1",
         )
         .bind(first)
         .bind(previous)

@@ -85,6 +85,10 @@ impl Stack {
                     "ADDER_COMMIT_WRITERS".to_owned(),
                     options.commit_writers.to_string(),
                 ),
+                (
+                    "ADDER_RELAY_CONFIRM_TIMEOUT_MS".to_owned(),
+                    (options.confirm_timeout_seconds * 1000).to_string(),
+                ),
             ]
         };
         let [

@@ -350,13 +350,20 @@ fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
                 Err(refusal) => Applied::Refused(refusal),
             }
         }
-        None => Applied::Rows(
-            message
-                .sums
-                .iter()
-                .filter(|s| state.apply_row(message.source, s.seq, s.sum) == Outcome::Applied)
-                .count(),
-        ),
+        None => {
+            if let Err(refusal) =
+                state.check_rows(message.source, message.sums.iter().map(|s| s.seq))
+            {
+                return Applied::Refused(refusal);
+            }
+            Applied::Rows(
+                message
+                    .sums
+                    .iter()
+                    .filter(|s| state.apply_row(message.source, s.seq, s.sum) == Outcome::Applied)
+                    .count(),
+            )
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub const VERSION: &str = "tally-ledger v2";
 pub const VERSION_1: &str = "tally-ledger v1";
 /// Farthest a batch may be above its source's horizon; farther is refused.
 pub const MAX_AHEAD: i64 = 100_000;
+/// Farthest a legacy row's seq may be above the highest legacy seq applied:
+/// legacy rows are the finite backlog of an upgrade; farther is refused.
+pub const MAX_LEGACY_AHEAD: i64 = 10_000_000;
 
 /// The total and the dedupe state, as one atomic unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +86,10 @@ pub enum Refusal {
         "batch {batch} is more than {MAX_AHEAD} batches above the source's horizon {horizon}: forged or foreign"
     )]
     TooFarAhead { batch: i64, horizon: i64 },
+    #[error(
+        "legacy row {seq} is more than {MAX_LEGACY_AHEAD} above the highest applied ({top}): forged or foreign"
+    )]
+    LegacyTooFarAhead { seq: i64, top: i64 },
     #[error("batch {batch} has {known} parts, the message claims {parts}")]
     PartsDiffer { batch: i64, parts: u32, known: u32 },
 }
@@ -97,6 +104,22 @@ impl State {
             self.total += sum;
         }
         Ok(outcome)
+    }
+
+    /// Refuses legacy rows of `source` too far above what was applied (check
+    /// a whole message before applying any of its rows).
+    pub fn check_rows(&self, source: Uuid, seqs: impl Iterator<Item = i64>) -> Result<(), Refusal> {
+        let top = self
+            .sources
+            .get(&source)
+            .and_then(|s| s.legacy.as_ref())
+            .map_or(0, |l| l.ranges.last().map_or(l.horizon, |r| r.1));
+        match seqs.max() {
+            Some(seq) if seq - top > MAX_LEGACY_AHEAD => {
+                Err(Refusal::LegacyTooFarAhead { seq, top })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Adds `sum` unless the legacy row `(source, seq)` was applied before.
@@ -639,6 +662,23 @@ mod tests {
         assert_eq!(state.apply_part(A, part(4, 0, 1), 1), Ok(Outcome::Applied));
         assert!(state.contains_row(A, 4) && !state.contains_row(A, 3));
         assert_eq!(state.total, 101);
+    }
+
+    #[test]
+    fn a_legacy_row_far_above_the_applied_ones_is_refused() {
+        let mut state = State::default();
+        state.apply_row(A, 5, 1);
+        assert_eq!(
+            state.check_rows(A, [6, MAX_LEGACY_AHEAD + 5].into_iter()),
+            Ok(())
+        );
+        assert_eq!(
+            state.check_rows(A, [6, MAX_LEGACY_AHEAD + 6].into_iter()),
+            Err(Refusal::LegacyTooFarAhead {
+                seq: MAX_LEGACY_AHEAD + 6,
+                top: 5
+            })
+        );
     }
 
     #[test]
