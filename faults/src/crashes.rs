@@ -57,14 +57,24 @@ impl Stack {
         self.second.start().await?;
         self.counts.two_totaler_periods += 1;
         self.pause(2000, 6000).await;
-        let first = scrape(self.totaler.http).await;
-        let second = scrape(self.second.http).await;
-        self.sampler.sample_now().await;
-        if value(&first, APPLIED_ROWS) > value(&before, APPLIED_ROWS)
-            && value(&second, APPLIED_ROWS) > 0.0
-        {
-            self.counts.two_totaler_overlaps += 1;
+        // Both must have applied rows while both ran; give a totaler that
+        // was still reconnecting (after a broker fault) up to 15 s more.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let first = scrape(self.totaler.http).await;
+            let second = scrape(self.second.http).await;
+            if value(&first, APPLIED_ROWS) > value(&before, APPLIED_ROWS)
+                && value(&second, APPLIED_ROWS) > 0.0
+            {
+                self.counts.two_totaler_overlaps += 1;
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        self.sampler.sample_now().await;
         let status = self.second.terminate().await;
         self.record_sigterm("totaler-2", status);
         Ok(())
