@@ -99,7 +99,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Findings> {
         for (source, purged_through, purged_rows, purged_total) in sources {
             covered.insert(source);
             findings.line(format!(
-                "source {source} (database {}): {purged_through} batches, {purged_rows} rows purged by retention",
+                "source {source} (database {}): purged by retention: {purged_through} batches, {purged_rows} rows",
                 n + 1
             ));
             if purged_through > 0 {

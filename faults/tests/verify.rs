@@ -1,0 +1,174 @@
+//! `totaler verify` end to end: the real adder and totaler binaries against
+//! the test PostgreSQL and RabbitMQ, then the real `totaler verify`, on a
+//! clean system (exit 0) and on deliberately broken ones (exit 1, naming
+//! what is missing, extra, and the total's difference).
+
+use std::{path::Path, process::Command, time::Duration};
+
+use faults::process::{Service, binary};
+use proto::tally::v1::{AddRequest, adder_client::AdderClient};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+async fn verify(sum_file: &Path, database: &str) -> (bool, String) {
+    let output = Command::new(binary("totaler").expect("the totaler binary"))
+        .args(["verify", "--in-flight-secs", "0", "--sum-file"])
+        .arg(sum_file)
+        .args(["--database-url", database])
+        .output()
+        .expect("run totaler verify");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    println!("--- totaler verify, exit {}:\n{report}", output.status);
+    (output.status.success(), report)
+}
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
+    let database = testkit::database::fresh().await;
+    let queue = testkit::unique_queue("verify");
+    let broker = testkit::Broker::connect(&queue).await;
+    let dir = std::env::temp_dir().join(format!("tally-verify-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let sum_file = dir.join("sum.txt");
+    let (grpc, adder_http, totaler_http) = (
+        testkit::free_port(),
+        testkit::free_port(),
+        testkit::free_port(),
+    );
+    let local = |port: u16| format!("127.0.0.1:{port}");
+    let mut adder = Service::new(
+        "adder",
+        binary("adder").expect("the adder binary"),
+        vec![
+            ("DATABASE_URL".into(), database.clone()),
+            ("AMQP_URL".into(), testkit::amqp_url()),
+            ("TALLY_QUEUE".into(), queue.clone()),
+            ("ADDER_GRPC_ADDR".into(), local(grpc)),
+            ("ADDER_HTTP_ADDR".into(), local(adder_http)),
+            ("ADDER_RELAY_PACK".into(), "3".into()),
+        ],
+        &dir,
+        local(adder_http).parse().expect("an address"),
+    );
+    let mut totaler = Service::new(
+        "totaler",
+        binary("totaler").expect("the totaler binary"),
+        vec![
+            ("AMQP_URL".into(), testkit::amqp_url()),
+            ("TALLY_QUEUE".into(), queue.clone()),
+            ("SUM_FILE".into(), sum_file.display().to_string()),
+            ("TOTALER_HTTP_ADDR".into(), local(totaler_http)),
+        ],
+        &dir,
+        local(totaler_http).parse().expect("an address"),
+    );
+    adder.start().await.expect("start the adder");
+    totaler.start().await.expect("start the totaler");
+    let mut client = AdderClient::connect(format!("http://{}", local(grpc)))
+        .await
+        .expect("connect gRPC");
+    let mut expected = 0i128;
+    for i in 0..40i64 {
+        let request = AddRequest {
+            a: i * 1000,
+            b: 7,
+            request_id: String::new(),
+        };
+        client.add(request).await.expect("Add");
+        expected += i128::from(i * 1000 + 7);
+    }
+    let outbox = pool(&database).await;
+    testkit::eventually(Duration::from_secs(30), "everything counted", || async {
+        let text = std::fs::read_to_string(&sum_file).ok()?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox_batch WHERE confirmed_at IS NULL")
+                .fetch_one(&outbox)
+                .await
+                .ok()?;
+        (text.starts_with(&format!("{expected}\n")) && pending == 0).then_some(())
+    })
+    .await;
+    totaler.terminate().await.expect("stop the totaler");
+    adder.terminate().await.expect("stop the adder");
+
+    let (ok, report) = verify(&sum_file, &database).await;
+    assert!(ok, "a clean system verifies: {report}");
+    assert!(
+        report.contains(&format!("total: ledger {expected} = outbox {expected}")),
+        "{report}"
+    );
+
+    // Broken 1: the ledger's total is off by one.
+    let good = std::fs::read_to_string(&sum_file).expect("the ledger");
+    let body = good.split_once('\n').expect("a first line").1;
+    std::fs::write(&sum_file, format!("{}\n{body}", expected + 1)).expect("a wrong total");
+    let (ok, report) = verify(&sum_file, &database).await;
+    assert!(!ok);
+    assert!(
+        report.contains("TOTAL") && report.contains("difference 1"),
+        "{report}"
+    );
+    std::fs::write(&sum_file, &good).expect("the good ledger back");
+
+    // Broken 2: the outbox holds a confirmed batch the ledger never applied.
+    sqlx::query(
+        "INSERT INTO outbox_batch (source, id, lo, hi, pack, rows, total, first_id, last_id, created_at, confirmed_at) \
+         SELECT source, id + 1, hi, hi, pack, 1, 555, last_id + 1, last_id + 1, created_at, confirmed_at \
+         FROM outbox_batch ORDER BY id DESC LIMIT 1",
+    )
+    .execute(&outbox)
+    .await
+    .expect("a batch the ledger does not have");
+    let (ok, report) = verify(&sum_file, &database).await;
+    assert!(!ok);
+    assert!(
+        report.contains("MISSING") && report.contains("sum 555"),
+        "{report}"
+    );
+    sqlx::query("DELETE FROM outbox_batch WHERE total = 555")
+        .execute(&outbox)
+        .await
+        .expect("remove it");
+
+    // Broken 3: the ledger claims batches the outbox never cut.
+    let source: String = sqlx::query_scalar("SELECT source::text FROM outbox_source")
+        .fetch_one(&outbox)
+        .await
+        .expect("the source");
+    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM outbox_batch")
+        .fetch_one(&outbox)
+        .await
+        .expect("the newest batch");
+    let forged = good.replace(
+        &format!("source {source} {newest}\n"),
+        &format!("source {source} {}\n", newest + 5),
+    );
+    assert_ne!(
+        forged, good,
+        "the ledger has the source's horizon line: {good}"
+    );
+    std::fs::write(&sum_file, &forged).expect("a ledger ahead of its outbox");
+    let (ok, report) = verify(&sum_file, &database).await;
+    assert!(!ok);
+    assert!(report.contains("EXTRA"), "{report}");
+    broker.delete().await;
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
+}
