@@ -98,13 +98,14 @@ impl Ledger {
         fs::create_dir_all(&dir).map_err(io_error(&dir, "creating the directory"))?;
         let lock_path = with_suffix(path, ".lock");
         let tmp = with_suffix(path, ".tmp");
-        if create == Create::IfNew && !path.exists() {
-            if let Some(evidence) = [&lock_path, &tmp].into_iter().find(|p| p.exists()) {
-                return Err(Error::Missing {
-                    path: path.to_path_buf(),
-                    evidence: evidence.clone(),
-                });
-            }
+        if create == Create::IfNew
+            && !path.exists()
+            && let Some(evidence) = [&lock_path, &tmp].into_iter().find(|p| p.exists())
+        {
+            return Err(Error::Missing {
+                path: path.to_path_buf(),
+                evidence: evidence.clone(),
+            });
         }
         let lock = OpenOptions::new()
             .create(true)

@@ -72,6 +72,9 @@ struct Ranges {
     ranges: Vec<(i64, i64)>,
 }
 
+/// A batch in flight: its number, its part count, the ranges of parts applied.
+pub type InFlight = (i64, u32, Vec<(i64, i64)>);
+
 /// Whether a message changed the total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -155,9 +158,8 @@ impl State {
             .is_some_and(|l| l.contains(seq))
     }
 
-    /// A source's batch horizon and its batches in flight (number, parts,
-    /// applied part ranges), for `verify`.
-    pub fn batches(&self, source: Uuid) -> (i64, Vec<(i64, u32, Vec<(i64, i64)>)>) {
+    /// A source's batch horizon and its batches in flight, for `verify`.
+    pub fn batches(&self, source: Uuid) -> (i64, Vec<InFlight>) {
         self.sources.get(&source).map_or((0, Vec::new()), |s| {
             let open = s
                 .open
