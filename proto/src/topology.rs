@@ -114,8 +114,14 @@ pub fn totaler_permissions(queue: &str) -> Permissions {
     Permissions {
         configure: "^$".to_owned(),
         write: "^$".to_owned(),
-        read: format!("^{}$", regex_escape(queue)),
+        read: queue_pattern(queue),
     }
+}
+
+/// The regex that matches exactly `queue` (`^tally\.sums$`), for
+/// permissions and for the [`DELIVERY_LIMIT_POLICY`] pattern.
+pub fn queue_pattern(queue: &str) -> String {
+    format!("^{}$", regex_escape(queue))
 }
 
 /// Connects to `url`, opens a channel and declares `queue`'s topology, or,
