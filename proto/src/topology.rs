@@ -5,11 +5,12 @@
 //! step (`rabbitmq/definitions.json`, `scripts/services`) is checked against
 //! them by a test: RabbitMQ refuses a redeclaration whose arguments differ.
 //!
-//! A service whose user may configure the queues declares them (idempotent,
-//! either service may start first); a service whose user may not (the
-//! least-privilege users of compose and `scripts/stack`) is refused with
-//! ACCESS_REFUSED and then only checks, with a passive declare on a fresh
-//! channel, that the admin step created them. Nothing here deletes a queue.
+//! At connect a service checks with passive declares, which need no right,
+//! that the queues exist (the least-privilege users of compose and
+//! `scripts/stack` may do nothing more); only a missing queue is declared,
+//! which needs the configure right (tests, `guest`). A service never
+//! compares an existing queue's arguments: the admin step
+//! (`rabbitmq/definitions.json`) owns them. Nothing here deletes a queue.
 
 use std::time::Duration;
 
@@ -124,22 +125,28 @@ pub fn queue_pattern(queue: &str) -> String {
     format!("^{}$", regex_escape(queue))
 }
 
-/// Connects to `url`, opens a channel and declares `queue`'s topology, or,
-/// when the user may not configure it, checks that it exists.
+/// Connects to `url` and opens a channel on which `queue`'s topology exists.
+/// The queues are checked first (passive declares, which need no right:
+/// the services' restricted users, and nothing logged when all is there);
+/// only when one is missing are they declared, which needs the configure
+/// right. A user without it gets the NOT_FOUND of the check: the admin step
+/// has not created the queues.
 pub async fn open(url: &str, queue: &str) -> lapin::Result<(Connection, Channel)> {
     let connecting = Connection::connect(url, ConnectionProperties::default());
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| lapin::Error::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
     let channel = connection.create_channel().await?;
+    let missing = match check(&channel, queue).await {
+        Ok(()) => return Ok((connection, channel)),
+        Err(e) if is_soft_error(&e, AMQPSoftError::NOTFOUND) => e,
+        Err(e) => return Err(e),
+    };
+    // NOT_FOUND closed that channel, and ACCESS_REFUSED would close this one.
+    let channel = connection.create_channel().await?;
     match declare(&channel, queue).await {
         Ok(()) => Ok((connection, channel)),
-        Err(e) if is_access_refused(&e) => {
-            // ACCESS_REFUSED closed that channel: check on a new one.
-            let channel = connection.create_channel().await?;
-            check(&channel, queue).await?;
-            Ok((connection, channel))
-        }
+        Err(e) if is_access_refused(&e) => Err(missing),
         Err(e) => Err(e),
     }
 }
@@ -173,10 +180,13 @@ pub async fn check(channel: &Channel, queue: &str) -> lapin::Result<()> {
 
 /// Whether `error` is the broker's ACCESS_REFUSED (a missing right).
 pub fn is_access_refused(error: &lapin::Error) -> bool {
+    is_soft_error(error, AMQPSoftError::ACCESSREFUSED)
+}
+
+fn is_soft_error(error: &lapin::Error, kind: AMQPSoftError) -> bool {
     matches!(
         error.kind(),
-        ErrorKind::ProtocolError(e)
-            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))
+        ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(k) if *k == kind)
     )
 }
 
