@@ -63,8 +63,21 @@ async fn only_their_part(broker: &Broker) {
         .add_user(&totaler, &password, &topology::totaler_permissions(&queue))
         .await;
 
-    adder_only_publishes(&broker.url_of(&adder, &password), &queue).await;
-    totaler_only_consumes(&broker.url_of(&totaler, &password), &queue).await;
+    // The checks run in a task, so that the users go even when one fails.
+    let adder_url = broker.url_of(&adder, &password);
+    let totaler_url = broker.url_of(&totaler, &password);
+    let checked_queue = queue.clone();
+    let checks = tokio::spawn(async move {
+        adder_only_publishes(&adder_url, &checked_queue).await;
+        totaler_only_consumes(&totaler_url, &checked_queue).await;
+    })
+    .await;
+    broker.delete_user(&adder).await;
+    broker.delete_user(&totaler).await;
+    if let Err(failed) = checks {
+        support::delete_topology(&admin, &queue).await;
+        std::panic::resume_unwind(failed.into_panic());
+    }
     let dead = topology::dead_letter_queue(&queue);
     assert_eq!(
         support::count(&admin, &dead).await,
@@ -72,9 +85,6 @@ async fn only_their_part(broker: &Broker) {
         "the totaler's reject dead-lettered"
     );
     assert_eq!(support::count(&admin, &queue).await, 0);
-
-    broker.delete_user(&adder).await;
-    broker.delete_user(&totaler).await;
     support::delete_topology(&admin, &queue).await;
 }
 
