@@ -1,17 +1,26 @@
 #!/bin/sh
 # Renders /etc/rabbitmq/definitions.json into /tmp/rabbitmq/definitions.json
 # with the credentials from the environment, then hands over to the image's
-# own entrypoint. Defaults: tally/tally for the services, admin/admin for the
-# management UI (see README.md). Names and passwords may not contain a double
-# quote, a backslash or a '|'.
+# own entrypoint. Three users (see README.md, "Broker users"): the adder's
+# (publish only), the totaler's (consume only) and the management UI's
+# administrator. Names default to tally-adder, tally-totaler and admin; the
+# passwords have no default: the broker does not start without them. Names
+# and passwords may not contain a double quote, a backslash or a '|'.
 set -eu
 
-: "${RABBITMQ_USER:=tally}"
-: "${RABBITMQ_PASSWORD:=tally}"
+: "${RABBITMQ_ADDER_USER:=tally-adder}"
+: "${RABBITMQ_TOTALER_USER:=tally-totaler}"
 : "${RABBITMQ_ADMIN_USER:=admin}"
-: "${RABBITMQ_ADMIN_PASSWORD:=admin}"
+for name in RABBITMQ_ADDER_PASSWORD RABBITMQ_TOTALER_PASSWORD RABBITMQ_ADMIN_PASSWORD; do
+    eval "value=\${$name:-}"
+    if [ -z "$value" ]; then
+        echo "entrypoint.sh: set $name (see .env.example)" >&2
+        exit 64
+    fi
+done
 
-for value in "$RABBITMQ_USER" "$RABBITMQ_PASSWORD" "$RABBITMQ_ADMIN_USER" "$RABBITMQ_ADMIN_PASSWORD"; do
+for value in "$RABBITMQ_ADDER_USER" "$RABBITMQ_ADDER_PASSWORD" "$RABBITMQ_TOTALER_USER" \
+    "$RABBITMQ_TOTALER_PASSWORD" "$RABBITMQ_ADMIN_USER" "$RABBITMQ_ADMIN_PASSWORD"; do
     case "$value" in
         *'"'* | *'\'* | *'|'*)
             echo "entrypoint.sh: RabbitMQ credentials may not contain \", \\ or |" >&2
@@ -24,8 +33,10 @@ done
 escape() { printf '%s' "$1" | sed 's/&/\\&/g'; }
 
 mkdir -p /tmp/rabbitmq
-sed -e "s|\${RABBITMQ_USER}|$(escape "$RABBITMQ_USER")|g" \
-    -e "s|\${RABBITMQ_PASSWORD}|$(escape "$RABBITMQ_PASSWORD")|g" \
+sed -e "s|\${RABBITMQ_ADDER_USER}|$(escape "$RABBITMQ_ADDER_USER")|g" \
+    -e "s|\${RABBITMQ_ADDER_PASSWORD}|$(escape "$RABBITMQ_ADDER_PASSWORD")|g" \
+    -e "s|\${RABBITMQ_TOTALER_USER}|$(escape "$RABBITMQ_TOTALER_USER")|g" \
+    -e "s|\${RABBITMQ_TOTALER_PASSWORD}|$(escape "$RABBITMQ_TOTALER_PASSWORD")|g" \
     -e "s|\${RABBITMQ_ADMIN_USER}|$(escape "$RABBITMQ_ADMIN_USER")|g" \
     -e "s|\${RABBITMQ_ADMIN_PASSWORD}|$(escape "$RABBITMQ_ADMIN_PASSWORD")|g" \
     /etc/rabbitmq/definitions.json > /tmp/rabbitmq/definitions.json.tmp

@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`tally`]: generated tonic/prost code for `proto/tally/v1/tally.proto`.
 //! - [`message`]: [`SumMessage`], the JSON body of every queue message.
-//! - [`topology`]: queue names and their idempotent declaration.
+//! - [`topology`]: the queues and their arguments, their declaration (or
+//!   passive check), the delivery limit and the services' broker rights.
 
 pub mod message;
 pub mod topology;
