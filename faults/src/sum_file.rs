@@ -96,6 +96,19 @@ impl Stack {
     pub(crate) async fn replace_sum_file(&mut self) -> anyhow::Result<()> {
         let older = self.data.snapshot()?;
         self.pause(1000, 2000).await;
+        // The copy is older only once the totaler wrote since (after a broker
+        // fault it may not have): wait for that, or the "replacement" is the
+        // current file and building on it is right.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while fs::read_to_string(self.data.sum_file()).unwrap_or_default() == older {
+            if std::time::Instant::now() > deadline {
+                self.fail(
+                    "sum.txt did not change for 20 s, so no older copy could be made".to_owned(),
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let kept = self.data.dir.join("faults-kept-sum.txt");
         self.data.replace(&older, &kept)?;
         self.counts.sum_file_replacements += 1;
