@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    outbox::{self, Active, Batch, Outbox},
+    outbox::{self, Active, Batch, Outbox, Row},
 };
 
 /// What the relay needs to run.
@@ -226,14 +226,7 @@ impl Relay {
                     parts,
                 }),
                 published_us: now_us(),
-                sums: chunk
-                    .iter()
-                    .map(|row| Sum {
-                        seq: row.id,
-                        sum: row.sum,
-                        created_us: row.created_us,
-                    })
-                    .collect(),
+                sums: sums(chunk),
             };
             let confirm = self.send(channel, &message).await?;
             confirms.push((message.id(), confirm));
@@ -306,14 +299,7 @@ impl Relay {
                     source,
                     part: None,
                     published_us: now_us(),
-                    sums: chunk
-                        .iter()
-                        .map(|row| Sum {
-                            seq: row.id,
-                            sum: row.sum,
-                            created_us: row.created_us,
-                        })
-                        .collect(),
+                    sums: sums(chunk),
                 };
                 confirms.push((message.id(), self.send(channel, &message).await?));
             }
@@ -326,6 +312,17 @@ impl Relay {
             tracing::info!(rows = ids.len(), "published legacy rows");
         }
     }
+}
+
+/// Outbox rows as message rows.
+fn sums(rows: &[Row]) -> Vec<Sum> {
+    rows.iter()
+        .map(|row| Sum {
+            seq: row.id,
+            sum: row.sum,
+            created_us: row.created_us,
+        })
+        .collect()
 }
 
 /// Waits for every confirm; Err names the first message not acked.

@@ -8,19 +8,11 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::{Active, Error};
-
-/// An unpublished legacy row, as the relay publishes it.
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
-pub struct Pending {
-    pub id: i64,
-    pub sum: i64,
-    pub created_us: i64,
-}
+use super::{Active, Error, Row};
 
 impl Active {
     /// Up to `limit` unpublished legacy rows, oldest first.
-    pub async fn legacy(&mut self, limit: i64) -> Result<Vec<Pending>, Error> {
+    pub async fn legacy(&mut self, limit: i64) -> Result<Vec<Row>, Error> {
         legacy_rows(self.connection(), limit).await
     }
 
@@ -36,7 +28,7 @@ impl Active {
     }
 }
 
-async fn legacy_rows(connection: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, Error> {
+async fn legacy_rows(connection: &mut PgConnection, limit: i64) -> Result<Vec<Row>, Error> {
     Ok(sqlx::query_as(
         "SELECT id, sum, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us \
          FROM outbox WHERE published_at IS NULL AND xid IS NULL ORDER BY id LIMIT $1",

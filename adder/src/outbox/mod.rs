@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use batches::{Active, Batch, Row};
 pub use identity::Identity;
-pub use legacy::Pending;
 
 /// The outbox of one PostgreSQL database.
 #[derive(Clone)]
