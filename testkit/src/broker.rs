@@ -75,7 +75,7 @@ impl Broker {
         }
     }
 
-    async fn declare_passive(&self, queue: &str) -> lapin::queue::Queue {
+    async fn declare_passive(&self, queue: &str) -> lapin::Queue {
         self.channel
             .queue_declare(
                 queue.into(),
