@@ -49,10 +49,16 @@ async fn http_add_replays_a_retry_refuses_a_reused_id_and_an_oversized_body() {
         json!({"error": r#"request_id "h1" was already used with other numbers (a = 5, b = 6)"#}),
     );
 
-    let oversized = format!(r#"{{"a": 1, "b": 2, "request_id": "{}"}}"#, "x".repeat(4100));
+    let oversized = format!(
+        r#"{{"a": 1, "b": 2, "request_id": "{}"}}"#,
+        "x".repeat(4100)
+    );
     let (status, body) = post(oversized).await.expect("answer");
     assert_eq!(status, 413, "{body}");
-    assert_eq!(parse(&body), json!({"error": "body larger than 4096 bytes"}));
+    assert_eq!(
+        parse(&body),
+        json!({"error": "body larger than 4096 bytes"})
+    );
     let (status, body) = post(format!(r#"{{"a": 1, "b": 2}}{}"#, " ".repeat(4080)))
         .await
         .expect("answer");
@@ -85,9 +91,11 @@ async fn http_add_is_503_while_postgres_is_down_and_works_again_after() {
         json!({"error": "the outbox database is unavailable, retry later"})
     );
     proxy.restore();
-    testkit::eventually(Duration::from_secs(20), "POST /add to work again", || async {
-        post().await.filter(|(status, _)| *status == 200)
-    })
+    testkit::eventually(
+        Duration::from_secs(20),
+        "POST /add to work again",
+        || async { post().await.filter(|(status, _)| *status == 200) },
+    )
     .await;
     assert_eq!(outbox_counts(&pool(&db).await).await.0, 2);
     adder.stop().await;

@@ -19,10 +19,14 @@ async fn adder_metrics_are_exported_and_move() {
     let mut settings = config(&db, &proxy.url(&testkit::amqp_url()), &queue);
     settings.relay_pack = 2;
     let adder = spawn_adder(settings).await;
-    let start = testkit::eventually(Duration::from_secs(20), "the relay to be active", || async {
-        let text = metrics(adder.http).await;
-        (require(&text, "adder_relay_active") == 1.0).then_some(text)
-    })
+    let start = testkit::eventually(
+        Duration::from_secs(20),
+        "the relay to be active",
+        || async {
+            let text = metrics(adder.http).await;
+            (require(&text, "adder_relay_active") == 1.0).then_some(text)
+        },
+    )
     .await;
     for series in [
         "adder_outbox_pending",
@@ -59,13 +63,24 @@ async fn adder_metrics_are_exported_and_move() {
             1.0,
         ),
         (r#"adder_requests_total{code="ok",method="http_add"}"#, 1.0),
-        (r#"adder_request_duration_seconds_count{method="grpc_add"}"#, 4.0),
-        (r#"adder_request_duration_seconds_count{method="http_add"}"#, 1.0),
+        (
+            r#"adder_request_duration_seconds_count{method="grpc_add"}"#,
+            4.0,
+        ),
+        (
+            r#"adder_request_duration_seconds_count{method="http_add"}"#,
+            1.0,
+        ),
         ("adder_relay_batch_size_sum", 4.0),
     ] {
         assert_eq!(require(&text, series), value, "{series}");
     }
-    assert!(require(&text, r#"adder_request_duration_seconds_sum{method="grpc_add"}"#) > 0.0);
+    assert!(
+        require(
+            &text,
+            r#"adder_request_duration_seconds_sum{method="grpc_add"}"#
+        ) > 0.0
+    );
     let batches = require(&text, "adder_relay_batch_size_count");
     let messages = require(&text, "adder_relay_messages_total");
     assert!(batches >= 1.0, "batches: {batches}");
@@ -124,8 +139,14 @@ async fn adder_metrics_are_exported_and_move() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(require(&metrics(standby.http).await, "adder_relay_active"), 0.0);
-    assert_eq!(require(&metrics(adder.http).await, "adder_relay_active"), 1.0);
+    assert_eq!(
+        require(&metrics(standby.http).await, "adder_relay_active"),
+        0.0
+    );
+    assert_eq!(
+        require(&metrics(adder.http).await, "adder_relay_active"),
+        1.0
+    );
     standby.stop().await;
     adder.stop().await;
     broker.delete().await;

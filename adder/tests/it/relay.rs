@@ -187,23 +187,39 @@ fn assert_packed(messages: &[SumMessage], pack: usize) -> BTreeMap<i64, usize> {
     for (batch, mut parts) in batches {
         parts.sort_by_key(|m| m.part.map(|p| p.part));
         let count = parts[0].part.map(|p| p.parts);
-        let numbers: Vec<u32> = parts.iter().filter_map(|m| m.part.map(|p| p.part)).collect();
+        let numbers: Vec<u32> = parts
+            .iter()
+            .filter_map(|m| m.part.map(|p| p.part))
+            .collect();
         assert_eq!(
             Some(numbers.clone()),
             count.map(|n| (0..n).collect::<Vec<_>>()),
             "batch {batch}: parts {numbers:?} of {count:?}, each once"
         );
         for (i, message) in parts.iter().enumerate() {
-            assert_eq!(message.part.map(|p| p.parts), count, "batch {batch}: one part count");
+            assert_eq!(
+                message.part.map(|p| p.parts),
+                count,
+                "batch {batch}: one part count"
+            );
             let rows = message.sums.len();
             if i + 1 < parts.len() {
                 assert_eq!(rows, pack, "batch {batch} part {i}: full but the last");
             } else {
-                assert!((1..=pack).contains(&rows), "batch {batch}: last part holds {rows} rows");
+                assert!(
+                    (1..=pack).contains(&rows),
+                    "batch {batch}: last part holds {rows} rows"
+                );
             }
         }
-        let seqs: Vec<i64> = parts.iter().flat_map(|m| m.sums.iter().map(|s| s.seq)).collect();
-        assert!(seqs.is_sorted(), "batch {batch}: rows in id order: {seqs:?}");
+        let seqs: Vec<i64> = parts
+            .iter()
+            .flat_map(|m| m.sums.iter().map(|s| s.seq))
+            .collect();
+        assert!(
+            seqs.is_sorted(),
+            "batch {batch}: rows in id order: {seqs:?}"
+        );
         sizes.insert(batch, seqs.len());
     }
     sizes

@@ -91,7 +91,7 @@ async fn sigterm_under_load_exits_within_the_grace_and_loses_no_acknowledged_add
             .expect("a load task does not panic");
     }
 
-    let seen = seen.lock().expect("lock");
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
     assert!(
         seen.acknowledged.len() > 100,
         "the load ran ({} Adds)",

@@ -116,13 +116,20 @@ async fn the_adder_never_logs_the_passwords_of_its_urls() {
     // A wrong broker password: the relay cannot connect, and says so.
     let amqp_secret = "Amqp-Secret-9c1e4";
     let wrong_amqp = testkit::amqp_url().replacen(":guest@", &format!(":{amqp_secret}@"), 1);
-    assert_ne!(wrong_amqp, testkit::amqp_url(), "TEST_AMQP_URL has guest:guest");
+    assert_ne!(
+        wrong_amqp,
+        testkit::amqp_url(),
+        "TEST_AMQP_URL has guest:guest"
+    );
     let logs = logs_of_adder(&db, &wrong_amqp, Duration::from_secs(3)).await;
     assert!(
         logs.contains("relay cannot reach the broker"),
         "the failure is logged: {logs}"
     );
-    assert!(!logs.contains(amqp_secret), "the password is logged: {logs}");
+    assert!(
+        !logs.contains(amqp_secret),
+        "the password is logged: {logs}"
+    );
     let (_, db_password) = db
         .split_once("://")
         .and_then(|(_, rest)| rest.split_once('@'))

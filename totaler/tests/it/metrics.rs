@@ -58,17 +58,13 @@ async fn totaler_metrics_are_exported_and_move() {
         .publish(&part_message(source, (1, 0, 2), &[(1, 10), (2, 20)]))
         .await;
     broker.publish(b"not a message").await;
-    let text = testkit::eventually(
-        Duration::from_secs(20),
-        "the rest handled",
-        || async {
-            let text = metrics(&totaler).await;
-            (require(&text, "totaler_sum") == 330.0
-                && require(&text, r#"totaler_messages_total{outcome="dead_lettered"}"#) == 1.0
-                && require(&text, r#"totaler_messages_total{outcome="consumed"}"#) == 3.0)
-                .then_some(text)
-        },
-    )
+    let text = testkit::eventually(Duration::from_secs(20), "the rest handled", || async {
+        let text = metrics(&totaler).await;
+        (require(&text, "totaler_sum") == 330.0
+            && require(&text, r#"totaler_messages_total{outcome="dead_lettered"}"#) == 1.0
+            && require(&text, r#"totaler_messages_total{outcome="consumed"}"#) == 3.0)
+            .then_some(text)
+    })
     .await;
     for (series, value) in [
         ("totaler_open_batches", 0.0),
@@ -93,16 +89,32 @@ async fn totaler_metrics_are_exported_and_move() {
         assert_eq!(totaler.sum().await, 330);
     }
     let text = metrics(&totaler).await;
-    assert!(require(&text, r#"totaler_http_requests_total{code="200",path="/sum"}"#) >= 3.0);
     assert!(
-        require(&text, r#"totaler_http_request_duration_seconds_count{path="/sum"}"#) >= 3.0
+        require(
+            &text,
+            r#"totaler_http_requests_total{code="200",path="/sum"}"#
+        ) >= 3.0
     );
-    assert!(require(&text, r#"totaler_http_requests_total{code="200",path="/metrics"}"#) >= 1.0);
+    assert!(
+        require(
+            &text,
+            r#"totaler_http_request_duration_seconds_count{path="/sum"}"#
+        ) >= 3.0
+    );
+    assert!(
+        require(
+            &text,
+            r#"totaler_http_requests_total{code="200",path="/metrics"}"#
+        ) >= 1.0
+    );
     let (status, _) = get(totaler.http, "/nope").await.expect("answer");
     assert_eq!(status, 404);
     let text = metrics(&totaler).await;
     assert_eq!(
-        require(&text, r#"totaler_http_requests_total{code="404",path="other"}"#),
+        require(
+            &text,
+            r#"totaler_http_requests_total{code="404",path="other"}"#
+        ),
         1.0
     );
     totaler.stop().await;
