@@ -1,8 +1,12 @@
 //! A test's own view of RabbitMQ: declare the Tally topology for a unique
-//! queue, publish raw bodies, count and drain messages, delete the queues.
+//! queue, publish raw bodies, count and drain messages (with their AMQP
+//! properties), delete the queues.
+
+use std::time::Duration;
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
+    message::Delivery,
     options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
         QueueDeclareOptions, QueueDeleteOptions,
@@ -46,8 +50,32 @@ impl Broker {
         );
     }
 
-    /// Messages ready in `queue` (a passive declare).
+    /// Messages ready in `queue` (a passive declare). Unacked deliveries
+    /// are not counted: see `count_settled`.
     pub async fn count(&self, queue: &str) -> u32 {
+        self.declare_passive(queue).await.message_count()
+    }
+
+    /// Every message `queue` holds, ready or unacked: waits (up to 10 s)
+    /// until no consumer is attached, because a consumer's unacked messages
+    /// return to the queue only once the queue has seen it leave, and counts
+    /// then. Call it after the consumers under test have stopped.
+    pub async fn count_settled(&self, queue: &str) -> u32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let declared = self.declare_passive(queue).await;
+            if declared.consumer_count() == 0 {
+                return declared.message_count();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a consumer is still attached to {queue} after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn declare_passive(&self, queue: &str) -> lapin::Queue {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -59,12 +87,21 @@ impl Broker {
             )
             .await
             .expect("passive declare")
-            .message_count()
     }
 
     /// Takes and acks every message now in `queue`, returning the bodies.
     pub async fn drain(&self, queue: &str) -> Vec<Vec<u8>> {
-        let mut bodies = Vec::new();
+        self.drain_deliveries(queue)
+            .await
+            .into_iter()
+            .map(|delivery| delivery.data)
+            .collect()
+    }
+
+    /// Takes and acks every message now in `queue`, returning each whole:
+    /// body, AMQP properties, redelivered flag.
+    pub async fn drain_deliveries(&self, queue: &str) -> Vec<Delivery> {
+        let mut deliveries = Vec::new();
         while let Some(message) = self
             .channel
             .basic_get(queue.into(), BasicGetOptions::default())
@@ -76,9 +113,9 @@ impl Broker {
                 .ack(BasicAckOptions::default())
                 .await
                 .expect("ack");
-            bodies.push(message.delivery.data);
+            deliveries.push(message.delivery);
         }
-        bodies
+        deliveries
     }
 
     /// Deletes the test queue and its dead-letter queue.

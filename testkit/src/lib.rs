@@ -13,11 +13,15 @@
 //! - `broker`: queues and raw messages.
 //! - `database`: fresh databases.
 //! - `http`: a raw HTTP/1.1 client.
+//! - `metrics`: samples of the Prometheus text format.
+//! - `process`: waiting for a real binary with a deadline.
 //! - `proxy`: the cuttable TCP proxy.
 
 pub mod broker;
 pub mod database;
 pub mod http;
+pub mod metrics;
+pub mod process;
 pub mod proxy;
 
 use std::{future::Future, time::Duration};

@@ -2,11 +2,16 @@
 //! `cut` drops every open connection and refuses new ones, as if the server
 //! went down; `restore` lets connections through again. `hold_replies`
 //! keeps forwarding what clients send but holds back what the server
-//! answers (a broker's confirms, say) until `release_replies`.
+//! answers (a broker's confirms, say) until `release_replies`. `refused`
+//! counts the connections turned away while cut: evidence that a client
+//! really tried during the outage.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::{
@@ -25,6 +30,7 @@ pub struct Proxy {
     up: watch::Sender<bool>,
     replies: watch::Sender<bool>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    refused: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -38,20 +44,27 @@ impl Proxy {
         let (up, _) = watch::channel(true);
         let (replies, _) = watch::channel(true);
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let refused: Arc<AtomicUsize> = Arc::default();
         let accept = tokio::spawn(accept_loop(
             listener,
             target,
-            up.subscribe(),
-            replies.subscribe(),
+            (up.subscribe(), replies.subscribe()),
             tasks.clone(),
+            refused.clone(),
         ));
         Self {
             addr,
             up,
             replies,
             tasks,
+            refused,
             accept,
         }
+    }
+
+    /// Connections turned away while the proxy was cut.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Drops every connection and refuses new ones.
@@ -99,12 +112,13 @@ impl Drop for Proxy {
 async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
-    up: watch::Receiver<bool>,
-    replies: watch::Receiver<bool>,
+    (up, replies): (watch::Receiver<bool>, watch::Receiver<bool>),
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    refused: Arc<AtomicUsize>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
         if !*up.borrow() {
+            refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let replies = replies.clone();

@@ -3,8 +3,12 @@
 
 mod adds;
 mod batches;
+mod grouping;
+mod http_api;
 mod limits;
+mod metrics;
 mod relay;
 mod request_ids;
 mod shutdown;
+mod startup;
 mod support;

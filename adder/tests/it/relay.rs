@@ -1,8 +1,15 @@
 //! The relay: rows become messages, are marked only after the broker's
-//! confirm, survive a broker outage, and two adders publish every row.
+//! confirm, survive a broker outage, are packed into parts of at most
+//! ADDER_RELAY_PACK rows (1: a message per row) with the documented AMQP
+//! properties, and two adders publish every row.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
+use futures_util::future::join_all;
+use proto::SumMessage;
 use testkit::{Broker, Proxy, database, proxy::target_of};
 
 use crate::support::{call, config, drain_messages, outbox_counts, pool, rows, spawn_adder};
@@ -68,13 +75,19 @@ async fn broker_outage_keeps_adds_succeeding_and_the_backlog_arrives_packed() {
     let adder = spawn_adder(settings).await;
     let mut client = adder.client().await;
     call(&mut client, 1, 0, "").await.expect("Add");
+    let outbox = pool(&db).await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the first row to be confirmed",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
     proxy.cut();
     for i in 1..=50 {
         call(&mut client, i, 1, "")
             .await
             .expect("Adds succeed while the broker is away");
     }
-    let outbox = pool(&db).await;
     assert!(
         outbox_counts(&outbox).await.1 >= 50,
         "the backlog waits in the outbox"
@@ -85,20 +98,131 @@ async fn broker_outage_keeps_adds_succeeding_and_the_backlog_arrives_packed() {
     })
     .await;
     let messages = drain_messages(&broker).await;
-    let seqs: BTreeSet<i64> = rows(&messages).map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=51).collect(), "every row arrives");
-    assert!(
-        messages.iter().all(|m| m.sums.len() <= 7),
-        "no message carries more than ADDER_RELAY_PACK rows"
+    let mut seqs: Vec<i64> = rows(&messages).map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=51).collect::<Vec<_>>(),
+        "every row arrives exactly once"
     );
+    let batches = assert_packed(&messages, 7);
     assert!(
-        messages.len() < seqs.len(),
-        "the backlog is packed: {} messages for {} rows",
-        messages.len(),
-        seqs.len()
+        batches.values().any(|&rows| rows >= 14),
+        "the backlog waited in the outbox and was cut into a batch of several full parts: {batches:?}"
     );
     adder.stop().await;
     broker.delete().await;
+}
+
+#[tokio::test]
+async fn relay_pack_1_publishes_one_row_per_message_with_the_documented_properties() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("pack1");
+    let broker = Broker::connect(&queue).await;
+    let mut settings = config(&db, &testkit::amqp_url(), &queue);
+    settings.relay_pack = 1;
+    // A commit wakes the relay, which lingers: the concurrent Adds below
+    // land in batches of several rows.
+    settings.relay_linger_ms = 300;
+    let adder = spawn_adder(settings).await;
+    let client = adder.client().await;
+    let adds = (0..20).map(|i| {
+        let mut client = client.clone();
+        async move { call(&mut client, i, 100, "").await.expect("Add") }
+    });
+    join_all(adds).await;
+    let outbox = pool(&db).await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "every row to be confirmed",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    let deliveries = broker.drain_deliveries(&queue).await;
+    let messages: Vec<SumMessage> = deliveries
+        .iter()
+        .map(|d| SumMessage::decode(&d.data).expect("a valid message"))
+        .collect();
+    for (delivery, message) in deliveries.iter().zip(&messages) {
+        let part = message.part.expect("a batch part");
+        let properties = &delivery.properties;
+        assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some(format!("{}/{}.{}", message.source, part.batch, part.part).as_str()),
+            "message_id is <source>/<batch>.<part>"
+        );
+    }
+    assert!(
+        messages.iter().all(|m| m.sums.len() == 1),
+        "one row per message"
+    );
+    let mut seqs: Vec<i64> = rows(&messages).map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "each row once");
+    let batches = assert_packed(&messages, 1);
+    assert!(
+        batches.values().any(|&rows| rows > 1),
+        "a batch of several rows was split into one message per row: {batches:?}"
+    );
+    adder.stop().await;
+    broker.delete().await;
+}
+
+/// Asserts the relay's packing of `messages` (one delivery of each part):
+/// each batch's parts are numbered 0..parts once each with one part count,
+/// hold its rows in id order, at most `pack` per part, every part but the
+/// last exactly `pack`. Returns the rows of each batch.
+fn assert_packed(messages: &[SumMessage], pack: usize) -> BTreeMap<i64, usize> {
+    let mut batches: BTreeMap<i64, Vec<&SumMessage>> = BTreeMap::new();
+    for message in messages {
+        let part = message.part.expect("a batch part");
+        batches.entry(part.batch).or_default().push(message);
+    }
+    let mut sizes = BTreeMap::new();
+    for (batch, mut parts) in batches {
+        parts.sort_by_key(|m| m.part.map(|p| p.part));
+        let count = parts[0].part.map(|p| p.parts);
+        let numbers: Vec<u32> = parts
+            .iter()
+            .filter_map(|m| m.part.map(|p| p.part))
+            .collect();
+        assert_eq!(
+            Some(numbers.clone()),
+            count.map(|n| (0..n).collect::<Vec<_>>()),
+            "batch {batch}: parts {numbers:?} of {count:?}, each once"
+        );
+        for (i, message) in parts.iter().enumerate() {
+            assert_eq!(
+                message.part.map(|p| p.parts),
+                count,
+                "batch {batch}: one part count"
+            );
+            let rows = message.sums.len();
+            if i + 1 < parts.len() {
+                assert_eq!(rows, pack, "batch {batch} part {i}: full but the last");
+            } else {
+                assert!(
+                    (1..=pack).contains(&rows),
+                    "batch {batch}: last part holds {rows} rows"
+                );
+            }
+        }
+        let seqs: Vec<i64> = parts
+            .iter()
+            .flat_map(|m| m.sums.iter().map(|s| s.seq))
+            .collect();
+        assert!(
+            seqs.is_sorted(),
+            "batch {batch}: rows in id order: {seqs:?}"
+        );
+        sizes.insert(batch, seqs.len());
+    }
+    sizes
 }
 
 #[tokio::test]

@@ -39,7 +39,15 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
     }
 }
 
+/// Starts an adder and waits until it serves HTTP.
 pub async fn spawn_adder(config: Config) -> TestAdder {
+    let adder = start_adder(config).await;
+    wait_for_http(adder.http).await;
+    adder
+}
+
+/// Starts an adder without waiting for it to serve anything.
+pub async fn start_adder(config: Config) -> TestAdder {
     // TEST_LOG=1 shows the adders' warnings and errors.
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("warn").try_init();
@@ -54,14 +62,12 @@ pub async fn spawn_adder(config: Config) -> TestAdder {
     let task = tokio::spawn(adder::run(config, Listeners { grpc, http }, async {
         let _ = stopped.await;
     }));
-    let adder = TestAdder {
+    TestAdder {
         grpc: grpc_addr,
         http: http_addr,
         stop: Some(stop),
         task,
-    };
-    wait_for_http(adder.http).await;
-    adder
+    }
 }
 
 impl TestAdder {
@@ -121,6 +127,15 @@ pub async fn call(
         .add(add(a, b, request_id))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// The adder's `/metrics` exposition.
+pub async fn metrics(addr: SocketAddr) -> String {
+    let (status, text) = http(addr, "GET", "/metrics", "")
+        .await
+        .expect("GET /metrics answers");
+    assert_eq!(status, 200, "{text}");
+    text
 }
 
 pub async fn pool(url: &str) -> PgPool {

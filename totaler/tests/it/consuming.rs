@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::{Broker, Proxy, proxy::target_of};
+use testkit::{Broker, Proxy, metrics::sample, proxy::target_of};
 use uuid::Uuid;
 
 use crate::support::{config, file_total, get, message, pack, settle, spawn_totaler, temp_dir};
@@ -40,6 +40,11 @@ async fn messages_are_summed_into_the_file_and_acked() {
         "{metrics}"
     );
     totaler.stop().await;
+    assert_eq!(
+        broker.count_settled(&queue).await,
+        0,
+        "every message was acked: none comes back once the totaler is gone"
+    );
     broker.delete().await;
 }
 
@@ -212,13 +217,15 @@ async fn disk_error_means_no_ack_and_a_retry_until_it_clears() {
     std::fs::create_dir(&blocker).expect("create the blocker");
     let source = Uuid::new_v4();
     broker.publish(&message(source, 1, 9)).await;
+    // Two failed updates at least: the error shows, and the update is retried.
     testkit::eventually(
         Duration::from_secs(20),
-        "the ledger error to show",
+        "the ledger error to show and the update to be retried",
         || async {
             let (status, _) = get(totaler.http, "/readyz").await?;
             let (_, metrics) = get(totaler.http, "/metrics").await?;
-            (status == 503 && !metrics.contains("totaler_ledger_errors_total 0")).then_some(())
+            let errors = sample(&metrics, "totaler_ledger_errors_total")?;
+            (status == 503 && errors >= 2.0).then_some(())
         },
     )
     .await;
@@ -233,5 +240,10 @@ async fn disk_error_means_no_ack_and_a_retry_until_it_clears() {
     assert_eq!(file_total(&path), 9);
     assert_eq!(get(totaler.http, "/readyz").await.expect("readyz").0, 200);
     totaler.stop().await;
+    assert_eq!(
+        broker.count_settled(&queue).await,
+        0,
+        "the message was acked once its update landed"
+    );
     broker.delete().await;
 }

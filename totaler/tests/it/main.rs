@@ -5,5 +5,7 @@ mod consuming;
 mod crashes;
 mod exactness;
 mod http_limits;
+mod metrics;
+mod startup;
 mod sum_range;
 mod support;

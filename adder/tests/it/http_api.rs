@@ -1,0 +1,134 @@
+//! The HTTP front end's documented answers: `POST /add` is 503 while
+//! PostgreSQL is down and works again after, `replayed: true` on a retry
+//! with the same request id, 413 past 4096 bytes, the exact 409 body; and
+//! `/readyz` is 503 while the broker is down and 200 once it is back.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::{Proxy, database, proxy::target_of};
+
+use crate::support::{config, http, outbox_counts, pool, spawn_adder};
+
+fn parse(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("a JSON body ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn http_add_replays_a_retry_refuses_a_reused_id_and_an_oversized_body() {
+    let db = database::fresh().await;
+    let adder = spawn_adder(config(
+        &db,
+        &testkit::amqp_url(),
+        &testkit::unique_queue("http-api"),
+    ))
+    .await;
+    let post = |body: String| async move { http(adder.http, "POST", "/add", &body).await };
+    let (status, first) = post(r#"{"a": 5, "b": 6, "request_id": "h1"}"#.into())
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{first}");
+    let first = parse(&first);
+    assert_eq!(first["replayed"], json!(false), "{first}");
+    let (status, again) = post(r#"{"a": 5, "b": 6, "request_id": "h1"}"#.into())
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        parse(&again),
+        json!({"sum": 11, "outbox_id": first["outbox_id"], "replayed": true}),
+        "a retry returns the first answer"
+    );
+
+    let (status, conflict) = post(r#"{"a": 5, "b": 7, "request_id": "h1"}"#.into())
+        .await
+        .expect("answer");
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(
+        parse(&conflict),
+        json!({"error": r#"request_id "h1" was already used with other numbers (a = 5, b = 6)"#}),
+    );
+
+    let oversized = format!(
+        r#"{{"a": 1, "b": 2, "request_id": "{}"}}"#,
+        "x".repeat(4100)
+    );
+    let (status, body) = post(oversized).await.expect("answer");
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        parse(&body),
+        json!({"error": "body larger than 4096 bytes"})
+    );
+    let (status, body) = post(format!(r#"{{"a": 1, "b": 2}}{}"#, " ".repeat(4080)))
+        .await
+        .expect("answer");
+    assert_eq!(status, 200, "4096 bytes are accepted: {body}");
+    assert_eq!(
+        outbox_counts(&pool(&db).await).await.0,
+        2,
+        "the retry, the conflict and the oversized body wrote nothing"
+    );
+    adder.stop().await;
+}
+
+#[tokio::test]
+async fn http_add_is_503_while_postgres_is_down_and_works_again_after() {
+    let db = database::fresh().await;
+    let proxy = Proxy::start(target_of(&db)).await;
+    let adder = spawn_adder(config(
+        &proxy.url(&db),
+        &testkit::amqp_url(),
+        &testkit::unique_queue("http-pgdown"),
+    ))
+    .await;
+    let post = || http(adder.http, "POST", "/add", r#"{"a": 1, "b": 2}"#);
+    assert_eq!(post().await.expect("answer").0, 200);
+    proxy.cut();
+    let (status, body) = post().await.expect("an answer while PostgreSQL is down");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        parse(&body),
+        json!({"error": "the outbox database is unavailable, retry later"})
+    );
+    proxy.restore();
+    testkit::eventually(
+        Duration::from_secs(20),
+        "POST /add to work again",
+        || async { post().await.filter(|(status, _)| *status == 200) },
+    )
+    .await;
+    assert_eq!(outbox_counts(&pool(&db).await).await.0, 2);
+    adder.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_broker_is_down_and_200_once_it_is_back() {
+    let db = database::fresh().await;
+    let proxy = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let adder = spawn_adder(config(
+        &db,
+        &proxy.url(&testkit::amqp_url()),
+        &testkit::unique_queue("readyz-broker"),
+    ))
+    .await;
+    let readyz = |want: u16| async move {
+        http(adder.http, "GET", "/readyz", "")
+            .await
+            .filter(|(status, _)| *status == want)
+            .map(|(_, body)| parse(&body))
+    };
+    let up = json!({"database": true, "broker": true});
+    let down = json!({"database": true, "broker": false});
+    let body = testkit::eventually(Duration::from_secs(20), "ready", || readyz(200)).await;
+    assert_eq!(body, up);
+    proxy.cut();
+    let body = testkit::eventually(Duration::from_secs(20), "503 without the broker", || {
+        readyz(503)
+    })
+    .await;
+    assert_eq!(body, down);
+    proxy.restore();
+    let body = testkit::eventually(Duration::from_secs(20), "ready again", || readyz(200)).await;
+    assert_eq!(body, up);
+    adder.stop().await;
+}
