@@ -4,14 +4,16 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 
 use crate::outbox::{self, Outbox, Recorded};
 
 /// Everything an Add needs, shared by the gRPC and HTTP servers.
 #[derive(Clone)]
 pub struct Adder {
-    pub outbox: Outbox,
+    /// Set once the outbox is migrated and its identity checked; until then
+    /// every Add is `Unavailable`.
+    pub outbox: Arc<OnceCell<Outbox>>,
     /// Wakes the relay once a row is committed.
     pub relay_wake: Arc<Notify>,
     /// The relay's broker gauge: 1 while it holds a channel.
@@ -60,8 +62,13 @@ impl Adder {
         let sum = a.checked_add(b).ok_or(Error::Overflow { a, b })?;
         check_request_id(request_id)?;
         let request_id = (!request_id.is_empty()).then_some(request_id);
-        let recorded = self
+        let outbox = self
             .outbox
+            .get()
+            .ok_or(Error::Unavailable(outbox::Error::Database(
+                sqlx::Error::PoolTimedOut,
+            )))?;
+        let recorded = outbox
             .record(a, b, sum, request_id)
             .await
             .map_err(|e| match e {
@@ -76,6 +83,14 @@ impl Adder {
             self.relay_wake.notify_one();
         }
         Ok(recorded)
+    }
+
+    /// Whether the outbox is open and PostgreSQL answers.
+    pub async fn database_up(&self) -> bool {
+        match self.outbox.get() {
+            Some(outbox) => outbox.ping().await,
+            None => false,
+        }
     }
 
     /// Whether the relay currently holds a broker channel.

@@ -130,7 +130,7 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
 }
 
 async fn readyz(adder: Adder) -> warp::reply::Response {
-    let database = adder.outbox.ping().await;
+    let database = adder.database_up().await;
     let broker = adder.broker_up();
     let status = if database && broker {
         StatusCode::OK

@@ -61,19 +61,47 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     tokio::pin!(shutdown);
-    let outbox = tokio::select! {
-        outbox = open_outbox(&config) => outbox?,
-        () = &mut shutdown => return Ok(()),
-    };
-    let source = outbox.source().await.unwrap_or_default();
-    tracing::info!(%source, "outbox ready");
     let metrics = Arc::new(Metrics::new());
     let wake = Arc::new(Notify::new());
+    // The servers answer from the start: health at once, Adds UNAVAILABLE
+    // until the outbox is migrated and its identity checked.
+    let opened = Arc::new(tokio::sync::OnceCell::new());
     let adder = Adder {
-        outbox: outbox.clone(),
+        outbox: opened.clone(),
         relay_wake: wake.clone(),
         broker: metrics.broker_up.clone(),
     };
+    let tracker = TaskTracker::new();
+    tracker.spawn(http::serve(
+        listeners.http,
+        adder.clone(),
+        metrics.clone(),
+        config.limits.clone(),
+        token.clone(),
+    ));
+    let grpc = tracker.spawn(grpc::serve(
+        listeners.grpc,
+        adder,
+        metrics.clone(),
+        config.limits.clone(),
+        token.clone(),
+    ));
+    let outbox = tokio::select! {
+        outbox = open_outbox(&config) => outbox,
+        () = &mut shutdown => Ok(None),
+    };
+    let outbox = match outbox {
+        Ok(Some(outbox)) => outbox,
+        stopped => {
+            token.cancel();
+            tracker.close();
+            let _ = tokio::time::timeout(config.shutdown_grace(), tracker.wait()).await;
+            return stopped.map(|_| ());
+        }
+    };
+    let _ = opened.set(outbox.clone());
+    let source = outbox.source().await.unwrap_or_default();
+    tracing::info!(%source, "outbox ready");
     let relay = Relay {
         outbox: outbox.clone(),
         amqp_url: config.amqp_url.clone(),
@@ -86,26 +114,11 @@ pub async fn run(
         wake,
         metrics: metrics.clone(),
     };
-    let tracker = TaskTracker::new();
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(housekeeping::run(
         outbox,
         config.retention(),
         metrics.clone(),
-        token.clone(),
-    ));
-    tracker.spawn(http::serve(
-        listeners.http,
-        adder.clone(),
-        metrics.clone(),
-        config.limits.clone(),
-        token.clone(),
-    ));
-    let grpc = tracker.spawn(grpc::serve(
-        listeners.grpc,
-        adder,
-        metrics,
-        config.limits.clone(),
         token.clone(),
     ));
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
@@ -133,7 +146,7 @@ pub async fn run(
 
 /// Connects and migrates, retrying with backoff while PostgreSQL is down; a
 /// database that must not be published from (a logical copy) is an error.
-async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
+async fn open_outbox(config: &Config) -> anyhow::Result<Option<Outbox>> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = match Outbox::connect_lazy(&config.database_url, config.db_pool) {
@@ -141,7 +154,7 @@ async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
             Err(e) => Err(e),
         };
         match opened {
-            Ok(outbox) => return Ok(outbox),
+            Ok(outbox) => return Ok(Some(outbox)),
             Err(e) if e.is_fatal() => return Err(e).context("opening the outbox"),
             Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),
         }

@@ -94,6 +94,13 @@ async fn an_old_outbox_and_a_v1_ledger_upgrade_without_losing_or_doubling_a_sum(
     );
     totaler.start().await.expect("start the totaler");
     adder.start().await.expect("start the adder");
+    let ready: std::net::SocketAddr = local(adder_http).parse().expect("an address");
+    testkit::eventually(Duration::from_secs(30), "the adder ready", || async move {
+        testkit::http::get(ready, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
     let mut client = AdderClient::connect(format!("http://{}", local(grpc)))
         .await
         .expect("connect gRPC");

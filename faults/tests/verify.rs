@@ -71,6 +71,13 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
         local(totaler_http).parse().expect("an address"),
     );
     adder.start().await.expect("start the adder");
+    let ready: std::net::SocketAddr = local(adder_http).parse().expect("an address");
+    testkit::eventually(Duration::from_secs(30), "the adder ready", || async move {
+        testkit::http::get(ready, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
     totaler.start().await.expect("start the totaler");
     let mut client = AdderClient::connect(format!("http://{}", local(grpc)))
         .await

@@ -41,7 +41,6 @@ async fn adder_started_while_postgres_is_unreachable_works_once_it_is_reachable(
 }
 
 #[tokio::test]
-#[ignore = "bug: adder::run awaits open_outbox (which retries forever) before it spawns the HTTP and gRPC servers, so an adder started while PostgreSQL is unreachable accepts no connection at all: /healthz does not answer and Add hangs instead of UNAVAILABLE (README: 'PostgreSQL down: UNAVAILABLE')"]
 async fn adder_started_while_postgres_is_unreachable_serves_health_and_answers_unavailable() {
     let db = database::fresh().await;
     let proxy = Proxy::start(target_of(&db)).await;

@@ -94,11 +94,11 @@ impl TestAdder {
 pub async fn wait_for_http(addr: SocketAddr) {
     testkit::eventually(
         Duration::from_secs(30),
-        "the adder to serve HTTP",
+        "the adder to serve HTTP with its outbox open",
         || async move {
-            http(addr, "GET", "/healthz", "")
+            http(addr, "GET", "/readyz", "")
                 .await
-                .filter(|(status, _)| *status == 200)
+                .filter(|(_, body)| body.contains(r#""database":true"#))
         },
     )
     .await;
