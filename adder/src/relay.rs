@@ -71,8 +71,9 @@ enum Error {
 /// A batch whose parts are published and await their confirms.
 struct InFlight {
     batch: Batch,
-    confirms: Vec<(String, PublisherConfirm)>,
-    published: Instant,
+    /// Awaits every confirm of the batch (bounded by the confirm timeout)
+    /// and says how long they took from the publish.
+    confirmed: tokio::task::JoinHandle<Result<Duration, Error>>,
 }
 
 /// Batches awaiting confirms at once while the next is cut.
@@ -175,14 +176,19 @@ impl Relay {
             }
         }
         loop {
-            while in_flight.len() < WINDOW {
+            // Mark what the broker confirmed already, then cut while the
+            // window allows, then wait for the oldest batch.
+            while in_flight.front().is_some_and(|f| f.confirmed.is_finished()) {
+                self.settle_front(active, &mut in_flight).await?;
+            }
+            if in_flight.len() < WINDOW {
                 if !channel.status().connected() {
                     return Err(Error::Disconnected);
                 }
-                let Some(batch) = active.cut(i64::from(self.batch), self.pack as i32).await? else {
-                    break;
-                };
-                in_flight.push_back(self.publish(active, channel, batch).await?);
+                if let Some(batch) = active.cut(i64::from(self.batch), self.pack as i32).await? {
+                    in_flight.push_back(self.publish(active, channel, batch).await?);
+                    continue;
+                }
             }
             if !in_flight.is_empty() {
                 self.settle_front(active, &mut in_flight).await?;
@@ -233,11 +239,14 @@ impl Relay {
         }
         self.metrics.relay_messages.inc_by(confirms.len() as u64);
         self.metrics.relay_batch_size.observe(batch.rows as f64);
-        Ok(InFlight {
-            batch,
-            confirms,
-            published: Instant::now(),
-        })
+        let (published, timeout) = (Instant::now(), self.confirm_timeout);
+        let confirmed = tokio::spawn(async move {
+            tokio::time::timeout(timeout, await_confirms(confirms))
+                .await
+                .map_err(|_| Error::ConfirmTimeout(timeout))??;
+            Ok(published.elapsed())
+        });
+        Ok(InFlight { batch, confirmed })
     }
 
     async fn send(
@@ -273,14 +282,9 @@ impl Relay {
         let Some(front) = in_flight.pop_front() else {
             return Ok(());
         };
-        let waited = tokio::time::timeout(self.confirm_timeout, await_confirms(front.confirms))
-            .await
-            .map_err(|_| Error::ConfirmTimeout(self.confirm_timeout))?;
-        waited?;
+        let took = front.confirmed.await.map_err(|_| Error::Disconnected)??;
         active.confirm(&front.batch).await?;
-        self.metrics
-            .relay_confirm
-            .observe(front.published.elapsed().as_secs_f64());
+        self.metrics.relay_confirm.observe(took.as_secs_f64());
         self.metrics.relay_published.inc_by(front.batch.rows as u64);
         Ok(())
     }

@@ -217,11 +217,14 @@ async fn span(
     (lo, hi, after): &(String, String, i64),
     max_rows: i64,
 ) -> Result<(i64, i64, i64), Error> {
+    // The pair's rows are found through the xid index (materialised, so the
+    // planner cannot walk the primary key from `after` instead, which would
+    // read every older row of the table), then ordered by id.
     Ok(sqlx::query_as(concat!(
-        "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM \
-         (SELECT id FROM outbox WHERE id > $3 AND ",
+        "WITH pair AS MATERIALIZED (SELECT id FROM outbox WHERE ",
         in_pair!(),
-        " ORDER BY id LIMIT $4) t"
+        ") SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM \
+         (SELECT id FROM pair WHERE id > $3 ORDER BY id LIMIT $4) t"
     ))
     .bind(lo)
     .bind(hi)
