@@ -120,11 +120,28 @@ impl Stack {
     /// confirmation commit would, and kills the adder: the next active relay
     /// publishes them again.
     pub(crate) async fn lose_relay_marks(&mut self) -> anyhow::Result<()> {
-        let rows = outbox::forget_published(&self.postgres.url(), 300).await?;
+        let (rows, batches) = outbox::forget_published(&self.postgres.url(), 300).await?;
         self.counts.forgotten_marks += rows;
         // Only a relay starting its active period republishes what is not
         // confirmed, as after the crash that lost the confirmations.
-        self.kill_adder().await
+        self.kill_adder().await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let again = outbox::confirmed_of(&self.postgres.url(), &batches).await?;
+            if again == batches.len() {
+                self.counts.republished_batches += again as u64;
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                self.fail(format!(
+                    "{} of {} batches whose confirmation was lost were not published and confirmed again within 30 s",
+                    batches.len() - again,
+                    batches.len()
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A second adder on the same database (and its own relay), with load

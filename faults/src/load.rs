@@ -25,6 +25,10 @@ use crate::rng::Rng;
 /// and far from every other Add's, so the outbox can be asked about it.
 pub const IDLESS_BASE: i64 = 1 << 50;
 
+/// The next id-less worker number, unique across every load of the run, so
+/// no two id-less Adds share an `a` (the final check finds uncertain ones by it).
+static NEXT_IDLESS_WORKER: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// What the load has had acknowledged so far.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -96,7 +100,7 @@ impl Load {
             for id in 0..count {
                 let worker = Worker {
                     label: format!("{label}-{}{id}", if idless { "n" } else { "r" }),
-                    idless: idless.then_some(id as i64),
+                    idless: idless.then(|| NEXT_IDLESS_WORKER.fetch_add(1, Ordering::Relaxed)),
                     client: client(grpc)?,
                     rng: rng.fork(),
                     pause: if idless {

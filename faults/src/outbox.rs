@@ -75,21 +75,35 @@ pub async fn committed_of(url: &str, uncertain: &[(i64, i64)]) -> anyhow::Result
 
 /// Clears the confirmation of the newest confirmed batches holding about
 /// `rows` rows, as a crash that lost the relay's asynchronous confirmation
-/// commits would leave them; returns their rows. The next active relay
-/// publishes them again, identically, and the totaler must count them once.
-pub async fn forget_published(url: &str, rows: i64) -> anyhow::Result<u64> {
+/// commits would leave them; returns their rows and batch numbers. The next
+/// active relay publishes them again, identically, and the totaler must
+/// count them once.
+pub async fn forget_published(url: &str, rows: i64) -> anyhow::Result<(u64, Vec<i64>)> {
     let mut connection = PgConnection::connect(url).await?;
-    let forgotten: Option<i64> = sqlx::query_scalar(
+    let forgotten: Vec<(i64, i64)> = sqlx::query_as(
         "WITH newest AS (SELECT source, id, rows, sum(rows) OVER (ORDER BY created_at DESC, id DESC) AS upto \
                          FROM outbox_batch WHERE confirmed_at IS NOT NULL), \
               gone AS (UPDATE outbox_batch b SET confirmed_at = NULL FROM newest n \
-                       WHERE b.source = n.source AND b.id = n.id AND n.upto - n.rows < $1 RETURNING b.rows) \
-         SELECT sum(rows)::bigint FROM gone",
+                       WHERE b.source = n.source AND b.id = n.id AND n.upto - n.rows < $1 RETURNING b.id, b.rows) \
+         SELECT id, rows FROM gone",
     )
     .bind(rows)
+    .fetch_all(&mut connection)
+    .await?;
+    let total = forgotten.iter().map(|(_, rows)| *rows as u64).sum();
+    Ok((total, forgotten.into_iter().map(|(id, _)| id).collect()))
+}
+
+/// How many of `batches` are confirmed (again).
+pub async fn confirmed_of(url: &str, batches: &[i64]) -> anyhow::Result<usize> {
+    let mut connection = PgConnection::connect(url).await?;
+    let confirmed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_batch WHERE id = ANY($1) AND confirmed_at IS NOT NULL",
+    )
+    .bind(batches)
     .fetch_one(&mut connection)
     .await?;
-    Ok(forgotten.unwrap_or(0) as u64)
+    Ok(confirmed as usize)
 }
 
 /// Opens a transaction that inserts rows one at a time (as the adder would:
