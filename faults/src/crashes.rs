@@ -80,16 +80,25 @@ impl Stack {
         Ok(())
     }
 
-    /// SIGTERM; counts it as "while consuming" when the totaler's consumed
-    /// count rose in the 300 ms before the signal.
+    /// SIGTERM at a moment the totaler consumes (its consumed count rose in the
+    /// 300 ms before the signal; counted as such only then).
     pub(crate) async fn terminate_totaler(&mut self) -> anyhow::Result<()> {
-        let before = scrape(self.totaler.http).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let just_before = scrape(self.totaler.http).await;
-        self.sampler.sample_now().await;
-        if value(&just_before, CONSUMED) > value(&before, CONSUMED) {
-            self.counts.sigterms_while_consuming += 1;
+        // Signal at a moment it is consuming: wait (up to 10 s) for a 300 ms
+        // window in which its consumed count rose, then SIGTERM at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = scrape(self.totaler.http).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let just_before = scrape(self.totaler.http).await;
+            if value(&just_before, CONSUMED) > value(&before, CONSUMED) {
+                self.counts.sigterms_while_consuming += 1;
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
         }
+        self.sampler.sample_now().await;
         let status = self.totaler.terminate().await;
         self.record_sigterm("totaler", status);
         self.pause(0, 500).await;
