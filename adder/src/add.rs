@@ -65,9 +65,7 @@ impl Adder {
         let outbox = self
             .outbox
             .get()
-            .ok_or(Error::Unavailable(outbox::Error::Database(
-                sqlx::Error::PoolTimedOut,
-            )))?;
+            .ok_or(Error::Unavailable(outbox::Error::NotOpen))?;
         let recorded = outbox
             .record(a, b, sum, request_id)
             .await

@@ -6,11 +6,14 @@
 //! arrive, and every sum must be counted exactly once, as `totaler verify`
 //! and the total agree.
 
+mod support;
+
 use std::{path::Path, time::Duration};
 
-use faults::process::{Service, binary};
-use proto::tally::v1::{AddRequest, adder_client::AdderClient};
+use proto::tally::v1::AddRequest;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions};
+
+use support::{Pair, temp_dir, verify};
 
 /// The last migration of the row-by-row relay.
 const ROW_BY_ROW_SCHEMA: i64 = 20261122000001;
@@ -47,8 +50,7 @@ async fn an_old_outbox_and_a_v1_ledger_upgrade_without_losing_or_doubling_a_sum(
         .expect("the source");
     let old_sum =
         |rows: std::ops::RangeInclusive<i64>| rows.map(|i| i128::from(i * 101)).sum::<i128>();
-    let dir = std::env::temp_dir().join(format!("tally-upgrade-{}", testkit::free_port()));
-    std::fs::create_dir_all(&dir).expect("a directory");
+    let dir = temp_dir("upgrade");
     let sum_file = dir.join("sum.txt");
     std::fs::write(
         &sum_file,
@@ -61,49 +63,10 @@ async fn an_old_outbox_and_a_v1_ledger_upgrade_without_losing_or_doubling_a_sum(
         )
         .await;
 
-    let (grpc, adder_http, totaler_http) = (
-        testkit::free_port(),
-        testkit::free_port(),
-        testkit::free_port(),
-    );
-    let local = |port: u16| format!("127.0.0.1:{port}");
-    let mut adder = Service::new(
-        "adder",
-        binary("adder").expect("the adder binary"),
-        vec![
-            ("DATABASE_URL".into(), database.clone()),
-            ("AMQP_URL".into(), testkit::amqp_url()),
-            ("TALLY_QUEUE".into(), queue.clone()),
-            ("ADDER_GRPC_ADDR".into(), local(grpc)),
-            ("ADDER_HTTP_ADDR".into(), local(adder_http)),
-        ],
-        &dir,
-        local(adder_http).parse().expect("an address"),
-    );
-    let mut totaler = Service::new(
-        "totaler",
-        binary("totaler").expect("the totaler binary"),
-        vec![
-            ("AMQP_URL".into(), testkit::amqp_url()),
-            ("TALLY_QUEUE".into(), queue.clone()),
-            ("SUM_FILE".into(), sum_file.display().to_string()),
-            ("TOTALER_HTTP_ADDR".into(), local(totaler_http)),
-        ],
-        &dir,
-        local(totaler_http).parse().expect("an address"),
-    );
-    totaler.start().await.expect("start the totaler");
-    adder.start().await.expect("start the adder");
-    let ready: std::net::SocketAddr = local(adder_http).parse().expect("an address");
-    testkit::eventually(Duration::from_secs(30), "the adder ready", || async move {
-        testkit::http::get(ready, "/readyz")
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    let mut client = AdderClient::connect(format!("http://{}", local(grpc)))
-        .await
-        .expect("connect gRPC");
+    let mut pair = Pair::new(&database, &queue, &sum_file, &dir, &[]);
+    pair.totaler.start().await.expect("start the totaler");
+    pair.start_adder().await;
+    let mut client = pair.client().await;
     let mut expected = old_sum(1..=10);
     for i in 0..25i64 {
         client
@@ -122,8 +85,8 @@ async fn an_old_outbox_and_a_v1_ledger_upgrade_without_losing_or_doubling_a_sum(
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    totaler.terminate().await.expect("stop the totaler");
-    adder.terminate().await.expect("stop the adder");
+    pair.totaler.terminate().await.expect("stop the totaler");
+    pair.adder.terminate().await.expect("stop the adder");
     let text = std::fs::read_to_string(&sum_file).expect("the ledger");
     assert!(
         text.starts_with(&format!("{expected}\n")),
@@ -134,17 +97,7 @@ async fn an_old_outbox_and_a_v1_ledger_upgrade_without_losing_or_doubling_a_sum(
         text.contains(&format!("legacy {source} 10\n")),
         "every legacy row once: {text}"
     );
-    let output = std::process::Command::new(binary("totaler").expect("the totaler binary"))
-        .args(["verify", "--in-flight-secs", "0", "--sum-file"])
-        .arg(&sum_file)
-        .args(["--database-url", &database])
-        .output()
-        .expect("run verify");
-    let report = String::from_utf8_lossy(&output.stdout);
-    println!("{report}");
-    assert!(
-        output.status.success(),
-        "verify after the upgrade: {report}"
-    );
+    let (ok, report) = verify(&sum_file, &database);
+    assert!(ok, "verify after the upgrade: {report}");
     broker.delete().await;
 }

@@ -3,24 +3,14 @@
 //! clean system (exit 0) and on deliberately broken ones (exit 1, naming
 //! what is missing, extra, and the total's difference).
 
-use std::{path::Path, process::Command, time::Duration};
+mod support;
 
-use faults::process::{Service, binary};
-use proto::tally::v1::{AddRequest, adder_client::AdderClient};
+use std::time::Duration;
+
+use proto::tally::v1::AddRequest;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-async fn verify(sum_file: &Path, database: &str) -> (bool, String) {
-    let output = Command::new(binary("totaler").expect("the totaler binary"))
-        .args(["verify", "--in-flight-secs", "0", "--sum-file"])
-        .arg(sum_file)
-        .args(["--database-url", database])
-        .output()
-        .expect("run totaler verify");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    println!("--- totaler verify, exit {}:\n{report}", output.status);
-    (output.status.success(), report)
-}
+use support::{Pair, temp_dir, verify};
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
@@ -35,53 +25,18 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
     let database = testkit::database::fresh().await;
     let queue = testkit::unique_queue("verify");
     let broker = testkit::Broker::connect(&queue).await;
-    let dir = std::env::temp_dir().join(format!("tally-verify-{}", uuid_like()));
-    std::fs::create_dir_all(&dir).expect("a directory");
+    let dir = temp_dir("verify");
     let sum_file = dir.join("sum.txt");
-    let (grpc, adder_http, totaler_http) = (
-        testkit::free_port(),
-        testkit::free_port(),
-        testkit::free_port(),
-    );
-    let local = |port: u16| format!("127.0.0.1:{port}");
-    let mut adder = Service::new(
-        "adder",
-        binary("adder").expect("the adder binary"),
-        vec![
-            ("DATABASE_URL".into(), database.clone()),
-            ("AMQP_URL".into(), testkit::amqp_url()),
-            ("TALLY_QUEUE".into(), queue.clone()),
-            ("ADDER_GRPC_ADDR".into(), local(grpc)),
-            ("ADDER_HTTP_ADDR".into(), local(adder_http)),
-            ("ADDER_RELAY_PACK".into(), "3".into()),
-        ],
+    let mut pair = Pair::new(
+        &database,
+        &queue,
+        &sum_file,
         &dir,
-        local(adder_http).parse().expect("an address"),
+        &[("ADDER_RELAY_PACK", "3")],
     );
-    let mut totaler = Service::new(
-        "totaler",
-        binary("totaler").expect("the totaler binary"),
-        vec![
-            ("AMQP_URL".into(), testkit::amqp_url()),
-            ("TALLY_QUEUE".into(), queue.clone()),
-            ("SUM_FILE".into(), sum_file.display().to_string()),
-            ("TOTALER_HTTP_ADDR".into(), local(totaler_http)),
-        ],
-        &dir,
-        local(totaler_http).parse().expect("an address"),
-    );
-    adder.start().await.expect("start the adder");
-    let ready: std::net::SocketAddr = local(adder_http).parse().expect("an address");
-    testkit::eventually(Duration::from_secs(30), "the adder ready", || async move {
-        testkit::http::get(ready, "/readyz")
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-    totaler.start().await.expect("start the totaler");
-    let mut client = AdderClient::connect(format!("http://{}", local(grpc)))
-        .await
-        .expect("connect gRPC");
+    pair.start_adder().await;
+    pair.totaler.start().await.expect("start the totaler");
+    let mut client = pair.client().await;
     let mut expected = 0i128;
     for i in 0..40i64 {
         let request = AddRequest {
@@ -103,10 +58,10 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
         (text.starts_with(&format!("{expected}\n")) && pending == 0).then_some(())
     })
     .await;
-    totaler.terminate().await.expect("stop the totaler");
-    adder.terminate().await.expect("stop the adder");
+    pair.totaler.terminate().await.expect("stop the totaler");
+    pair.adder.terminate().await.expect("stop the adder");
 
-    let (ok, report) = verify(&sum_file, &database).await;
+    let (ok, report) = verify(&sum_file, &database);
     assert!(ok, "a clean system verifies: {report}");
     assert!(
         report.contains(&format!("total: ledger {expected} = outbox {expected}")),
@@ -117,7 +72,7 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
     let good = std::fs::read_to_string(&sum_file).expect("the ledger");
     let body = good.split_once('\n').expect("a first line").1;
     std::fs::write(&sum_file, format!("{}\n{body}", expected + 1)).expect("a wrong total");
-    let (ok, report) = verify(&sum_file, &database).await;
+    let (ok, report) = verify(&sum_file, &database);
     assert!(!ok);
     assert!(
         report.contains("TOTAL") && report.contains("difference 1"),
@@ -134,7 +89,7 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
     .execute(&outbox)
     .await
     .expect("a batch the ledger does not have");
-    let (ok, report) = verify(&sum_file, &database).await;
+    let (ok, report) = verify(&sum_file, &database);
     assert!(!ok);
     assert!(
         report.contains("MISSING") && report.contains("sum 555"),
@@ -163,19 +118,8 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
         "the ledger has the source's horizon line: {good}"
     );
     std::fs::write(&sum_file, &forged).expect("a ledger ahead of its outbox");
-    let (ok, report) = verify(&sum_file, &database).await;
+    let (ok, report) = verify(&sum_file, &database);
     assert!(!ok);
     assert!(report.contains("EXTRA"), "{report}");
     broker.delete().await;
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    )
 }

@@ -67,12 +67,6 @@ impl From<lapin::Error> for Stop {
     }
 }
 
-/// A well-formed delivery waiting for the ledger.
-struct Valid {
-    tag: u64,
-    message: SumMessage,
-}
-
 /// What the ledger did with one delivery.
 enum Applied {
     /// How many of its rows changed the total (all or none for a batch part).
@@ -184,17 +178,18 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
         let received_us = now_us();
-        let mut valid = Vec::with_capacity(batch.len());
+        // The well-formed deliveries: their tags, and their messages, which
+        // move to the ledger's blocking thread without a copy.
+        let mut tags = Vec::with_capacity(batch.len());
+        let mut messages = Vec::with_capacity(batch.len());
         for delivery in batch {
             match SumMessage::decode(&delivery.data) {
                 Ok(message) => {
                     self.metrics
                         .queue_time
                         .observe(seconds_between(message.published_us, received_us));
-                    valid.push(Valid {
-                        tag: delivery.delivery_tag,
-                        message,
-                    });
+                    tags.push(delivery.delivery_tag);
+                    messages.push(message);
                 }
                 Err(e) => {
                     let id = delivery
@@ -203,36 +198,25 @@ impl Consumer {
                         .as_ref()
                         .map(ToString::to_string);
                     tracing::warn!(id = id.as_deref().unwrap_or("<none>"), error = %e, "dead-lettering a malformed message");
-                    channel
-                        .basic_reject(delivery.delivery_tag, BasicRejectOptions { requeue: false })
-                        .await?;
-                    self.metrics
-                        .messages
-                        .with_label_values(&["dead_lettered"])
-                        .inc();
+                    self.dead_letter(channel, delivery.delivery_tag).await?;
                 }
             }
         }
-        let Some(last) = valid.iter().map(|v| v.tag).max() else {
+        let Some(&last) = tags.iter().max() else {
             return Ok(());
         };
-        let applied = self.apply(&valid, shutdown).await?;
+        let messages = Arc::new(messages);
+        let applied = self.apply(&messages, shutdown).await?;
         if self.crash_after_apply {
             tracing::error!(
                 "TOTALER_CRASH_AFTER_APPLY: aborting between the durable update and the ack"
             );
             std::process::abort();
         }
-        for (v, outcome) in valid.iter().zip(&applied) {
+        for ((tag, message), outcome) in tags.iter().zip(messages.iter()).zip(&applied) {
             if let Applied::Refused(refusal) = outcome {
-                tracing::warn!(id = %v.message.id(), error = %refusal, "dead-lettering a message the ledger refused");
-                channel
-                    .basic_reject(v.tag, BasicRejectOptions { requeue: false })
-                    .await?;
-                self.metrics
-                    .messages
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
+                tracing::warn!(id = %message.id(), error = %refusal, "dead-lettering a message the ledger refused");
+                self.dead_letter(channel, *tag).await?;
             }
         }
         channel
@@ -241,16 +225,26 @@ impl Consumer {
         Ok(())
     }
 
+    /// Rejects a delivery without requeue (the broker dead-letters it) and counts it.
+    async fn dead_letter(&self, channel: &Channel, tag: u64) -> Result<(), Stop> {
+        channel
+            .basic_reject(tag, BasicRejectOptions { requeue: false })
+            .await?;
+        self.metrics
+            .messages
+            .with_label_values(&["dead_lettered"])
+            .inc();
+        Ok(())
+    }
+
     /// One durable ledger update for every delivery of the batch, retried
     /// with backoff on disk errors. A shutdown during the retries returns
     /// `Stop::Shutdown`: the batch is not durable, so it must not be acked.
     async fn apply(
         &self,
-        valid: &[Valid],
+        messages: &Arc<Vec<SumMessage>>,
         shutdown: &CancellationToken,
     ) -> Result<Vec<Applied>, Stop> {
-        let messages: Arc<Vec<SumMessage>> =
-            Arc::new(valid.iter().map(|v| v.message.clone()).collect());
         let mut backoff = BACKOFF_MIN;
         loop {
             let ledger = self.ledger.clone();
@@ -269,7 +263,7 @@ impl Consumer {
                 Ok(update) => {
                     self.status.set_ledger_ok(true);
                     self.status.set_total(update.state.total);
-                    self.record(&messages, &update.result, update.elapsed);
+                    self.record(messages, &update.result, update.elapsed);
                     self.metrics.sum.set(update.state.total as f64);
                     self.metrics
                         .open_batches
@@ -289,7 +283,7 @@ impl Consumer {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = shutdown.cancelled() => {
-                    tracing::warn!(deliveries = valid.len(), "shutting down with a batch the ledger could not take: leaving it unacked for redelivery");
+                    tracing::warn!(deliveries = messages.len(), "shutting down with a batch the ledger could not take: leaving it unacked for redelivery");
                     return Err(Stop::Shutdown);
                 }
             }

@@ -47,6 +47,9 @@ pub enum Error {
     /// A group commit failed; every Add in it gets the same cause.
     #[error("the outbox database is unavailable")]
     Group(#[source] std::sync::Arc<sqlx::Error>),
+    /// The adder has not migrated and checked its outbox yet.
+    #[error("the outbox database is not open yet")]
+    NotOpen,
     #[error("migrating the outbox failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database is a logical copy of an outbox: its transaction ids mean

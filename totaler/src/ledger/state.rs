@@ -319,10 +319,7 @@ impl Source {
         }
         let open = self.open.entry(batch).or_insert_with(|| Open {
             parts,
-            applied: Ranges {
-                horizon: -1,
-                ranges: Vec::new(),
-            },
+            applied: Ranges::no_parts(),
         });
         if open.parts != parts {
             return Err(Refusal::PartsDiffer {
@@ -352,6 +349,14 @@ impl Source {
 }
 
 impl Ranges {
+    /// Parts (numbered from 0) of which none is in yet.
+    fn no_parts() -> Self {
+        Self {
+            horizon: -1,
+            ranges: Vec::new(),
+        }
+    }
+
     fn contains(&self, n: i64) -> bool {
         n <= self.horizon || self.ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&n))
     }
@@ -483,10 +488,7 @@ fn parse_open(token: &str) -> Result<(i64, Open), String> {
         .ok()
         .filter(|p| *p >= 1)
         .ok_or_else(bad)?;
-    let mut applied = Ranges {
-        horizon: -1,
-        ranges: Vec::new(),
-    };
+    let mut applied = Ranges::no_parts();
     for (lo, hi) in parse_ranges(Some(ranges))? {
         if lo < 0 || hi >= i64::from(parts) {
             return Err(bad());
