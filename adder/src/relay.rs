@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    outbox::{self, Active, Batch, Outbox, Row},
+    outbox::{self, Active, Batch, Cut, Outbox, Row},
 };
 
 /// What the relay needs to run.
@@ -169,7 +169,8 @@ impl Relay {
         let mut in_flight = VecDeque::new();
         for batch in active.unconfirmed().await? {
             tracing::info!(source = %batch.source, batch = batch.id, "republishing a batch cut but not confirmed");
-            let published = self.publish(active, channel, batch).await?;
+            let rows = active.rows(&batch).await?;
+            let published = self.publish(channel, Cut { batch, rows }).await?;
             in_flight.push_back(published);
             if in_flight.len() >= WINDOW {
                 self.settle_front(active, &mut in_flight).await?;
@@ -185,8 +186,8 @@ impl Relay {
                 if !channel.status().connected() {
                     return Err(Error::Disconnected);
                 }
-                if let Some(batch) = active.cut(i64::from(self.batch), self.pack as i32).await? {
-                    in_flight.push_back(self.publish(active, channel, batch).await?);
+                if let Some(cut) = active.cut(i64::from(self.batch), self.pack as i32).await? {
+                    in_flight.push_back(self.publish(channel, cut).await?);
                     continue;
                 }
             }
@@ -211,15 +212,10 @@ impl Relay {
         }
     }
 
-    /// Publishes every part of `batch` without awaiting a confirm.
-    #[tracing::instrument(skip_all, fields(source = %batch.source, batch = batch.id, rows = batch.rows))]
-    async fn publish(
-        &self,
-        active: &mut Active,
-        channel: &Channel,
-        batch: Batch,
-    ) -> Result<InFlight, Error> {
-        let rows = active.rows(&batch).await?;
+    /// Publishes every part of a batch without awaiting a confirm.
+    #[tracing::instrument(skip_all, fields(source = %cut.batch.source, batch = cut.batch.id, rows = cut.batch.rows))]
+    async fn publish(&self, channel: &Channel, cut: Cut) -> Result<InFlight, Error> {
+        let Cut { batch, rows } = cut;
         let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
         let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
         let mut confirms = Vec::with_capacity(parts as usize);

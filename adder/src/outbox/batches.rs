@@ -11,7 +11,9 @@
 //! connection, [`Active`]) cuts and confirms; every other relay stands by.
 //! A cut commits synchronously (a promoted standby must know every batch
 //! that may have been published); a confirmation commits asynchronously (a
-//! lost one only means the batch is published again, identically).
+//! lost one only means the batch is published again, identically). Both are
+//! one round trip each, the functions `tally_cut` and `tally_confirm` of
+//! the migration `relay_cut`; `in_pair!` is the same selection in Rust.
 
 use std::time::Duration;
 
@@ -40,6 +42,28 @@ pub struct Batch {
     pub rows: i64,
     pub first_id: i64,
     pub last_id: i64,
+}
+
+/// A batch just cut, with its rows in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub batch: Batch,
+    pub rows: Vec<Row>,
+}
+
+/// What `tally_cut` returns: a batch with its rows as arrays, or NULLs.
+#[derive(sqlx::FromRow)]
+struct CutRow {
+    b_source: Option<Uuid>,
+    b_id: Option<i64>,
+    b_lo: Option<String>,
+    b_hi: Option<String>,
+    b_rows: Option<i64>,
+    b_first_id: Option<i64>,
+    b_last_id: Option<i64>,
+    r_ids: Option<Vec<i64>>,
+    r_sums: Option<Vec<i64>>,
+    r_created_us: Option<Vec<i64>>,
 }
 
 /// A row of a batch.
@@ -86,65 +110,19 @@ impl Active {
     }
 
     /// Cuts the next batch of at most `max_rows` rows, each part `pack` rows,
-    /// and commits it; `None` when no new row is visible.
-    pub async fn cut(&mut self, max_rows: i64, pack: i32) -> Result<Option<Batch>, Error> {
-        let mut tx = self.connection.begin().await?;
-        let (source, batch, lo, hi, after): (Uuid, i64, String, String, i64) = sqlx::query_as(
-            "SELECT source, batch, lo::text, hi::text, after_id FROM outbox_cursor FOR UPDATE",
+    /// and commits it (synchronously: one round trip, `tally_cut`); `None`
+    /// when no new row is visible. The cut carries its rows, so its first
+    /// publish needs no second read.
+    pub async fn cut(&mut self, max_rows: i64, pack: i32) -> Result<Option<Cut>, Error> {
+        let cut: CutRow = sqlx::query_as(
+            "SELECT b_source, b_id, b_lo, b_hi, b_rows, b_first_id, b_last_id, r_ids, r_sums, r_created_us \
+             FROM tally_cut($1, $2)",
         )
-        .fetch_one(&mut *tx)
+        .bind(max_rows)
+        .bind(pack)
+        .fetch_one(&mut self.connection)
         .await?;
-        // The rest of the current pair, else the pair (hi, now).
-        let mut pair = (lo, hi, after);
-        let mut found = span(&mut tx, &pair, max_rows).await?;
-        if found.0 == 0 {
-            let now: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-                .fetch_one(&mut *tx)
-                .await?;
-            pair = (pair.1, now, 0);
-            found = span(&mut tx, &pair, max_rows).await?;
-        }
-        let (rows, first_id, last_id) = found;
-        if rows == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let cut = Batch {
-            source,
-            id: batch + 1,
-            lo: pair.0,
-            hi: pair.1,
-            pack,
-            rows,
-            first_id,
-            last_id,
-        };
-        sqlx::query(concat!(
-            "INSERT INTO outbox_batch (source, id, lo, hi, pack, rows, total, first_id, last_id) \
-             SELECT $3, $4, $1::pg_snapshot, $2::pg_snapshot, $5, count(*), sum(sum), $6, $7 FROM outbox \
-             WHERE id BETWEEN $6 AND $7 AND ",
-            in_pair!()
-        ))
-        .bind(&cut.lo)
-        .bind(&cut.hi)
-        .bind(cut.source)
-        .bind(cut.id)
-        .bind(cut.pack)
-        .bind(cut.first_id)
-        .bind(cut.last_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE outbox_cursor SET batch = $1, lo = $2::pg_snapshot, hi = $3::pg_snapshot, after_id = $4",
-        )
-        .bind(cut.id)
-        .bind(&cut.lo)
-        .bind(&cut.hi)
-        .bind(cut.last_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(cut))
+        Ok(cut.into_cut(pack))
     }
 
     /// The rows of `batch`, in id order: the same rows every time.
@@ -184,19 +162,13 @@ impl Active {
     }
 
     /// Records that the broker confirmed every part of `batch`.
+    /// One round trip, committed asynchronously (`tally_confirm`).
     pub async fn confirm(&mut self, batch: &Batch) -> Result<(), Error> {
-        let mut tx = self.connection.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
+        sqlx::query("SELECT tally_confirm($1, $2)")
+            .bind(batch.source)
+            .bind(batch.id)
+            .execute(&mut self.connection)
             .await?;
-        sqlx::query(
-            "UPDATE outbox_batch SET confirmed_at = clock_timestamp() WHERE source = $1 AND id = $2",
-        )
-        .bind(batch.source)
-        .bind(batch.id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -210,28 +182,27 @@ impl Active {
     }
 }
 
-/// How many rows of `pair` (lo, hi, after id) a batch takes, and their first
-/// and last id.
-async fn span(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    (lo, hi, after): &(String, String, i64),
-    max_rows: i64,
-) -> Result<(i64, i64, i64), Error> {
-    // The pair's rows are found through the xid index (materialised, so the
-    // planner cannot walk the primary key from `after` instead, which would
-    // read every older row of the table), then ordered by id.
-    Ok(sqlx::query_as(concat!(
-        "WITH pair AS MATERIALIZED (SELECT id FROM outbox WHERE ",
-        in_pair!(),
-        ") SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM \
-         (SELECT id FROM pair WHERE id > $3 ORDER BY id LIMIT $4) t"
-    ))
-    .bind(lo)
-    .bind(hi)
-    .bind(after)
-    .bind(max_rows)
-    .fetch_one(&mut **tx)
-    .await?)
+impl CutRow {
+    fn into_cut(self, pack: i32) -> Option<Cut> {
+        let batch = Batch {
+            source: self.b_source?,
+            id: self.b_id?,
+            lo: self.b_lo?,
+            hi: self.b_hi?,
+            pack,
+            rows: self.b_rows?,
+            first_id: self.b_first_id?,
+            last_id: self.b_last_id?,
+        };
+        let (ids, sums, created) = (self.r_ids?, self.r_sums?, self.r_created_us?);
+        let rows = ids
+            .into_iter()
+            .zip(sums)
+            .zip(created)
+            .map(|((id, sum), created_us)| Row { id, sum, created_us })
+            .collect();
+        Some(Cut { batch, rows })
+    }
 }
 
 /// Deletes the oldest confirmed batches created before `retention` ago,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
-pub use batches::{Active, Batch, Row};
+pub use batches::{Active, Batch, Cut, Row};
 pub use identity::Identity;
 
 /// The outbox of one PostgreSQL database.

@@ -40,8 +40,8 @@ async fn batches_are_dense_and_the_same_rows_when_read_again() {
     let mut active = active(&outbox).await;
     let mut seen = Vec::new();
     let mut numbers = Vec::new();
-    while let Some(batch) = active.cut(100, 30).await.expect("cut") {
-        let first = active.rows(&batch).await.expect("rows");
+    while let Some(cut) = active.cut(100, 30).await.expect("cut") {
+        let (batch, first) = (cut.batch, cut.rows);
         let again = active.rows(&batch).await.expect("rows again");
         assert_eq!(first, again, "batch {} read again", batch.id);
         assert_eq!(first.len() as i64, batch.rows);
@@ -74,33 +74,20 @@ async fn a_slow_transactions_rows_land_in_a_later_batch_and_none_is_lost() {
     let later = record(&outbox, 1100).await;
     let mut active = active(&outbox).await;
     let mut published = Vec::new();
-    while let Some(batch) = active.cut(500, 100).await.expect("cut") {
-        published.extend(
-            active
-                .rows(&batch)
-                .await
-                .expect("rows")
-                .iter()
-                .map(|r| r.id),
-        );
+    while let Some(cut) = active.cut(500, 100).await.expect("cut") {
+        published.extend(cut.rows.iter().map(|r| r.id));
     }
     assert_eq!(
         published, later,
         "the open transaction's rows are not overtaken"
     );
     slow.commit().await.expect("the slow commit");
-    let batch = active
+    let cut = active
         .cut(500, 100)
         .await
         .expect("cut")
         .expect("a later batch");
-    let rows: Vec<i64> = active
-        .rows(&batch)
-        .await
-        .expect("rows")
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    let rows: Vec<i64> = cut.rows.iter().map(|r| r.id).collect();
     assert_eq!(
         rows, slow_ids,
         "the slow rows, all of them, in the next batch"
@@ -314,7 +301,7 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
     record(&outbox, 3).await;
     let before = outbox.source().await.expect("source");
     let mut relay = active(&outbox).await;
-    let first = relay.cut(100, 100).await.expect("cut").expect("a batch");
+    let first = relay.cut(100, 100).await.expect("cut").expect("a batch").batch;
     assert_eq!((first.source, first.id), (before, 1));
     relay.release().await;
     // As after a promotion: the stored timeline is not the database's.
@@ -332,7 +319,7 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
         vec![first],
         "the old batch keeps its source and number"
     );
-    let next = relay.cut(100, 100).await.expect("cut").expect("a batch");
+    let next = relay.cut(100, 100).await.expect("cut").expect("a batch").batch;
     assert_eq!((next.source, next.id, next.rows), (after, 1, 2));
     let sources: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_sources")
         .fetch_one(outbox.pool())
