@@ -16,11 +16,12 @@ ARG RUNTIME_IMAGE=debian:trixie-slim
 
 # ---------------------------------------------------------------------------
 # What decides the dependency build, and nothing else: the manifests, the lock
-# file, build scripts and .proto files of every workspace member.
+# file, build scripts and .proto files of every workspace member, and the
+# build settings (.cargo/config.toml).
 FROM ${RUST_IMAGE} AS recipe
 WORKDIR /src
 COPY . .
-RUN find . -type f ! \( -name Cargo.toml -o -name Cargo.lock -o -name build.rs -o -name '*.proto' \) -delete \
+RUN find . -type f ! \( -name Cargo.toml -o -name Cargo.lock -o -name build.rs -o -name '*.proto' -o -path ./.cargo/config.toml \) -delete \
     && find . -depth -type d -empty -delete
 
 # ---------------------------------------------------------------------------
@@ -32,6 +33,11 @@ WORKDIR /src
 # without them the build is faster and the images smaller.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_TERM_COLOR=never
+# jemalloc (the services' allocator) is built with make, which the slim
+# Rust images do not carry.
+RUN command -v make >/dev/null || { apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*; }
 COPY --from=recipe /src ./
 # A stub for each member's lib, bin and any target path its manifest names;
 # the stubs are deleted again so that none can outlive the real sources.

@@ -8,6 +8,13 @@ use tokio::net::TcpListener;
 
 use totaler::{Config, config::Command, shutdown_signal, telemetry};
 
+/// jemalloc, configured at build time (`.cargo/config.toml`) to give freed
+/// pages back within about a second: glibc's malloc kept the memory of
+/// closed connections for good.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
