@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     metrics::Metrics,
     outbox::{self, Active, Batch, Outbox, Row},
+    status::Status,
 };
 
 /// What the relay needs to run.
@@ -51,6 +52,7 @@ pub struct Relay {
     /// How long to wait for the broker's confirms of a batch.
     pub confirm_timeout: Duration,
     pub wake: Arc<Notify>,
+    pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -93,10 +95,10 @@ impl Relay {
             match self.connect().await {
                 Ok((connection, channel)) => {
                     backoff = BACKOFF_MIN;
-                    self.metrics.broker_up.set(1);
+                    self.status.set_broker_up(true);
                     tracing::info!(queue = %self.queue, "relay connected to the broker");
                     let result = self.serve(&channel, &shutdown).await;
-                    self.metrics.broker_up.set(0);
+                    self.status.set_broker_up(false);
                     self.metrics.relay_active.set(0);
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
