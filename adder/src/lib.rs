@@ -158,11 +158,7 @@ async fn drain(tracker: TaskTracker, grace: Duration) -> bool {
 async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let opened = match Outbox::connect_lazy(&config.database_url, config.db_pool) {
-            Ok(pool) => Outbox::open(pool, config.commit_writers()).await,
-            Err(e) => Err(e),
-        };
-        match opened {
+        match Outbox::open(&config.database_url, config.db_pool, config.commit_writers()).await {
             Ok(outbox) => return Ok(outbox),
             Err(e) if e.is_fatal() => return Err(e).context("opening the outbox"),
             Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),

@@ -134,12 +134,12 @@ impl Relay {
     /// shutdown (`Ok`) or an error (`Err`, the lock released).
     async fn serve(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
         let standby = self.poll.min(STANDBY_POLL_MAX);
-        let mut waiting = None;
+        let mut waiting = outbox::Standby::default();
         let mut active = loop {
             if !channel.status().connected() {
                 return Err(Error::Disconnected);
             }
-            match Active::try_acquire(self.outbox.pool(), &mut waiting).await {
+            match Active::try_acquire(&self.outbox, &mut waiting).await {
                 Ok(Some(active)) => break active,
                 Ok(None) => {}
                 Err(e) if e.is_fatal() => {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Error, identity};
+use super::{Error, Outbox, identity};
 
 /// The relay lock's key: one active relay per outbox database.
 const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
@@ -26,6 +26,13 @@ const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
 /// The connection holding the relay lock; dropping it releases the lock.
 pub struct Active {
     connection: PgConnection,
+}
+
+/// A standby relay's connection, kept between its tries of the relay lock
+/// so that it does not open one per try.
+#[derive(Default)]
+pub struct Standby {
+    connection: Option<PgConnection>,
 }
 
 /// A cut batch, as the relay publishes it.
@@ -60,15 +67,15 @@ macro_rules! in_pair {
 }
 
 impl Active {
-    /// Takes the relay lock if no other relay holds it, on a connection of its
-    /// own (kept in `standby` between tries, so a standby does not open a
-    /// connection per try), and settles the database's identity. `None`:
-    /// another relay is active.
+    /// Takes the relay lock of `outbox` if no other relay holds it, on a
+    /// connection of its own (kept in `standby` between tries), and settles
+    /// the database's identity. `None`: another relay is active.
     pub async fn try_acquire(
-        pool: &PgPool,
-        standby: &mut Option<PgConnection>,
+        outbox: &Outbox,
+        standby: &mut Standby,
     ) -> Result<Option<Self>, Error> {
-        let mut connection = match standby.take() {
+        let pool = &outbox.pool;
+        let mut connection = match standby.connection.take() {
             Some(connection) => connection,
             None => PgConnection::connect_with(&pool.connect_options()).await?,
         };
@@ -77,7 +84,7 @@ impl Active {
             .fetch_one(&mut connection)
             .await?;
         if !locked {
-            *standby = Some(connection);
+            standby.connection = Some(connection);
             return Ok(None);
         }
         let active = Self { connection };

@@ -6,13 +6,13 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use adder::outbox::{Active, Error, Outbox};
+use adder::outbox::{Active, Error, Outbox, Standby};
 use testkit::{Broker, Proxy, database, proxy::target_of};
 
 use crate::support::{call, config, drain_messages, outbox_counts, pool, rows, spawn_adder};
 
 async fn open(url: &str) -> Outbox {
-    Outbox::open(Outbox::connect_lazy(url, 4).expect("pool"), 2)
+    Outbox::open(url, 4, 2)
         .await
         .expect("open the outbox")
 }
@@ -26,7 +26,7 @@ async fn record(outbox: &Outbox, n: i64) -> Vec<i64> {
 }
 
 async fn active(outbox: &Outbox) -> Active {
-    Active::try_acquire(outbox.pool(), &mut None)
+    Active::try_acquire(outbox, &mut Standby::default())
         .await
         .expect("the relay lock")
         .expect("no other relay")
@@ -56,7 +56,11 @@ async fn batches_are_dense_and_the_same_rows_when_read_again() {
         active.confirm(batch).await.expect("confirm");
     }
     assert!(active.unconfirmed().await.expect("unconfirmed").is_empty());
-    assert_eq!(outbox_counts(outbox.pool()).await.1, 0, "nothing pending");
+    assert_eq!(
+        outbox_counts(&pool(&db).await).await.1,
+        0,
+        "nothing pending"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +287,7 @@ async fn a_database_copied_from_an_outbox_is_refused() {
     let db = database::fresh().await;
     let outbox = open(&db).await;
     record(&outbox, 3).await;
-    outbox.pool().close().await;
+    // Its connections close once the outbox and its writers are gone.
     drop(outbox);
     let name = format!("{}_copy", db.rsplit('/').next().expect("a database name"));
     let admin = pool(&testkit::database::base_url()).await;
@@ -298,7 +302,7 @@ async fn a_database_copied_from_an_outbox_is_refused() {
     })
     .await;
     let copy = testkit::database::with_database(&db, &name);
-    let opened = Outbox::open(Outbox::connect_lazy(&copy, 2).expect("pool"), 1).await;
+    let opened = Outbox::open(&copy, 2, 1).await;
     let Err(error) = opened else {
         panic!("a copy of an outbox opened as if it were the outbox");
     };
@@ -319,7 +323,7 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
     relay.release().await;
     // As after a promotion: the stored timeline is not the database's.
     sqlx::query("UPDATE outbox_source SET timeline = timeline + 1")
-        .execute(outbox.pool())
+        .execute(&pool(&db).await)
         .await
         .expect("rewind the stored timeline");
     record(&outbox, 2).await;
@@ -335,7 +339,7 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
     let next = relay.cut(100, 100).await.expect("cut").expect("a batch");
     assert_eq!((next.source, next.id, next.rows), (after, 1, 2));
     let sources: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_sources")
-        .fetch_one(outbox.pool())
+        .fetch_one(&pool(&db).await)
         .await
         .expect("sources");
     assert_eq!(sources, 2, "verify knows both");
