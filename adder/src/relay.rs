@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    outbox::{self, Active, Batch, Outbox, Row},
+    outbox::{self, Active, Batch, Claim, Outbox, Row},
     status::Status,
 };
 
@@ -72,7 +72,7 @@ enum Error {
 
 /// A batch whose parts are published and await their confirms.
 struct InFlight {
-    batch: Batch,
+    batch: Claim,
     /// Awaits every confirm of the batch (bounded by the confirm timeout)
     /// and says how long they took from the publish.
     confirmed: tokio::task::JoinHandle<Result<Duration, Error>>,
@@ -221,7 +221,7 @@ impl Relay {
         channel: &Channel,
         batch: Batch,
     ) -> Result<InFlight, Error> {
-        let rows = active.rows(&batch).await?;
+        let (batch, rows) = active.claim(batch).await?;
         let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
         let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
         let mut confirms = Vec::with_capacity(parts as usize);
@@ -285,9 +285,10 @@ impl Relay {
             return Ok(());
         };
         let took = front.confirmed.await.map_err(|_| Error::Disconnected)??;
-        active.confirm(&front.batch).await?;
+        let rows = front.batch.rows;
+        active.confirm(front.batch).await?;
         self.metrics.relay_confirm.observe(took.as_secs_f64());
-        self.metrics.relay_published.inc_by(front.batch.rows as u64);
+        self.metrics.relay_published.inc_by(rows as u64);
         Ok(())
     }
 
@@ -312,10 +313,10 @@ impl Relay {
             tokio::time::timeout(self.confirm_timeout, await_confirms(confirms))
                 .await
                 .map_err(|_| Error::ConfirmTimeout(self.confirm_timeout))??;
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            active.mark_legacy(&ids).await?;
-            self.metrics.relay_published.inc_by(ids.len() as u64);
-            tracing::info!(rows = ids.len(), "published legacy rows");
+            let marked = rows.len();
+            active.mark_legacy(rows).await?;
+            self.metrics.relay_published.inc_by(marked as u64);
+            tracing::info!(rows = marked, "published legacy rows");
         }
     }
 }

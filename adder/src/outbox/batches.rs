@@ -13,7 +13,7 @@
 //! that may have been published); a confirmation commits asynchronously (a
 //! lost one only means the batch is published again, identically).
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -26,6 +26,16 @@ const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
 /// The connection holding the relay lock; dropping it releases the lock.
 pub struct Active {
     connection: PgConnection,
+}
+
+/// A batch read for publishing, and the right to mark it confirmed: only
+/// [`Active::claim`] makes one, and [`Active::confirm`] consumes it, so a
+/// batch is confirmed only through the read that published it, and at most
+/// once. Dropped unconfirmed (a nack, a lost channel), the batch simply stays
+/// unconfirmed and the next active period publishes it again.
+#[derive(Debug)]
+pub struct Claim {
+    batch: Batch,
 }
 
 /// A standby relay's connection, kept between its tries of the relay lock
@@ -180,6 +190,13 @@ impl Active {
         Ok(rows)
     }
 
+    /// The rows of `batch` to publish, and its claim, which alone can mark
+    /// it confirmed once the broker acked them.
+    pub async fn claim(&mut self, batch: Batch) -> Result<(Claim, Vec<Row>), Error> {
+        let rows = self.rows(&batch).await?;
+        Ok((Claim { batch }, rows))
+    }
+
     /// Every batch cut but not confirmed, oldest first.
     pub async fn unconfirmed(&mut self) -> Result<Vec<Batch>, Error> {
         Ok(sqlx::query_as(
@@ -190,8 +207,9 @@ impl Active {
         .await?)
     }
 
-    /// Records that the broker confirmed every part of `batch`.
-    pub async fn confirm(&mut self, batch: &Batch) -> Result<(), Error> {
+    /// Records that the broker confirmed every part of the claimed batch.
+    pub async fn confirm(&mut self, claim: Claim) -> Result<(), Error> {
+        let batch = &claim.batch;
         let mut tx = self.connection.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
@@ -214,6 +232,14 @@ impl Active {
     /// Releases the lock (dropping does too, when the connection closes).
     pub async fn release(self) {
         let _ = self.connection.close().await;
+    }
+}
+
+impl Deref for Claim {
+    type Target = Batch;
+
+    fn deref(&self) -> &Batch {
+        &self.batch
     }
 }
 

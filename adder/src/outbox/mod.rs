@@ -3,7 +3,10 @@
 //! relay per database cut them into snapshot batches and confirm them
 //! (`batches`), publishes rows from before batches existed (`legacy`),
 //! keeps the database's identity (`identity`) and purges what retention
-//! allows. It knows neither tonic nor lapin.
+//! allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
+//! callers hold an [`Outbox`], the relay lock ([`Active`]) and claims
+//! ([`Claim`], [`LegacyClaim`]), the only values that can mark what the
+//! broker confirmed.
 
 mod batches;
 mod group;
@@ -15,7 +18,8 @@ use std::time::Duration;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
-pub use batches::{Active, Batch, Row, Standby};
+pub use batches::{Active, Batch, Claim, Row, Standby};
+pub use legacy::LegacyClaim;
 pub use identity::Identity;
 
 /// The outbox of one PostgreSQL database.

@@ -52,8 +52,9 @@ async fn batches_are_dense_and_the_same_rows_when_read_again() {
     assert_eq!(seen, ids, "every row once, in id order");
     let unconfirmed = active.unconfirmed().await.expect("unconfirmed");
     assert_eq!(unconfirmed.len(), 3);
-    for batch in &unconfirmed {
-        active.confirm(batch).await.expect("confirm");
+    for batch in unconfirmed {
+        let (claim, _) = active.claim(batch).await.expect("claim");
+        active.confirm(claim).await.expect("confirm");
     }
     assert!(active.unconfirmed().await.expect("unconfirmed").is_empty());
     assert_eq!(
