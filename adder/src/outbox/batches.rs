@@ -15,6 +15,10 @@
 
 use std::{ops::Deref, time::Duration};
 
+// `in_pair!()`: the rows of the pair `$1` (lo), `$2` (hi), what the cut, the
+// read and the purge of a batch select from (`totaler verify` too, so it
+// lives in the contract crate).
+use proto::outbox_in_pair as in_pair;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -65,15 +69,6 @@ pub struct Row {
     pub id: i64,
     pub sum: i64,
     pub created_us: i64,
-}
-
-/// The rows of the pair `$1` (lo), `$2` (hi): what both the cut and the read
-/// of a batch select from.
-macro_rules! in_pair {
-    () => {
-        "xid >= pg_snapshot_xmin($1::pg_snapshot) AND xid < pg_snapshot_xmax($2::pg_snapshot) \
-         AND pg_visible_in_snapshot(xid, $2::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)"
-    };
 }
 
 impl Active {
@@ -166,12 +161,7 @@ impl Active {
 
     /// The rows of `batch`, in id order: the same rows every time.
     pub async fn rows(&mut self, batch: &Batch) -> Result<Vec<Row>, Error> {
-        let rows: Vec<Row> = sqlx::query_as(concat!(
-            "SELECT id, sum, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us \
-             FROM outbox WHERE id BETWEEN $3 AND $4 AND ",
-            in_pair!(),
-            " ORDER BY id"
-        ))
+        let rows: Vec<Row> = sqlx::query_as(proto::outbox::BATCH_ROWS)
         .bind(&batch.lo)
         .bind(&batch.hi)
         .bind(batch.first_id)
