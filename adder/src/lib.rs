@@ -31,6 +31,8 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
+/// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
+pub use listen::shutdown::signal as shutdown_signal;
 
 use crate::{add::Adder, metrics::Metrics, outbox::Outbox, relay::Relay, status::Status};
 
@@ -103,7 +105,7 @@ pub async fn run(
     .await;
     tracing::info!("adder shutting down");
     token.cancel();
-    drain(tracker, config.shutdown_grace()).await;
+    listen::shutdown::drain(tracker, config.shutdown_grace()).await;
     served
 }
 
@@ -142,50 +144,23 @@ async fn start_relay(
     ));
 }
 
-/// Waits for every task, at most `grace`; false (and a warning) if some
-/// were still running when it elapsed.
-async fn drain(tracker: TaskTracker, grace: Duration) -> bool {
-    tracker.close();
-    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
-    if !drained {
-        tracing::warn!(?grace, "shutdown grace period elapsed with work still running");
-    }
-    drained
-}
-
 /// Connects and migrates, retrying with backoff while PostgreSQL is down; a
 /// database that must not be published from (a logical copy) is an error.
 async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match Outbox::open(&config.database_url, config.db_pool, config.commit_writers()).await {
+        match Outbox::open(
+            &config.database_url,
+            config.db_pool,
+            config.commit_writers(),
+        )
+        .await
+        {
             Ok(outbox) => return Ok(outbox),
             Err(e) if e.is_fatal() => return Err(e).context("opening the outbox"),
             Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

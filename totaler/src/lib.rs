@@ -21,13 +21,15 @@ pub mod status;
 pub mod telemetry;
 pub mod verify;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
+/// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
+pub use listen::shutdown::signal as shutdown_signal;
 
 use crate::{
     consumer::Consumer,
@@ -80,7 +82,7 @@ pub async fn run(
     };
     tracing::info!("totaler shutting down");
     token.cancel();
-    let drained = drain(tracker, config.shutdown_grace()).await;
+    let drained = listen::shutdown::drain(tracker, config.shutdown_grace()).await;
     let result = match stopped {
         Some(result) => result,
         None if drained || consuming.is_finished() => consuming.await,
@@ -111,37 +113,4 @@ async fn open_ledger(config: &Config) -> anyhow::Result<(Arc<Ledger>, Arc<Status
         Arc::new(Status::new(state.total)),
         metrics,
     ))
-}
-
-/// Waits for every task, at most `grace`; false (and a warning) if some
-/// were still running when it elapsed.
-async fn drain(tracker: TaskTracker, grace: Duration) -> bool {
-    tracker.close();
-    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
-    if !drained {
-        tracing::warn!(?grace, "shutdown grace period elapsed with work still running");
-    }
-    drained
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }

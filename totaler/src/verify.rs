@@ -215,12 +215,12 @@ async fn partial_sum(
 ) -> anyhow::Result<i128> {
     // The rows in the order the relay published them (id, sum, created_us).
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(proto::outbox::BATCH_ROWS)
-    .bind(&cut.lo)
-    .bind(&cut.hi)
-    .bind(cut.first_id)
-    .bind(cut.last_id)
-    .fetch_all(&mut *db)
-    .await?;
+        .bind(&cut.lo)
+        .bind(&cut.hi)
+        .bind(cut.first_id)
+        .bind(cut.last_id)
+        .fetch_all(&mut *db)
+        .await?;
     let sums: Vec<i64> = rows.into_iter().map(|(_, sum, _)| sum).collect();
     Ok(sums
         .chunks(cut.pack.max(1) as usize)

@@ -162,12 +162,12 @@ impl Active {
     /// The rows of `batch`, in id order: the same rows every time.
     pub async fn rows(&mut self, batch: &Batch) -> Result<Vec<Row>, Error> {
         let rows: Vec<Row> = sqlx::query_as(proto::outbox::BATCH_ROWS)
-        .bind(&batch.lo)
-        .bind(&batch.hi)
-        .bind(batch.first_id)
-        .bind(batch.last_id)
-        .fetch_all(&mut self.connection)
-        .await?;
+            .bind(&batch.lo)
+            .bind(&batch.hi)
+            .bind(batch.first_id)
+            .bind(batch.last_id)
+            .fetch_all(&mut self.connection)
+            .await?;
         if rows.len() as i64 != batch.rows {
             return Err(Error::Copied(format!(
                 "batch {} of source {} had {} rows when cut and has {} now: outbox rows were deleted or changed",

@@ -19,8 +19,8 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
 pub use batches::{Active, Batch, Claim, Row, Standby};
-pub use legacy::LegacyClaim;
 pub use identity::Identity;
+pub use legacy::LegacyClaim;
 
 /// The outbox of one PostgreSQL database.
 #[derive(Clone)]

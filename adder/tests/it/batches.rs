@@ -12,9 +12,7 @@ use testkit::{Broker, Proxy, database, proxy::target_of};
 use crate::support::{call, config, drain_messages, outbox_counts, pool, rows, spawn_adder};
 
 async fn open(url: &str) -> Outbox {
-    Outbox::open(url, 4, 2)
-        .await
-        .expect("open the outbox")
+    Outbox::open(url, 4, 2).await.expect("open the outbox")
 }
 
 async fn record(outbox: &Outbox, n: i64) -> Vec<i64> {
