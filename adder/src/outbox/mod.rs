@@ -1,7 +1,8 @@
 //! The outbox database and nothing else: every SQL statement the adder runs
 //! lives in this module. It records Adds (group-committed, `group`), lets one
 //! relay per database cut them into snapshot batches and confirm them
-//! (`batches`), publishes rows from before batches existed (`legacy`),
+//! (`batches`), hands the relay the rows from before batches existed and
+//! marks them published (`legacy`),
 //! keeps the database's identity (`identity`) and purges what retention
 //! allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
 //! callers hold an [`Outbox`], the relay lock ([`Active`]) and claims
