@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, OnceCell};
 
-use crate::outbox::{self, Outbox, Recorded};
+use crate::{
+    outbox::{self, Outbox, Recorded},
+    status::Status,
+};
 
 /// Everything an Add needs, shared by the gRPC and HTTP servers.
 #[derive(Clone)]
@@ -16,8 +19,8 @@ pub struct Adder {
     pub outbox: Arc<OnceCell<Outbox>>,
     /// Wakes the relay once a row is committed.
     pub relay_wake: Arc<Notify>,
-    /// The relay's broker gauge: 1 while it holds a channel.
-    pub broker: prometheus::IntGauge,
+    /// What the relay reports: whether it holds a broker channel.
+    pub status: Arc<Status>,
 }
 
 /// Why an Add was refused.
@@ -93,7 +96,7 @@ impl Adder {
 
     /// Whether the relay currently holds a broker channel.
     pub fn broker_up(&self) -> bool {
-        self.broker.get() == 1
+        self.status.broker_up()
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `outbox`: every SQL statement.
 //! - `relay`: outbox -> broker: one active relay per database, snapshot
 //!   batches published in parts with pipelined confirms.
+//! - `status`: what `/readyz` reports of the relay (its broker channel).
 //! - `housekeeping`: pending gauge and retention purge.
 //! - `metrics`, `telemetry`: Prometheus registry and log set-up.
 
@@ -20,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;
+pub mod status;
 pub mod telemetry;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -29,8 +31,10 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
+/// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
+pub use listen::shutdown::signal as shutdown_signal;
 
-use crate::{add::Adder, metrics::Metrics, outbox::Outbox, relay::Relay};
+use crate::{add::Adder, metrics::Metrics, outbox::Outbox, relay::Relay, status::Status};
 
 /// The sockets the adder serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -60,18 +64,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    tokio::pin!(shutdown);
+    let tracker = TaskTracker::new();
     let metrics = Arc::new(Metrics::new());
-    let wake = Arc::new(Notify::new());
     // The servers answer from the start: health at once, Adds UNAVAILABLE
     // until the outbox is migrated and its identity checked.
-    let opened = Arc::new(tokio::sync::OnceCell::new());
     let adder = Adder {
-        outbox: opened.clone(),
-        relay_wake: wake.clone(),
-        broker: metrics.broker_up.clone(),
+        outbox: Arc::new(tokio::sync::OnceCell::new()),
+        relay_wake: Arc::new(Notify::new()),
+        status: Arc::new(Status::new(metrics.broker_up.clone())),
     };
-    let tracker = TaskTracker::new();
     tracker.spawn(http::serve(
         listeners.http,
         adder.clone(),
@@ -81,25 +82,44 @@ pub async fn run(
     ));
     let grpc = tracker.spawn(grpc::serve(
         listeners.grpc,
-        adder,
+        adder.clone(),
         metrics.clone(),
         config.limits.clone(),
         token.clone(),
     ));
-    let outbox = tokio::select! {
-        outbox = open_outbox(&config) => outbox,
-        () = &mut shutdown => Ok(None),
-    };
-    let outbox = match outbox {
-        Ok(Some(outbox)) => outbox,
-        stopped => {
-            token.cancel();
-            tracker.close();
-            let _ = tokio::time::timeout(config.shutdown_grace(), tracker.wait()).await;
-            return stopped.map(|_| ());
+    tokio::pin!(shutdown, grpc);
+    let served = async {
+        let outbox = tokio::select! {
+            outbox = open_outbox(&config) => outbox?,
+            () = &mut shutdown => return Ok(()),
+        };
+        start_relay(&config, outbox, &adder, &metrics, &tracker, &token).await;
+        tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
+        tokio::select! {
+            () = &mut shutdown => Ok(()),
+            result = &mut grpc => result
+                .context("gRPC server task")?
+                .context("gRPC server failed"),
         }
-    };
-    let _ = opened.set(outbox.clone());
+    }
+    .await;
+    tracing::info!("adder shutting down");
+    token.cancel();
+    listen::shutdown::drain(tracker, config.shutdown_grace()).await;
+    served
+}
+
+/// Opens Adds to `outbox` and starts the tasks that work on it: the relay
+/// and the housekeeping.
+async fn start_relay(
+    config: &Config,
+    outbox: Outbox,
+    adder: &Adder,
+    metrics: &Arc<Metrics>,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) {
+    let _ = adder.outbox.set(outbox.clone());
     let source = outbox.source().await.unwrap_or_default();
     tracing::info!(%source, "outbox ready");
     let relay = Relay {
@@ -111,7 +131,8 @@ pub async fn run(
         poll: config.relay_poll(),
         linger: config.relay_linger(),
         confirm_timeout: config.relay_confirm_timeout(),
-        wake,
+        wake: adder.relay_wake.clone(),
+        status: adder.status.clone(),
         metrics: metrics.clone(),
     };
     tracker.spawn(relay.run(token.clone()));
@@ -121,66 +142,25 @@ pub async fn run(
         metrics.clone(),
         token.clone(),
     ));
-    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
-    tokio::pin!(grpc);
-    let served = tokio::select! {
-        () = &mut shutdown => None,
-        result = &mut grpc => Some(result),
-    };
-    tracing::info!("adder shutting down");
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace(), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period elapsed with work still running");
-    }
-    match served {
-        Some(result) => result
-            .context("gRPC server task")?
-            .context("gRPC server failed"),
-        None => Ok(()),
-    }
 }
 
 /// Connects and migrates, retrying with backoff while PostgreSQL is down; a
 /// database that must not be published from (a logical copy) is an error.
-async fn open_outbox(config: &Config) -> anyhow::Result<Option<Outbox>> {
+async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let opened = match Outbox::connect_lazy(&config.database_url, config.db_pool) {
-            Ok(pool) => Outbox::open(pool, config.commit_writers()).await,
-            Err(e) => Err(e),
-        };
-        match opened {
-            Ok(outbox) => return Ok(Some(outbox)),
+        match Outbox::open(
+            &config.database_url,
+            config.db_pool,
+            config.commit_writers(),
+        )
+        .await
+        {
+            Ok(outbox) => return Ok(outbox),
             Err(e) if e.is_fatal() => return Err(e).context("opening the outbox"),
             Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    outbox::{self, Active, Batch, Cut, Outbox, Row},
+    outbox::{self, Active, Claim, Cut, Outbox, Row},
+    status::Status,
 };
 
 /// What the relay needs to run.
@@ -51,6 +52,7 @@ pub struct Relay {
     /// How long to wait for the broker's confirms of a batch.
     pub confirm_timeout: Duration,
     pub wake: Arc<Notify>,
+    pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -70,7 +72,7 @@ enum Error {
 
 /// A batch whose parts are published and await their confirms.
 struct InFlight {
-    batch: Batch,
+    batch: Claim,
     /// Awaits every confirm of the batch (bounded by the confirm timeout)
     /// and says how long they took from the publish.
     confirmed: tokio::task::JoinHandle<Result<Duration, Error>>,
@@ -93,10 +95,10 @@ impl Relay {
             match self.connect().await {
                 Ok((connection, channel)) => {
                     backoff = BACKOFF_MIN;
-                    self.metrics.broker_up.set(1);
+                    self.status.set_broker_up(true);
                     tracing::info!(queue = %self.queue, "relay connected to the broker");
                     let result = self.serve(&channel, &shutdown).await;
-                    self.metrics.broker_up.set(0);
+                    self.status.set_broker_up(false);
                     self.metrics.relay_active.set(0);
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
@@ -132,12 +134,12 @@ impl Relay {
     /// shutdown (`Ok`) or an error (`Err`, the lock released).
     async fn serve(&self, channel: &Channel, shutdown: &CancellationToken) -> Result<(), Error> {
         let standby = self.poll.min(STANDBY_POLL_MAX);
-        let mut waiting = None;
+        let mut waiting = outbox::Standby::default();
         let mut active = loop {
             if !channel.status().connected() {
                 return Err(Error::Disconnected);
             }
-            match Active::try_acquire(self.outbox.pool(), &mut waiting).await {
+            match Active::try_acquire(&self.outbox, &mut waiting).await {
                 Ok(Some(active)) => break active,
                 Ok(None) => {}
                 Err(e) if e.is_fatal() => {
@@ -169,8 +171,7 @@ impl Relay {
         let mut in_flight = VecDeque::new();
         for batch in active.unconfirmed().await? {
             tracing::info!(source = %batch.source, batch = batch.id, "republishing a batch cut but not confirmed");
-            let rows = active.rows(&batch).await?;
-            let published = self.publish(channel, Cut { batch, rows }).await?;
+            let published = self.publish(channel, active.claim(batch).await?).await?;
             in_flight.push_back(published);
             if in_flight.len() >= WINDOW {
                 self.settle_front(active, &mut in_flight).await?;
@@ -213,9 +214,9 @@ impl Relay {
     }
 
     /// Publishes every part of a batch without awaiting a confirm.
-    #[tracing::instrument(skip_all, fields(source = %cut.batch.source, batch = cut.batch.id, rows = cut.batch.rows))]
+    #[tracing::instrument(skip_all, fields(source = %cut.claim.source, batch = cut.claim.id, rows = cut.claim.rows))]
     async fn publish(&self, channel: &Channel, cut: Cut) -> Result<InFlight, Error> {
-        let Cut { batch, rows } = cut;
+        let Cut { claim: batch, rows } = cut;
         let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
         let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
         let mut confirms = Vec::with_capacity(parts as usize);
@@ -279,9 +280,10 @@ impl Relay {
             return Ok(());
         };
         let took = front.confirmed.await.map_err(|_| Error::Disconnected)??;
-        active.confirm(&front.batch).await?;
+        let rows = front.batch.rows;
+        active.confirm(front.batch).await?;
         self.metrics.relay_confirm.observe(took.as_secs_f64());
-        self.metrics.relay_published.inc_by(front.batch.rows as u64);
+        self.metrics.relay_published.inc_by(rows as u64);
         Ok(())
     }
 
@@ -306,10 +308,10 @@ impl Relay {
             tokio::time::timeout(self.confirm_timeout, await_confirms(confirms))
                 .await
                 .map_err(|_| Error::ConfirmTimeout(self.confirm_timeout))??;
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            active.mark_legacy(&ids).await?;
-            self.metrics.relay_published.inc_by(ids.len() as u64);
-            tracing::info!(rows = ids.len(), "published legacy rows");
+            let marked = rows.len();
+            active.mark_legacy(rows).await?;
+            self.metrics.relay_published.inc_by(marked as u64);
+            tracing::info!(rows = marked, "published legacy rows");
         }
     }
 }

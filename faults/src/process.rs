@@ -150,10 +150,6 @@ impl Service {
         )
     }
 
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
-
     pub fn binary(&self) -> &Path {
         &self.binary
     }

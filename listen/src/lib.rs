@@ -11,8 +11,11 @@
 //! - `lib.rs`: [`Incoming`], [`Conn`], the back-off.
 //! - `http`: one HTTP/1.1 service over an [`Incoming`], with header-read and
 //!   request timeouts and graceful shutdown.
+//! - `shutdown`: the services' stop trigger (SIGINT/SIGTERM) and their one
+//!   drain bounded by the grace period.
 
 pub mod http;
+pub mod shutdown;
 
 use std::{
     convert::Infallible,

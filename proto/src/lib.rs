@@ -1,6 +1,7 @@
 //! Tally's contract, the one crate both services share because it *is* the
 //! interface between them: the gRPC service (`tally.v1`), the queue message
-//! the relay publishes and the totaler consumes, and the broker topology.
+//! the relay publishes and the totaler consumes, the broker topology, and
+//! what a batch's outbox rows are (which `totaler verify` audits by).
 //!
 //! It owns no behaviour beyond encoding, decoding and declaring; services
 //! must not add their own variants of these types.
@@ -8,10 +9,12 @@
 //! # Layout
 //! - [`tally`]: generated tonic/prost code for `proto/tally/v1/tally.proto`.
 //! - [`message`]: [`SumMessage`], the JSON body of every queue message.
+//! - [`outbox`]: the SQL text that selects a snapshot batch's rows.
 //! - [`topology`]: the queues and their arguments, their declaration (or
 //!   passive check), the delivery limit and the services' broker rights.
 
 pub mod message;
+pub mod outbox;
 pub mod topology;
 
 pub use message::{DecodeError, Sum, SumMessage};

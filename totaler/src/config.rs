@@ -64,7 +64,9 @@ pub struct Config {
     #[arg(long, env = "TOTALER_REFRESH_MS", default_value_t = 200)]
     pub refresh_ms: u64,
 
-    /// How long shutdown waits for the batch in hand, in milliseconds.
+    /// How long shutdown waits (once) for the batch in hand and the HTTP
+    /// server to finish, in milliseconds; past it the totaler exits anyway,
+    /// leaving an unfinished batch unacked.
     #[arg(long, env = "TOTALER_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 

@@ -13,10 +13,7 @@
 //! batch waits for the disk leaves the batch unacked (the broker delivers it
 //! again). It stops only between batches: never between the rename and the ack.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -363,31 +360,4 @@ fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
 
 fn seconds_between(from_us: i64, to_us: i64) -> f64 {
     (to_us.saturating_sub(from_us)).max(0) as f64 / 1e6
-}
-
-/// Keeps the shared status in step with the file, so GET /sum shows updates
-/// written by other totalers. Runs until `shutdown`.
-pub async fn refresh(
-    ledger: Arc<Ledger>,
-    status: Arc<Status>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut interval = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let reader = ledger.clone();
-        let started = Instant::now();
-        match tokio::task::spawn_blocking(move || reader.read()).await {
-            Ok(Ok(state)) => status.set_total(state.total),
-            Ok(Err(e)) => {
-                status.set_ledger_ok(false);
-                tracing::error!(error = %e, elapsed = ?started.elapsed(), "cannot refresh the total from the ledger");
-            }
-            Err(_) => {}
-        }
-    }
 }

@@ -5,8 +5,9 @@
 //! # Layout
 //! - `config`: flags and environment ([`Config`]).
 //! - `ledger`: `sum.txt`, its format, lock, reads and durable updates.
-//! - `consumer`: delivery -> ledger -> ack, and the refresher of the total.
-//! - `status`: the in-memory total and health the HTTP server reports.
+//! - `consumer`: delivery -> ledger -> ack.
+//! - `status`: the in-memory total and health the HTTP server reports, and
+//!   the refresher that keeps the total in step with the file.
 //! - `http`: the warp server; the only module that knows warp.
 //! - `verify`: the read-only audit of the ledger against the outbox.
 //! - `metrics`, `telemetry`: Prometheus registry and log set-up.
@@ -27,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
+/// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
+pub use listen::shutdown::signal as shutdown_signal;
 
 use crate::{
     consumer::Consumer,
@@ -36,27 +39,14 @@ use crate::{
 };
 
 /// Runs the totaler until `shutdown` resolves (then finishes and acks the
-/// batch in hand) or the ledger turns out corrupt (an error).
+/// batch in hand, within the grace period) or the ledger turns out corrupt
+/// (an error).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let path = config.sum_file.clone();
-    let create = if config.create_ledger {
-        Create::Always
-    } else {
-        Create::IfNew
-    };
-    let (ledger, state) = tokio::task::spawn_blocking(move || Ledger::open(&path, create))
-        .await
-        .context("opening the ledger")??;
-    tracing::info!(file = %config.sum_file.display(), total = %state.total, "ledger open");
-    let ledger = Arc::new(ledger);
-    let status = Arc::new(Status::new(state.total));
-    let metrics = Arc::new(Metrics::new());
-    metrics.sum.set(state.total as f64);
-
+    let (ledger, status, metrics) = open_ledger(&config).await?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(http::serve(
@@ -66,7 +56,7 @@ pub async fn run(
         config.limits.clone(),
         token.clone(),
     ));
-    tracker.spawn(consumer::refresh(
+    tracker.spawn(status::refresh(
         ledger.clone(),
         status.clone(),
         config.refresh(),
@@ -86,47 +76,41 @@ pub async fn run(
     let consuming = tracker.spawn(consumer.run(token.clone()));
     tracing::info!(http = %config.http_addr, queue = %config.queue, "totaler serving");
     tokio::pin!(consuming, shutdown);
-    let result = tokio::select! {
+    let stopped = tokio::select! {
         () = &mut shutdown => None,
         result = &mut consuming => Some(result),
     };
     tracing::info!("totaler shutting down");
     token.cancel();
-    tracker.close();
-    let result = match result {
+    let drained = listen::shutdown::drain(tracker, config.shutdown_grace()).await;
+    let result = match stopped {
         Some(result) => result,
-        None => match tokio::time::timeout(config.shutdown_grace(), &mut consuming).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("shutdown grace period elapsed with a batch still in hand");
-                Ok(Ok(()))
-            }
-        },
+        None if drained || consuming.is_finished() => consuming.await,
+        None => return Ok(()),
     };
-    let _ = tokio::time::timeout(config.shutdown_grace(), tracker.wait()).await;
     result
         .context("consumer task")?
         .context("consuming stopped")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// Opens `sum.txt` (creating it as `config` allows) and the status and
+/// metrics that start from its total.
+async fn open_ledger(config: &Config) -> anyhow::Result<(Arc<Ledger>, Arc<Status>, Arc<Metrics>)> {
+    let path = config.sum_file.clone();
+    let create = if config.create_ledger {
+        Create::Always
+    } else {
+        Create::IfNew
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
+    let (ledger, state) = tokio::task::spawn_blocking(move || Ledger::open(&path, create))
+        .await
+        .context("opening the ledger")??;
+    tracing::info!(file = %config.sum_file.display(), total = %state.total, "ledger open");
+    let metrics = Arc::new(Metrics::new());
+    metrics.sum.set(state.total as f64);
+    Ok((
+        Arc::new(ledger),
+        Arc::new(Status::new(state.total)),
+        metrics,
+    ))
 }

@@ -1,11 +1,20 @@
 //! What the HTTP server reports, shared by the consumer and the refresher:
 //! the current total (served from memory) and whether the ledger and the
-//! broker are healthy. Writers set it; nothing here does I/O.
+//! broker are healthy. Writers set it; [`Status`] itself does no I/O. The
+//! refresher ([`refresh`]) keeps the total in step with the file, which other
+//! totalers may write too.
 
-use std::sync::{
-    RwLock,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::Ledger;
 
 /// The totaler's live status.
 #[derive(Debug, Default)]
@@ -52,5 +61,32 @@ impl Status {
 
     pub fn set_broker_ok(&self, ok: bool) {
         self.broker_ok.store(ok, Ordering::Relaxed);
+    }
+}
+
+/// Keeps the shared status in step with the file, so GET /sum shows updates
+/// written by other totalers. Runs until `shutdown`.
+pub async fn refresh(
+    ledger: Arc<Ledger>,
+    status: Arc<Status>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let reader = ledger.clone();
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || reader.read()).await {
+            Ok(Ok(state)) => status.set_total(state.total),
+            Ok(Err(e)) => {
+                status.set_ledger_ok(false);
+                tracing::error!(error = %e, elapsed = ?started.elapsed(), "cannot refresh the total from the ledger");
+            }
+            Err(_) => {}
+        }
     }
 }

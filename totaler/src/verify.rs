@@ -213,18 +213,15 @@ async fn partial_sum(
     cut: &Cut,
     spans: &[(i64, i64)],
 ) -> anyhow::Result<i128> {
-    let sums: Vec<i64> = sqlx::query_scalar(
-        "SELECT sum FROM outbox WHERE id BETWEEN $3 AND $4 \
-         AND xid >= pg_snapshot_xmin($1::pg_snapshot) AND xid < pg_snapshot_xmax($2::pg_snapshot) \
-         AND pg_visible_in_snapshot(xid, $2::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot) \
-         ORDER BY id",
-    )
-    .bind(&cut.lo)
-    .bind(&cut.hi)
-    .bind(cut.first_id)
-    .bind(cut.last_id)
-    .fetch_all(&mut *db)
-    .await?;
+    // The rows in the order the relay published them (id, sum, created_us).
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(proto::outbox::BATCH_ROWS)
+        .bind(&cut.lo)
+        .bind(&cut.hi)
+        .bind(cut.first_id)
+        .bind(cut.last_id)
+        .fetch_all(&mut *db)
+        .await?;
+    let sums: Vec<i64> = rows.into_iter().map(|(_, sum, _)| sum).collect();
     Ok(sums
         .chunks(cut.pack.max(1) as usize)
         .enumerate()

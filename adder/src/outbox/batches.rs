@@ -15,12 +15,16 @@
 //! one round trip each, the functions `tally_cut` and `tally_confirm` of
 //! the migration `relay_cut`; `in_pair!` is the same selection in Rust.
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
+// `in_pair!()`: the rows of the pair `$1` (lo), `$2` (hi), what the cut, the
+// read and the purge of a batch select from (`totaler verify` too, so it
+// lives in the contract crate).
+use proto::outbox_in_pair as in_pair;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Error, identity};
+use super::{Error, Outbox, identity};
 
 /// The relay lock's key: one active relay per outbox database.
 const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
@@ -28,6 +32,23 @@ const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
 /// The connection holding the relay lock; dropping it releases the lock.
 pub struct Active {
     connection: PgConnection,
+}
+
+/// A batch read for publishing, and the right to mark it confirmed: only
+/// [`Active::cut`] and [`Active::claim`] make one, and [`Active::confirm`] consumes it, so a
+/// batch is confirmed only through the read that published it, and at most
+/// once. Dropped unconfirmed (a nack, a lost channel), the batch simply stays
+/// unconfirmed and the next active period publishes it again.
+#[derive(Debug)]
+pub struct Claim {
+    batch: Batch,
+}
+
+/// A standby relay's connection, kept between its tries of the relay lock
+/// so that it does not open one per try.
+#[derive(Default)]
+pub struct Standby {
+    connection: Option<PgConnection>,
 }
 
 /// A cut batch, as the relay publishes it.
@@ -44,10 +65,10 @@ pub struct Batch {
     pub last_id: i64,
 }
 
-/// A batch just cut, with its rows in id order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A batch to publish: its claim and its rows, in id order.
+#[derive(Debug)]
 pub struct Cut {
-    pub batch: Batch,
+    pub claim: Claim,
     pub rows: Vec<Row>,
 }
 
@@ -74,25 +95,16 @@ pub struct Row {
     pub created_us: i64,
 }
 
-/// The rows of the pair `$1` (lo), `$2` (hi): what both the cut and the read
-/// of a batch select from.
-macro_rules! in_pair {
-    () => {
-        "xid >= pg_snapshot_xmin($1::pg_snapshot) AND xid < pg_snapshot_xmax($2::pg_snapshot) \
-         AND pg_visible_in_snapshot(xid, $2::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)"
-    };
-}
-
 impl Active {
-    /// Takes the relay lock if no other relay holds it, on a connection of its
-    /// own (kept in `standby` between tries, so a standby does not open a
-    /// connection per try), and settles the database's identity. `None`:
-    /// another relay is active.
+    /// Takes the relay lock of `outbox` if no other relay holds it, on a
+    /// connection of its own (kept in `standby` between tries), and settles
+    /// the database's identity. `None`: another relay is active.
     pub async fn try_acquire(
-        pool: &PgPool,
-        standby: &mut Option<PgConnection>,
+        outbox: &Outbox,
+        standby: &mut Standby,
     ) -> Result<Option<Self>, Error> {
-        let mut connection = match standby.take() {
+        let pool = &outbox.pool;
+        let mut connection = match standby.connection.take() {
             Some(connection) => connection,
             None => PgConnection::connect_with(&pool.connect_options()).await?,
         };
@@ -101,7 +113,7 @@ impl Active {
             .fetch_one(&mut connection)
             .await?;
         if !locked {
-            *standby = Some(connection);
+            standby.connection = Some(connection);
             return Ok(None);
         }
         let active = Self { connection };
@@ -127,18 +139,13 @@ impl Active {
 
     /// The rows of `batch`, in id order: the same rows every time.
     pub async fn rows(&mut self, batch: &Batch) -> Result<Vec<Row>, Error> {
-        let rows: Vec<Row> = sqlx::query_as(concat!(
-            "SELECT id, sum, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us \
-             FROM outbox WHERE id BETWEEN $3 AND $4 AND ",
-            in_pair!(),
-            " ORDER BY id"
-        ))
-        .bind(&batch.lo)
-        .bind(&batch.hi)
-        .bind(batch.first_id)
-        .bind(batch.last_id)
-        .fetch_all(&mut self.connection)
-        .await?;
+        let rows: Vec<Row> = sqlx::query_as(proto::outbox::BATCH_ROWS)
+            .bind(&batch.lo)
+            .bind(&batch.hi)
+            .bind(batch.first_id)
+            .bind(batch.last_id)
+            .fetch_all(&mut self.connection)
+            .await?;
         if rows.len() as i64 != batch.rows {
             return Err(Error::Copied(format!(
                 "batch {} of source {} had {} rows when cut and has {} now: outbox rows were deleted or changed",
@@ -151,6 +158,16 @@ impl Active {
         Ok(rows)
     }
 
+    /// The rows of `batch` to publish again, and its claim, which alone can
+    /// mark it confirmed once the broker acked them.
+    pub async fn claim(&mut self, batch: Batch) -> Result<Cut, Error> {
+        let rows = self.rows(&batch).await?;
+        Ok(Cut {
+            claim: Claim { batch },
+            rows,
+        })
+    }
+
     /// Every batch cut but not confirmed, oldest first.
     pub async fn unconfirmed(&mut self) -> Result<Vec<Batch>, Error> {
         Ok(sqlx::query_as(
@@ -161,12 +178,12 @@ impl Active {
         .await?)
     }
 
-    /// Records that the broker confirmed every part of `batch`.
+    /// Records that the broker confirmed every part of the claimed batch.
     /// One round trip, committed asynchronously (`tally_confirm`).
-    pub async fn confirm(&mut self, batch: &Batch) -> Result<(), Error> {
+    pub async fn confirm(&mut self, claim: Claim) -> Result<(), Error> {
         sqlx::query("SELECT tally_confirm($1, $2)")
-            .bind(batch.source)
-            .bind(batch.id)
+            .bind(claim.batch.source)
+            .bind(claim.batch.id)
             .execute(&mut self.connection)
             .await?;
         Ok(())
@@ -201,7 +218,18 @@ impl CutRow {
             .zip(created)
             .map(|((id, sum), created_us)| Row { id, sum, created_us })
             .collect();
-        Some(Cut { batch, rows })
+        Some(Cut {
+            claim: Claim { batch },
+            rows,
+        })
+    }
+}
+
+impl Deref for Claim {
+    type Target = Batch;
+
+    fn deref(&self) -> &Batch {
+        &self.batch
     }
 }
 

@@ -93,7 +93,7 @@ async fn one_by_one(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Err
         answers.push(match commit_group(pool, alone).await {
             Ok(mut answer) => answer
                 .pop()
-                .unwrap_or(Err(Error::Database(sqlx::Error::RowNotFound))),
+                .expect("commit_group answers every Add of its group"),
             Err(e) if is_data_error(&e) => Err(refused(&e)),
             Err(e) => Err(Error::Group(Arc::new(e))),
         });
@@ -185,8 +185,7 @@ async fn commit_group(
                 Some(row) => replay(row, request_id, queued.a, queued.b),
                 None => Err(match &lookup_failed {
                     Some(e) => Error::Group(e.clone()),
-                    // Raced an insert that was rolled back: the caller retries.
-                    None => Error::Database(sqlx::Error::RowNotFound),
+                    None => Error::Raced,
                 }),
             }
         })
@@ -255,7 +254,11 @@ async fn insert_group(
         })
         .collect();
     if kept.len() != rows.len() {
-        return Err(sqlx::Error::RowNotFound);
+        return Err(sqlx::Error::Protocol(format!(
+            "INSERT … RETURNING answered {} rows for the {} it inserted",
+            rows.len(),
+            kept.len()
+        )));
     }
     Ok(kept
         .into_iter()
@@ -288,9 +291,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_adds_each_get_their_own_committed_row() {
         let url = testkit::database::fresh().await;
-        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap(), 2)
-            .await
-            .unwrap();
+        let outbox = Outbox::open(&url, 4, 2).await.unwrap();
         let calls: Vec<_> = (0..300i64)
             .map(|a| {
                 let outbox = outbox.clone();
@@ -305,7 +306,7 @@ mod tests {
             assert!(!recorded.replayed);
             let row: (i64, i64) = sqlx::query_as("SELECT a, b FROM outbox WHERE id = $1")
                 .bind(recorded.id)
-                .fetch_one(outbox.pool())
+                .fetch_one(&outbox.pool)
                 .await
                 .unwrap();
             assert_eq!(row, (a, 1000), "row {} belongs to another Add", recorded.id);
@@ -316,9 +317,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_repeats_of_a_request_id_share_one_row() {
         let url = testkit::database::fresh().await;
-        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap(), 1)
-            .await
-            .unwrap();
+        let outbox = Outbox::open(&url, 4, 1).await.unwrap();
         let calls: Vec<_> = (0..200i64)
             .map(|i| {
                 let outbox = outbox.clone();
@@ -347,7 +346,7 @@ mod tests {
         assert_eq!(same_ids.len(), 1, "every repeat is answered from one row");
         assert_eq!(same_fresh, 1, "exactly one of the repeats wrote it");
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(outbox.pool())
+            .fetch_one(&outbox.pool)
             .await
             .unwrap();
         assert_eq!(rows, 1 + 50 + 50, "one row for 'same', one per other Add");
@@ -362,9 +361,7 @@ mod tests {
     async fn a_row_postgres_refuses_fails_only_its_own_add() {
         let url = testkit::database::fresh().await;
         // One writer, so concurrent Adds really share groups.
-        let outbox = Outbox::open(Outbox::connect_lazy(&url, 4).unwrap(), 1)
-            .await
-            .unwrap();
+        let outbox = Outbox::open(&url, 4, 1).await.unwrap();
         let calls: Vec<_> = (0..200i64)
             .map(|i| {
                 let outbox = outbox.clone();
@@ -386,7 +383,7 @@ mod tests {
             }
         }
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(outbox.pool())
+            .fetch_one(&outbox.pool)
             .await
             .unwrap();
         assert_eq!(rows, 180, "every good Add has its row, no refused one does");

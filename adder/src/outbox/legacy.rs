@@ -4,27 +4,46 @@
 //! they always were), and marks each row's `published_at` after the
 //! broker's confirm. New rows never enter this path.
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use sqlx::{PgConnection, PgPool};
 
 use super::{Active, Error, Row};
 
+/// Legacy rows read for publishing, and the right to mark them published:
+/// only [`Active::legacy`] makes one and [`Active::mark_legacy`] consumes it,
+/// so only rows read to be published are marked, once. Dropped unmarked, the
+/// rows stay unpublished and are published again.
+#[derive(Debug)]
+pub struct LegacyClaim {
+    rows: Vec<Row>,
+}
+
 impl Active {
     /// Up to `limit` unpublished legacy rows, oldest first.
-    pub async fn legacy(&mut self, limit: i64) -> Result<Vec<Row>, Error> {
-        legacy_rows(self.connection(), limit).await
+    pub async fn legacy(&mut self, limit: i64) -> Result<LegacyClaim, Error> {
+        let rows = legacy_rows(self.connection(), limit).await?;
+        Ok(LegacyClaim { rows })
     }
 
-    /// Marks legacy rows published; call only with ids the broker confirmed.
-    pub async fn mark_legacy(&mut self, ids: &[i64]) -> Result<(), Error> {
+    /// Marks the claimed rows published, once the broker confirmed them.
+    pub async fn mark_legacy(&mut self, claim: LegacyClaim) -> Result<(), Error> {
+        let ids: Vec<i64> = claim.rows.iter().map(|row| row.id).collect();
         sqlx::query(
             "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1) AND xid IS NULL",
         )
-        .bind(ids)
+        .bind(&ids)
         .execute(self.connection())
         .await?;
         Ok(())
+    }
+}
+
+impl Deref for LegacyClaim {
+    type Target = [Row];
+
+    fn deref(&self) -> &[Row] {
+        &self.rows
     }
 }
 

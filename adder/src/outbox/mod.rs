@@ -1,9 +1,13 @@
 //! The outbox database and nothing else: every SQL statement the adder runs
 //! lives in this module. It records Adds (group-committed, `group`), lets one
 //! relay per database cut them into snapshot batches and confirm them
-//! (`batches`), publishes rows from before batches existed (`legacy`),
+//! (`batches`), hands the relay the rows from before batches existed and
+//! marks them published (`legacy`),
 //! keeps the database's identity (`identity`) and purges what retention
-//! allows. It knows neither tonic nor lapin.
+//! allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
+//! callers hold an [`Outbox`], the relay lock ([`Active`]) and claims
+//! ([`Claim`], [`LegacyClaim`]), the only values that can mark what the
+//! broker confirmed.
 
 mod batches;
 mod group;
@@ -15,8 +19,9 @@ use std::time::Duration;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
-pub use batches::{Active, Batch, Cut, Row};
+pub use batches::{Active, Batch, Claim, Cut, Row, Standby};
 pub use identity::Identity;
+pub use legacy::LegacyClaim;
 
 /// The outbox of one PostgreSQL database.
 #[derive(Clone)]
@@ -50,6 +55,14 @@ pub enum Error {
     /// The adder has not migrated and checked its outbox yet.
     #[error("the outbox database is not open yet")]
     NotOpen,
+    /// The group-commit writers are gone (the runtime is stopping); the Add
+    /// may or may not have been committed.
+    #[error("the outbox is stopping")]
+    Stopped,
+    /// The Add's request id was being inserted by another adder whose insert
+    /// was rolled back: nothing was written for it, a retry is safe.
+    #[error("the request id raced another adder's insert that was rolled back, retry")]
+    Raced,
     #[error("migrating the outbox failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database is a logical copy of an outbox: its transaction ids mean
@@ -66,29 +79,23 @@ impl Error {
 }
 
 impl Outbox {
-    /// A lazily connecting pool: the adder starts, and fails Adds with
-    /// `UNAVAILABLE`, while PostgreSQL is down.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, Error> {
-        Ok(PgPoolOptions::new()
+    /// Connects to `url` with a pool of at most `max_connections` (each
+    /// waited for at most 3 s, so Adds fail with `UNAVAILABLE` rather than
+    /// hang while PostgreSQL is down), runs the migrations (serialised
+    /// across adders by sqlx's advisory lock), checks the database's
+    /// identity (a logical copy is refused) and starts `writers`
+    /// group-commit writers (at least one; fewer writers make bigger groups,
+    /// so fewer WAL flushes, at the price of an Add sometimes waiting for the
+    /// commit before its own).
+    pub async fn open(url: &str, max_connections: u32, writers: usize) -> Result<Self, Error> {
+        let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(url)?)
-    }
-
-    /// Runs the migrations (serialised across adders by sqlx's advisory lock),
-    /// checks the database's identity (a logical copy is refused) and starts
-    /// `writers` group-commit writers (at least one; fewer writers make
-    /// bigger groups, so fewer WAL flushes, at the price of an Add sometimes
-    /// waiting for the commit before its own).
-    pub async fn open(pool: PgPool, writers: usize) -> Result<Self, Error> {
+            .connect_lazy(url)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         identity::check(&pool).await?;
         let group = group::spawn_writers(&pool, writers.max(1));
         Ok(Self { pool, group })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// The source new batches are cut under.
@@ -115,13 +122,8 @@ impl Outbox {
             request_id: request_id.map(str::to_owned),
             committed,
         };
-        self.group
-            .send(queued)
-            .await
-            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?;
-        answer
-            .await
-            .map_err(|_| Error::Database(sqlx::Error::PoolClosed))?
+        self.group.send(queued).await.map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
     }
 
     /// Rows the broker has not confirmed yet: legacy rows not marked, rows

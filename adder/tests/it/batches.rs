@@ -6,15 +6,13 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use adder::outbox::{Active, Error, Outbox};
+use adder::outbox::{Active, Error, Outbox, Standby};
 use testkit::{Broker, Proxy, database, proxy::target_of};
 
 use crate::support::{call, config, drain_messages, outbox_counts, pool, rows, spawn_adder};
 
 async fn open(url: &str) -> Outbox {
-    Outbox::open(Outbox::connect_lazy(url, 4).expect("pool"), 2)
-        .await
-        .expect("open the outbox")
+    Outbox::open(url, 4, 2).await.expect("open the outbox")
 }
 
 async fn record(outbox: &Outbox, n: i64) -> Vec<i64> {
@@ -26,7 +24,7 @@ async fn record(outbox: &Outbox, n: i64) -> Vec<i64> {
 }
 
 async fn active(outbox: &Outbox) -> Active {
-    Active::try_acquire(outbox.pool(), &mut None)
+    Active::try_acquire(outbox, &mut Standby::default())
         .await
         .expect("the relay lock")
         .expect("no other relay")
@@ -41,7 +39,7 @@ async fn batches_are_dense_and_the_same_rows_when_read_again() {
     let mut seen = Vec::new();
     let mut numbers = Vec::new();
     while let Some(cut) = active.cut(100, 30).await.expect("cut") {
-        let (batch, first) = (cut.batch, cut.rows);
+        let (batch, first) = (cut.claim, cut.rows);
         let again = active.rows(&batch).await.expect("rows again");
         assert_eq!(first, again, "batch {} read again", batch.id);
         assert_eq!(first.len() as i64, batch.rows);
@@ -52,11 +50,16 @@ async fn batches_are_dense_and_the_same_rows_when_read_again() {
     assert_eq!(seen, ids, "every row once, in id order");
     let unconfirmed = active.unconfirmed().await.expect("unconfirmed");
     assert_eq!(unconfirmed.len(), 3);
-    for batch in &unconfirmed {
-        active.confirm(batch).await.expect("confirm");
+    for batch in unconfirmed {
+        let cut = active.claim(batch).await.expect("claim");
+        active.confirm(cut.claim).await.expect("confirm");
     }
     assert!(active.unconfirmed().await.expect("unconfirmed").is_empty());
-    assert_eq!(outbox_counts(outbox.pool()).await.1, 0, "nothing pending");
+    assert_eq!(
+        outbox_counts(&pool(&db).await).await.1,
+        0,
+        "nothing pending"
+    );
 }
 
 #[tokio::test]
@@ -270,7 +273,7 @@ async fn a_database_copied_from_an_outbox_is_refused() {
     let db = database::fresh().await;
     let outbox = open(&db).await;
     record(&outbox, 3).await;
-    outbox.pool().close().await;
+    // Its connections close once the outbox and its writers are gone.
     drop(outbox);
     let name = format!("{}_copy", db.rsplit('/').next().expect("a database name"));
     let admin = pool(&testkit::database::base_url()).await;
@@ -285,7 +288,7 @@ async fn a_database_copied_from_an_outbox_is_refused() {
     })
     .await;
     let copy = testkit::database::with_database(&db, &name);
-    let opened = Outbox::open(Outbox::connect_lazy(&copy, 2).expect("pool"), 1).await;
+    let opened = Outbox::open(&copy, 2, 1).await;
     let Err(error) = opened else {
         panic!("a copy of an outbox opened as if it were the outbox");
     };
@@ -301,12 +304,12 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
     record(&outbox, 3).await;
     let before = outbox.source().await.expect("source");
     let mut relay = active(&outbox).await;
-    let first = relay.cut(100, 100).await.expect("cut").expect("a batch").batch;
+    let first = relay.cut(100, 100).await.expect("cut").expect("a batch").claim.clone();
     assert_eq!((first.source, first.id), (before, 1));
     relay.release().await;
     // As after a promotion: the stored timeline is not the database's.
     sqlx::query("UPDATE outbox_source SET timeline = timeline + 1")
-        .execute(outbox.pool())
+        .execute(&pool(&db).await)
         .await
         .expect("rewind the stored timeline");
     record(&outbox, 2).await;
@@ -319,10 +322,10 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
         vec![first],
         "the old batch keeps its source and number"
     );
-    let next = relay.cut(100, 100).await.expect("cut").expect("a batch").batch;
+    let next = relay.cut(100, 100).await.expect("cut").expect("a batch").claim.clone();
     assert_eq!((next.source, next.id, next.rows), (after, 1, 2));
     let sources: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_sources")
-        .fetch_one(outbox.pool())
+        .fetch_one(&pool(&db).await)
         .await
         .expect("sources");
     assert_eq!(sources, 2, "verify knows both");

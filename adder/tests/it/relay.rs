@@ -296,9 +296,7 @@ async fn published_rows_past_retention_are_purged_and_unpublished_ones_kept() {
         .execute(&outbox_pool)
         .await
         .expect("an unpublished row");
-    let outbox = adder::outbox::Outbox::open(outbox_pool.clone(), 1)
-        .await
-        .expect("open");
+    let outbox = adder::outbox::Outbox::open(&db, 1, 1).await.expect("open");
     assert_eq!(
         outbox
             .purge(Duration::from_secs(3600), 100)

@@ -124,10 +124,6 @@ impl Ledger {
         Ok((ledger, update.state))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads the file without the lock (renames are atomic, so this sees
     /// one complete version) and checks it is the ledger this handle knows.
     pub fn read(&self) -> Result<State, Error> {

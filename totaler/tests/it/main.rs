@@ -6,6 +6,7 @@ mod crashes;
 mod exactness;
 mod http_limits;
 mod metrics;
+mod shutdown;
 mod startup;
 mod sum_range;
 mod support;
