@@ -88,6 +88,12 @@ pub enum Command {
     /// Compare sum.txt with the outbox database(s), batch by batch and the
     /// total; read-only, safe on a live system. Exits 1 on any discrepancy.
     Verify(crate::verify::Args),
+    /// The dead letters in `<queue>.dead` (TALLY_QUEUE, --queue): list them
+    /// and why they died, replay them to the queue. Needs a broker user
+    /// that may read `<queue>.dead` and publish to the default exchange
+    /// (an administrator; not tally-totaler).
+    #[command(subcommand)]
+    Dlq(crate::dlq::Dlq),
 }
 
 /// The HTTP server's limits against slow or hostile clients.

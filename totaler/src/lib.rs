@@ -9,10 +9,12 @@
 //! - `status`: the in-memory total and health the HTTP server reports.
 //! - `http`: the warp server; the only module that knows warp.
 //! - `verify`: the read-only audit of the ledger against the outbox.
+//! - `dlq`: `totaler dlq list|replay`, the dead letters in `<queue>.dead`.
 //! - `metrics`, `telemetry`: Prometheus registry and log set-up.
 
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

