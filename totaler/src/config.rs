@@ -11,7 +11,8 @@ use clap::{Args, Parser, ValueEnum};
 #[derive(Clone, Parser)]
 #[command(name = "totaler", version)]
 pub struct Config {
-    /// RabbitMQ URL to consume from [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL to consume from (`totaler dlq`: to read the dead letters
+    /// with) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(
         long,
         env = "AMQP_URL",
