@@ -59,7 +59,8 @@ async fn list_shows_malformed_and_refused_messages_with_their_reasons_and_keeps_
         again.contains("#1 id=<none>") && !again.contains("#2"),
         "{again}"
     );
-    assert_eq!(broker.count(&dead).await, 2, "list consumes nothing");
+    // The returned messages are ready again once the broker has requeued them.
+    wait_for(&broker, &dead, 2, "list to consume nothing").await;
     broker.delete().await;
 }
 
@@ -150,19 +151,13 @@ async fn replay_moves_only_the_limit_or_the_id_asked_for() {
     }
     let replayed = dlq(&queue, &["replay", "--limit", "2"]);
     assert!(replayed.contains("replayed 2 message(s)"), "{replayed}");
-    assert_eq!(
-        (broker.count(&queue).await, broker.count(&dead).await),
-        (2, 3)
-    );
+    wait_for_counts(&broker, (2, 3)).await;
     let replayed = dlq(&queue, &["replay", "--id", &id(4)]);
     assert!(
         replayed.contains("replayed 1 message(s)") && replayed.contains("2 left"),
         "{replayed}"
     );
-    assert_eq!(
-        (broker.count(&queue).await, broker.count(&dead).await),
-        (3, 2)
-    );
+    wait_for_counts(&broker, (3, 2)).await;
     let listing = dlq(&queue, &["list"]);
     let listed: Vec<_> = [3, 5].iter().map(|&b| listing.find(&id(b))).collect();
     assert!(
@@ -216,6 +211,18 @@ async fn publish_with_id(broker: &Broker, queue: &str, body: &[u8], id: &str) {
 async fn wait_for(broker: &Broker, queue: &str, count: u32, what: &str) {
     testkit::eventually(Duration::from_secs(30), what, || async {
         (broker.count(queue).await == count).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the queue and its dead-letter queue hold `expected` ready
+/// messages (returned ones are ready again only once the broker requeued them).
+async fn wait_for_counts(broker: &Broker, expected: (u32, u32)) {
+    let dead = proto::topology::dead_letter_queue(&broker.queue);
+    let what = format!("{expected:?} messages in the queue and {dead}");
+    testkit::eventually(Duration::from_secs(30), &what, || async {
+        let counts = (broker.count(&broker.queue).await, broker.count(&dead).await);
+        (counts == expected).then_some(())
     })
     .await;
 }
