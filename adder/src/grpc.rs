@@ -1,6 +1,7 @@
 //! The gRPC front end: `tally.v1.Adder`, `grpc.health.v1` and server
-//! reflection. The only module that knows tonic types; it translates
-//! `add::Error` to a `Status` in one place.
+//! reflection (`grpc.reflection.v1` and, for grpcurl before 1.9, `v1alpha`).
+//! The only module that knows tonic types; it translates `add::Error` to a
+//! `Status` in one place.
 
 use std::{sync::Arc, time::Instant};
 
@@ -73,18 +74,25 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdderServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = reflection_builder().build_v1()?;
+    // grpcurl before 1.9 (PyPI's is 1.8.6) and other older clients ask for v1alpha.
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let incoming = listen::Incoming::new(listener, limits.grpc_max_connections).into_stream();
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.grpc_max_streams)
         .timeout(limits.grpc_timeout())
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(AdderServer::new(Service { adder, metrics }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// Server reflection over Tally's and the health service's descriptors.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

@@ -40,6 +40,12 @@ pub const DELIVERY_LIMIT: i64 = i32::MAX as i64;
 /// queue; a policy can).
 pub const DELIVERY_LIMIT_POLICY: &str = "tally-delivery-limit";
 
+/// The same for `<queue>.dead`, which nothing consumes but an operator
+/// looks at (`totaler dlq list` takes and returns each message): without
+/// it, RabbitMQ 4.0's default limit of 20 drops a dead letter at the 21st
+/// look, since the dead-letter queue has no dead-letter exchange itself.
+pub const DEAD_LETTER_LIMIT_POLICY: &str = "tally-dead-letter-limit";
+
 /// How long a connection attempt may take: a broker that accepts TCP but
 /// never finishes the handshake must not hang a service.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +88,10 @@ pub fn queues(queue: &str) -> [QueueSpec; 2] {
     [
         QueueSpec {
             name: dead.clone(),
-            arguments: vec![quorum()],
+            arguments: vec![
+                ("x-delivery-limit", Argument::Integer(DELIVERY_LIMIT)),
+                quorum(),
+            ],
         },
         QueueSpec {
             name: queue.to_owned(),
@@ -120,7 +129,8 @@ pub fn totaler_permissions(queue: &str) -> Permissions {
 }
 
 /// The regex that matches exactly `queue` (`^tally\.sums$`), for
-/// permissions and for the [`DELIVERY_LIMIT_POLICY`] pattern.
+/// permissions and for the [`DELIVERY_LIMIT_POLICY`] and
+/// [`DEAD_LETTER_LIMIT_POLICY`] patterns.
 pub fn queue_pattern(queue: &str) -> String {
     format!("^{}$", regex_escape(queue))
 }

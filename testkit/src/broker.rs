@@ -135,14 +135,21 @@ impl Broker {
 impl Broker {
     /// Publishes `body` and returns whether the broker acked it.
     pub async fn try_publish(&self, body: &[u8]) -> bool {
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        self.publish_to(&self.queue, body, properties).await
+    }
+
+    /// Publishes `body` with `properties` to any `queue` (a dead-letter
+    /// queue, say) and returns whether the broker acked it.
+    pub async fn publish_to(&self, queue: &str, body: &[u8], properties: BasicProperties) -> bool {
         let confirm = self
             .channel
             .basic_publish(
                 "".into(),
-                self.queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                properties,
             )
             .await
             .expect("publish")

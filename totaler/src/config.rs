@@ -11,7 +11,8 @@ use clap::{Args, Parser, ValueEnum};
 #[derive(Clone, Parser)]
 #[command(name = "totaler", version)]
 pub struct Config {
-    /// RabbitMQ URL to consume from [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL to consume from (`totaler dlq`: to read the dead letters
+    /// with) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(
         long,
         env = "AMQP_URL",
@@ -90,6 +91,12 @@ pub enum Command {
     /// Compare sum.txt with the outbox database(s), batch by batch and the
     /// total; read-only, safe on a live system. Exits 1 on any discrepancy.
     Verify(crate::verify::Args),
+    /// The dead letters in `<queue>.dead` (TALLY_QUEUE, --queue): list them
+    /// and why they died, replay them to the queue. Needs a broker user
+    /// that may read `<queue>.dead` and publish to the default exchange
+    /// (an administrator; not tally-totaler).
+    #[command(subcommand)]
+    Dlq(crate::dlq::Dlq),
 }
 
 /// The HTTP server's limits against slow or hostile clients.

@@ -65,7 +65,7 @@ impl From<lapin::Error> for Stop {
 }
 
 /// What the ledger did with one delivery.
-enum Applied {
+pub(crate) enum Applied {
     /// How many of its rows changed the total (all or none for a batch part).
     Rows(usize),
     Refused(Refusal),
@@ -331,7 +331,7 @@ impl Consumer {
 }
 
 /// Applies one message: a batch part whole, a legacy message row by row.
-fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
+pub(crate) fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
     match message.part {
         Some(part) => {
             let sum = message.sums.iter().map(|s| i128::from(s.sum)).sum();

@@ -54,13 +54,14 @@ fn routes(
         .map(|status: Arc<Status>| sum_reply(status.total()));
     let metrics = warp::path!("metrics")
         .and(with(metrics))
-        .map(|metrics: Arc<Metrics>| metrics.render());
+        .and(with(status.clone()))
+        .map(|metrics: Arc<Metrics>, status: Arc<Status>| metrics.render(&status));
     let healthz = warp::path!("healthz").map(|| reply::json(&json!({"status": "ok"})));
     let readyz = warp::path!("readyz")
         .and(with(status))
         .map(|status: Arc<Status>| {
             let (ledger, broker) = (status.ledger_ok(), status.broker_ok());
-            let code = if ledger && broker {
+            let code = if status.ready() {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -10,10 +10,12 @@
 //!   the refresher that keeps the total in step with the file.
 //! - `http`: the warp server; the only module that knows warp.
 //! - `verify`: the read-only audit of the ledger against the outbox.
+//! - `dlq`: `totaler dlq list|replay`, the dead letters in `<queue>.dead`.
 //! - `metrics`, `telemetry`: Prometheus registry and log set-up.
 
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

@@ -6,6 +6,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::status::Status;
+
 /// Every metric the totaler exports.
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +21,8 @@ pub struct Metrics {
     pub ledger_errors: IntCounter,
     /// Batches above a horizon with parts applied: the dedupe state's size.
     pub open_batches: prometheus::IntGauge,
+    /// Mirrors `Status::ready` (what `/readyz` answers), set at each scrape.
+    pub ready: prometheus::IntGauge,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
 }
@@ -97,6 +101,11 @@ impl Metrics {
                 "Batches in flight in the ledger's dedupe state (above a source's horizon)",
             )
             .expect("valid metric"),
+            ready: prometheus::IntGauge::new(
+                "totaler_ready",
+                "1 while /readyz answers 200: the ledger writable and the broker consumed from",
+            )
+            .expect("valid metric"),
             http_requests: IntCounterVec::new(
                 Opts::new(
                     "totaler_http_requests_total",
@@ -131,6 +140,7 @@ impl Metrics {
             Box::new(metrics.sum.clone()),
             Box::new(metrics.ledger_errors.clone()),
             Box::new(metrics.open_batches.clone()),
+            Box::new(metrics.ready.clone()),
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_duration.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -143,8 +153,9 @@ impl Metrics {
         metrics
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
+    /// The text exposition format, with `totaler_ready` taken from `status`.
+    pub fn render(&self, status: &Status) -> String {
+        self.ready.set(i64::from(status.ready()));
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

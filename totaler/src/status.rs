@@ -55,6 +55,11 @@ impl Status {
         self.ledger_ok.store(ok, Ordering::Relaxed);
     }
 
+    /// Ready to count: the ledger takes updates and the broker is consumed from.
+    pub fn ready(&self) -> bool {
+        self.ledger_ok() && self.broker_ok()
+    }
+
     pub fn broker_ok(&self) -> bool {
         self.broker_ok.load(Ordering::Relaxed)
     }

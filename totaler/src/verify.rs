@@ -15,7 +15,11 @@
 //!
 //! It prints every finding and exits 1 on any discrepancy, 0 otherwise.
 
-use std::{collections::BTreeSet, fmt::Write as _, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use sqlx::{Connection, PgConnection};
@@ -68,14 +72,19 @@ struct Cut {
     settled: bool,
 }
 
+/// Reads the ledger at `path` without its lock (renames are atomic, so this
+/// sees one complete version) and without changing anything.
+pub(crate) fn read_ledger(path: &Path) -> anyhow::Result<State> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the ledger {}", path.display()))?;
+    State::parse(&text)
+        .map_err(|problem| anyhow::anyhow!("ledger {} is corrupt: {problem}", path.display()))
+}
+
 /// Runs the audit; the caller prints the report and exits non-zero on any
 /// discrepancy.
 pub async fn run(args: &Args) -> anyhow::Result<Findings> {
-    let text = std::fs::read_to_string(&args.sum_file)
-        .with_context(|| format!("reading the ledger {}", args.sum_file.display()))?;
-    let state = State::parse(&text).map_err(|problem| {
-        anyhow::anyhow!("ledger {} is corrupt: {problem}", args.sum_file.display())
-    })?;
+    let state = read_ledger(&args.sum_file)?;
     let mut findings = Findings::default();
     findings.line(format!(
         "ledger {}: total {}, {} sources, {} batches in flight",

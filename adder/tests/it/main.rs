@@ -4,6 +4,7 @@
 mod adds;
 mod batches;
 mod grouping;
+mod grpcurl;
 mod http_api;
 mod limits;
 mod metrics;

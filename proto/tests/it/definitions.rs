@@ -3,7 +3,9 @@
 //! queues with the same arguments (or RabbitMQ refuses a service's
 //! redeclaration), the delivery-limit policy, and the services' permissions.
 
-use proto::topology::{self, Argument, DEFAULT_QUEUE, DELIVERY_LIMIT, DELIVERY_LIMIT_POLICY};
+use proto::topology::{
+    self, Argument, DEAD_LETTER_LIMIT_POLICY, DEFAULT_QUEUE, DELIVERY_LIMIT, DELIVERY_LIMIT_POLICY,
+};
 use serde_json::{Value, json};
 
 fn definitions() -> Value {
@@ -48,19 +50,25 @@ fn definitions_declare_the_queues_of_the_topology() {
 
 #[test]
 fn definitions_lift_the_delivery_limit_with_a_policy_too() {
+    let dead = topology::dead_letter_queue(DEFAULT_QUEUE);
     let definitions = definitions();
     let policies = definitions["policies"].as_array().expect("a policies list");
-    let policy = policies
-        .iter()
-        .find(|p| p["name"] == DELIVERY_LIMIT_POLICY)
-        .expect("the delivery-limit policy");
-    assert_eq!(policy["vhost"], "/");
-    assert_eq!(policy["pattern"], topology::queue_pattern(DEFAULT_QUEUE));
-    assert_eq!(policy["apply-to"], "queues");
-    assert_eq!(
-        policy["definition"],
-        json!({ "delivery-limit": DELIVERY_LIMIT })
-    );
+    for (name, queue) in [
+        (DELIVERY_LIMIT_POLICY, DEFAULT_QUEUE),
+        (DEAD_LETTER_LIMIT_POLICY, dead.as_str()),
+    ] {
+        let policy = policies
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("the {name} policy"));
+        assert_eq!(policy["vhost"], "/");
+        assert_eq!(policy["pattern"], topology::queue_pattern(queue));
+        assert_eq!(policy["apply-to"], "queues");
+        assert_eq!(
+            policy["definition"],
+            json!({ "delivery-limit": DELIVERY_LIMIT })
+        );
+    }
 }
 
 #[test]

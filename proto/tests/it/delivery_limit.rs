@@ -15,7 +15,9 @@ use lapin::{
     },
     types::FieldTable,
 };
-use proto::topology::{self, Argument, DELIVERY_LIMIT, DELIVERY_LIMIT_POLICY};
+use proto::topology::{
+    self, Argument, DEAD_LETTER_LIMIT_POLICY, DELIVERY_LIMIT, DELIVERY_LIMIT_POLICY,
+};
 
 use crate::support::{self, Broker};
 
@@ -75,6 +77,60 @@ async fn policy_lifts_the_limit_of_an_existing_queue_on_rabbitmq_3_and_4() {
         broker.clear_policy(&policy).await;
         support::delete_topology(&connection, &queue).await;
     }
+}
+
+/// Nothing consumes `<queue>.dead`, but an operator looks at it (`totaler
+/// dlq list` takes each message and returns it). It has no dead-letter
+/// exchange of its own, so on 4.0 its default limit of 20 would drop a dead
+/// letter at the 21st look: its limit is lifted too.
+#[tokio::test]
+async fn dead_letter_returned_25_times_stays_in_its_queue_on_rabbitmq_3_and_4() {
+    for broker in [support::broker3(), support::broker4()] {
+        let connection = broker.connect().await;
+        let queue = support::unique_queue("dead_limit");
+        let channel = connection.create_channel().await.expect("channel");
+        topology::declare(&channel, &queue).await.expect("declare");
+        dead_letter_stays_after_returns(&connection, &queue).await;
+        support::delete_topology(&connection, &queue).await;
+    }
+}
+
+/// The upgrade path for a `<queue>.dead` created without the argument:
+/// the dead-letter queue's own policy.
+#[tokio::test]
+async fn policy_lifts_the_limit_of_an_existing_dead_letter_queue_on_rabbitmq_3_and_4() {
+    for broker in [support::broker3(), support::broker4()] {
+        let connection = broker.connect().await;
+        let queue = support::unique_queue("dead_policy");
+        declare_without_limit(&connection, &queue).await;
+        let dead = topology::dead_letter_queue(&queue);
+        let policy = format!("{DEAD_LETTER_LIMIT_POLICY}-{queue}");
+        let definition = serde_json::json!({ "delivery-limit": DELIVERY_LIMIT });
+        broker.set_policy(&policy, &dead, definition).await;
+        dead_letter_stays_after_returns(&connection, &queue).await;
+        broker.clear_policy(&policy).await;
+        support::delete_topology(&connection, &queue).await;
+    }
+}
+
+async fn dead_letter_stays_after_returns(connection: &Connection, queue: &str) {
+    let dead = topology::dead_letter_queue(queue);
+    let channel = connection.create_channel().await.expect("channel");
+    assert!(
+        support::publish(&channel, &dead, BODY)
+            .await
+            .expect("publish")
+    );
+    let returned = return_repeatedly(connection, &dead).await;
+    assert_eq!(
+        returned, RETURNS,
+        "the dead letter vanished after {returned} returns"
+    );
+    let channel = connection.create_channel().await.expect("channel");
+    assert!(
+        get_and_nack(&channel, &dead).await,
+        "the dead letter is still there"
+    );
 }
 
 async fn stays_queued_after_returns(broker: &Broker, major: &str) {

@@ -225,7 +225,8 @@ async fn disk_error_means_no_ack_and_a_retry_until_it_clears() {
             let (status, _) = get(totaler.http, "/readyz").await?;
             let (_, metrics) = get(totaler.http, "/metrics").await?;
             let errors = sample(&metrics, "totaler_ledger_errors_total")?;
-            (status == 503 && errors >= 2.0).then_some(())
+            let ready = sample(&metrics, "totaler_ready")?;
+            (status == 503 && errors >= 2.0 && ready == 0.0).then_some(())
         },
     )
     .await;
@@ -239,6 +240,8 @@ async fn disk_error_means_no_ack_and_a_retry_until_it_clears() {
     .await;
     assert_eq!(file_total(&path), 9);
     assert_eq!(get(totaler.http, "/readyz").await.expect("readyz").0, 200);
+    let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
+    assert_eq!(sample(&metrics, "totaler_ready"), Some(1.0), "{metrics}");
     totaler.stop().await;
     assert_eq!(
         broker.count_settled(&queue).await,

@@ -1,8 +1,10 @@
 //! The totaler's integration tests, against a real RabbitMQ (a unique queue
 //! per test) and real files in a temporary directory.
 
+mod alerts;
 mod consuming;
 mod crashes;
+mod dlq;
 mod exactness;
 mod http_limits;
 mod metrics;
