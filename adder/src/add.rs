@@ -18,6 +18,8 @@ pub struct Adder {
     pub relay_wake: Arc<Notify>,
     /// The relay's broker gauge: 1 while it holds a channel.
     pub broker: prometheus::IntGauge,
+    /// Whether traces are exported: then each row stores its Add's context.
+    pub tracing: bool,
 }
 
 /// Why an Add was refused.
@@ -66,8 +68,13 @@ impl Adder {
             .outbox
             .get()
             .ok_or(Error::Unavailable(outbox::Error::NotOpen))?;
+        let traceparent = if self.tracing {
+            otel::context::current()
+        } else {
+            None
+        };
         let recorded = outbox
-            .record(a, b, sum, request_id)
+            .record_traced(a, b, sum, request_id, traceparent)
             .await
             .map_err(|e| match e {
                 outbox::Error::Conflict { request_id, a, b } => {

@@ -10,7 +10,9 @@
 //! - `relay`: outbox -> broker: one active relay per database, snapshot
 //!   batches published in parts with pipelined confirms.
 //! - `housekeeping`: pending gauge and retention purge.
-//! - `metrics`, `telemetry`: Prometheus registry and log set-up.
+//! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
+//! - `trace`: the Add's request span and the relay's publish span (on only
+//!   while tracing is).
 
 pub mod add;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod telemetry;
+pub mod trace;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -70,6 +73,7 @@ pub async fn run(
         outbox: opened.clone(),
         relay_wake: wake.clone(),
         broker: metrics.broker_up.clone(),
+        tracing: config.otel.enabled(),
     };
     let tracker = TaskTracker::new();
     tracker.spawn(http::serve(
@@ -113,6 +117,7 @@ pub async fn run(
         confirm_timeout: config.relay_confirm_timeout(),
         wake,
         metrics: metrics.clone(),
+        tracing: config.otel.enabled(),
     };
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(housekeeping::run(

@@ -52,6 +52,8 @@ pub struct Relay {
     pub confirm_timeout: Duration,
     pub wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Whether traces are exported: then each batch gets a publish span.
+    pub tracing: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,13 +214,18 @@ impl Relay {
     }
 
     /// Publishes every part of `batch` without awaiting a confirm.
-    #[tracing::instrument(skip_all, fields(source = %batch.source, batch = batch.id, rows = batch.rows))]
+    #[tracing::instrument(name = "publish batch", skip_all, fields(source = %batch.source, batch = batch.id, rows = batch.rows, trace_id = tracing::field::Empty))]
     async fn publish(
         &self,
         active: &mut Active,
         channel: &Channel,
-        batch: Batch,
+        mut batch: Batch,
     ) -> Result<InFlight, Error> {
+        let traceparent = if self.tracing {
+            crate::trace::publish_context(active, &mut batch).await?
+        } else {
+            None
+        };
         let rows = active.rows(&batch).await?;
         let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
         let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
@@ -234,7 +241,7 @@ impl Relay {
                 published_us: now_us(),
                 sums: sums(chunk),
             };
-            let confirm = self.send(channel, &message).await?;
+            let confirm = self.send(channel, &message, traceparent.as_deref()).await?;
             confirms.push((message.id(), confirm));
         }
         self.metrics.relay_messages.inc_by(confirms.len() as u64);
@@ -253,11 +260,15 @@ impl Relay {
         &self,
         channel: &Channel,
         message: &SumMessage,
+        traceparent: Option<&str>,
     ) -> Result<PublisherConfirm, Error> {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message.id().into());
+        if let Some(traceparent) = traceparent {
+            properties = otel::context::to_amqp(properties, traceparent);
+        }
         Ok(channel
             .basic_publish(
                 "".into(),
@@ -305,7 +316,7 @@ impl Relay {
                     published_us: now_us(),
                     sums: sums(chunk),
                 };
-                confirms.push((message.id(), self.send(channel, &message).await?));
+                confirms.push((message.id(), self.send(channel, &message, None).await?));
             }
             tokio::time::timeout(self.confirm_timeout, await_confirms(confirms))
                 .await

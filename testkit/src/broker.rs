@@ -135,6 +135,13 @@ impl Broker {
 impl Broker {
     /// Publishes `body` and returns whether the broker acked it.
     pub async fn try_publish(&self, body: &[u8]) -> bool {
+        self.publish_with(body, BasicProperties::default().with_delivery_mode(2))
+            .await
+    }
+
+    /// Publishes `body` with `properties` (headers, for example) and returns
+    /// whether the broker acked it.
+    pub async fn publish_with(&self, body: &[u8], properties: BasicProperties) -> bool {
         let confirm = self
             .channel
             .basic_publish(
@@ -142,7 +149,7 @@ impl Broker {
                 self.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                properties,
             )
             .await
             .expect("publish")

@@ -11,7 +11,7 @@ use totaler::{Config, config::Command, shutdown_signal, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    let _traces = telemetry::init(config.log_format, &config.otel)?;
     if let Some(Command::Verify(args)) = &config.command {
         let findings = totaler::verify::run(args).await?;
         print!("{}", findings.report);

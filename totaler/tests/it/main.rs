@@ -9,3 +9,4 @@ mod metrics;
 mod startup;
 mod sum_range;
 mod support;
+mod traces;

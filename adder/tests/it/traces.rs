@@ -1,0 +1,223 @@
+//! Traces across the queue, with the real binary exporting to a real OTLP
+//! receiver (the exporter is process-global, so never in-process): an Add's
+//! `traceparent` (gRPC metadata, HTTP header) is continued by its request
+//! span, stored with its row, linked from the relay's `publish batch` span,
+//! whose own context is stored with the batch and sent in every part's AMQP
+//! header, the same one when the batch is published again. With tracing
+//! off, nothing is stored and no header is sent.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use sqlx::PgPool;
+use testkit::{Broker, database, free_port, otlp, process};
+use tonic::metadata::MetadataValue;
+
+use crate::support::{add, config, pool, spawn_adder, wait_for_http};
+
+const GRPC_PARENT: (&str, &str) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+const HTTP_PARENT: (&str, &str) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running adder binary exporting to `receiver`.
+struct TracedAdder {
+    child: Child,
+    grpc: u16,
+    http: u16,
+}
+
+fn traceparent((trace, span): (&str, &str)) -> String {
+    format!("00-{trace}-{span}-01")
+}
+
+async fn spawn_traced(db: &str, queue: &str, receiver: &otlp::Receiver) -> TracedAdder {
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_adder"))
+        .env("DATABASE_URL", db)
+        .env("AMQP_URL", testkit::amqp_url())
+        .env("TALLY_QUEUE", queue)
+        .env("ADDER_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("ADDER_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("ADDER_DB_POOL", "4")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", std::env::var("TEST_ADDER_LOG").unwrap_or("warn".into()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the adder binary");
+    wait_for_http(format!("127.0.0.1:{http}").parse().expect("addr")).await;
+    TracedAdder { child, grpc, http }
+}
+
+impl Drop for TracedAdder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TracedAdder {
+    /// SIGTERM, which flushes the exporter, and the exit within its grace.
+    async fn stop(mut self) {
+        process::terminate(self.child.id());
+        let (status, _) =
+            process::exit_within(&mut self.child, Duration::from_secs(15), "the adder").await;
+        assert!(status.success(), "the adder exits cleanly: {status}");
+    }
+}
+
+/// One gRPC Add carrying `traceparent` metadata.
+async fn grpc_add(port: u16, a: i64, traceparent: &str) {
+    let mut client =
+        proto::tally::v1::adder_client::AdderClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect gRPC");
+    let mut request = tonic::Request::new(add(a, 1, ""));
+    request.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(traceparent).expect("ascii"),
+    );
+    client.add(request).await.expect("the Add succeeds");
+}
+
+/// The stored context of each outbox row, by id.
+const ROWS: &str = "SELECT traceparent FROM outbox ORDER BY id";
+/// The stored context of each batch, by number.
+const BATCHES: &str = "SELECT traceparent FROM outbox_batch ORDER BY id";
+
+async fn stored(pool: &PgPool, query: &'static str) -> Vec<Option<String>> {
+    sqlx::query_scalar(query)
+        .fetch_all(pool)
+        .await
+        .expect("read the stored contexts")
+}
+
+#[tokio::test]
+async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_header() {
+    let receiver = otlp::Receiver::start().await;
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("traced");
+    let broker = Broker::connect(&queue).await;
+    let adder = spawn_traced(&db, &queue, &receiver).await;
+
+    grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
+    let body = r#"{"a": 2, "b": 1}"#;
+    let http = format!("127.0.0.1:{}", adder.http).parse().expect("addr");
+    let headers = [("traceparent", traceparent(HTTP_PARENT))];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, reply) = testkit::http::request_with(http, "POST", "/add", &headers, body)
+        .await
+        .expect("POST /add answers");
+    assert_eq!(status, 200, "{reply}");
+
+    for ((trace, parent), name) in [(GRPC_PARENT, "tally.v1.Adder/Add"), (HTTP_PARENT, "POST /add")] {
+        let request = receiver
+            .wait_for(WAIT, name, |s| s.name == name && s.trace_id == trace)
+            .await;
+        assert_eq!(request.parent_span_id, parent, "{name} continues the caller's span");
+        assert_eq!(request.service, "adder");
+        let add = receiver
+            .wait_for(WAIT, "the add span", |s| s.name == "add" && s.parent_span_id == request.span_id)
+            .await;
+        let publish = receiver
+            .wait_for(WAIT, "a publish span linked to the Add", |s| {
+                s.name == "publish batch" && s.links_to(trace, &add.span_id)
+            })
+            .await;
+        assert_ne!(publish.trace_id, trace, "a batch is its own trace, linked to its Adds");
+    }
+    let publishes: Vec<String> = receiver
+        .spans()
+        .iter()
+        .filter(|s| s.name == "publish batch")
+        .map(otlp::Span::traceparent)
+        .collect();
+    let deliveries = broker.drain_deliveries(&queue).await;
+    assert!(!deliveries.is_empty());
+    for delivery in &deliveries {
+        let header = otel::context::from_amqp(&delivery.properties).expect("a traceparent header");
+        assert!(publishes.contains(&header), "{header} is a publish span's context");
+    }
+    let pool = pool(&db).await;
+    let rows = stored(&pool, ROWS).await;
+    assert_eq!(rows.len(), 2);
+    for (row, (trace, _)) in rows.iter().zip([GRPC_PARENT, HTTP_PARENT]) {
+        let row = row.as_deref().expect("each row stores its Add's context");
+        assert!(row.contains(trace), "{row} belongs to trace {trace}");
+    }
+    for batch in stored(&pool, BATCHES).await {
+        let batch = batch.expect("each batch stores its publish span's context");
+        assert!(publishes.contains(&batch), "{batch} is a publish span's context");
+    }
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_batch_published_again_sends_the_context_it_was_first_published_under() {
+    let receiver = otlp::Receiver::start().await;
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("retraced");
+    let broker = Broker::connect(&queue).await;
+    let adder = spawn_traced(&db, &queue, &receiver).await;
+    grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
+    let first = receiver
+        .wait_for(WAIT, "the first publish span", |s| s.name == "publish batch")
+        .await;
+    adder.stop().await;
+    assert_eq!(broker.drain_deliveries(&queue).await.len(), 1);
+
+    // The confirmation commits asynchronously: a crash may lose it, and
+    // the next relay publishes the batch again.
+    let pool = pool(&db).await;
+    sqlx::query("UPDATE outbox_batch SET confirmed_at = NULL")
+        .execute(&pool)
+        .await
+        .expect("forget the confirmation");
+    let adder = spawn_traced(&db, &queue, &receiver).await;
+    let again = receiver
+        .wait_for(WAIT, "a republish span linked to the first", |s| {
+            s.name == "publish batch" && s.links_to(&first.trace_id, &first.span_id)
+        })
+        .await;
+    assert_ne!(again.span_id, first.span_id);
+    let deliveries = testkit::eventually(WAIT, "the republished part", || async {
+        let deliveries = broker.drain_deliveries(&queue).await;
+        (!deliveries.is_empty()).then_some(deliveries)
+    })
+    .await;
+    for delivery in &deliveries {
+        assert_eq!(
+            otel::context::from_amqp(&delivery.properties),
+            Some(first.traceparent()),
+            "the republished part carries the first publication's context"
+        );
+    }
+    assert_eq!(stored(&pool, BATCHES).await, vec![Some(first.traceparent())]);
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn with_tracing_off_no_context_is_stored_and_no_header_is_sent() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("untraced");
+    let broker = Broker::connect(&queue).await;
+    let adder = spawn_adder(config(&db, &testkit::amqp_url(), &queue)).await;
+    grpc_add(adder.grpc.port(), 1, &traceparent(GRPC_PARENT)).await;
+    let deliveries = testkit::eventually(WAIT, "the published part", || async {
+        let deliveries = broker.drain_deliveries(&queue).await;
+        (!deliveries.is_empty()).then_some(deliveries)
+    })
+    .await;
+    for delivery in &deliveries {
+        assert_eq!(otel::context::from_amqp(&delivery.properties), None);
+    }
+    let pool = pool(&db).await;
+    assert_eq!(stored(&pool, ROWS).await, vec![None]);
+    assert_eq!(stored(&pool, BATCHES).await, vec![None]);
+    adder.stop().await;
+    broker.delete().await;
+}
