@@ -43,8 +43,12 @@ pub fn format(cx: &SpanContext) -> Option<String> {
 /// fields, as the W3C spec asks); `None` if it is malformed or all zeros.
 pub fn parse(traceparent: &str) -> Option<SpanContext> {
     let mut fields = traceparent.trim().split('-');
-    let (version, trace_id, span_id, flags) =
-        (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+    let (version, trace_id, span_id, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
     let version_ok = version.len() == 2 && version != "ff" && is_lower_hex(version);
     if !version_ok || (version == "00" && fields.next().is_some()) {
         return None;
@@ -66,7 +70,8 @@ pub fn parse(traceparent: &str) -> Option<SpanContext> {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The current span's context as `traceparent` text, if it has one.
@@ -140,7 +145,6 @@ pub fn to_amqp(properties: BasicProperties, traceparent: &str) -> BasicPropertie
     properties.with_headers(headers)
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -151,7 +155,10 @@ mod tests {
     #[test]
     fn a_traceparent_survives_parsing_and_formatting() {
         let cx = parse(SAMPLED).unwrap();
-        assert_eq!(cx.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            cx.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(cx.span_id().to_string(), "00f067aa0ba902b7");
         assert!(cx.is_sampled() && cx.is_remote());
         assert_eq!(format(&cx).as_deref(), Some(SAMPLED));

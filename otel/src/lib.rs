@@ -36,7 +36,10 @@ pub struct Settings {
     pub endpoint: Option<String>,
 
     /// OTLP/gRPC endpoint for traces only; wins over OTEL_EXPORTER_OTLP_ENDPOINT.
-    #[arg(long = "otel-traces-endpoint", env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    #[arg(
+        long = "otel-traces-endpoint",
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )]
     pub traces_endpoint: Option<String>,
 
     /// OTLP transport: only `grpc` is built in (Jaeger and the OpenTelemetry
@@ -54,7 +57,11 @@ pub struct Settings {
     pub service_name: Option<String>,
 
     /// `true` turns tracing off even with an endpoint set.
-    #[arg(long = "otel-sdk-disabled", env = "OTEL_SDK_DISABLED", default_value_t = false)]
+    #[arg(
+        long = "otel-sdk-disabled",
+        env = "OTEL_SDK_DISABLED",
+        default_value_t = false
+    )]
     pub sdk_disabled: bool,
 }
 
@@ -96,7 +103,13 @@ impl Settings {
 pub fn layer<S>(
     settings: &Settings,
     default_service: &'static str,
-) -> Result<(Option<OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>>, Guard), Error>
+) -> Result<
+    (
+        Option<OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>>,
+        Guard,
+    ),
+    Error,
+>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
@@ -111,7 +124,10 @@ where
             endpoint: endpoint.to_owned(),
             source,
         })?;
-    let service = settings.service_name.clone().unwrap_or_else(|| default_service.to_owned());
+    let service = settings
+        .service_name
+        .clone()
+        .unwrap_or_else(|| default_service.to_owned());
     let provider = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build())
         .with_batch_exporter(exporter)
@@ -120,7 +136,12 @@ where
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_error_records_to_exceptions(true);
-    Ok((Some(layer), Guard { provider: Some(provider) }))
+    Ok((
+        Some(layer),
+        Guard {
+            provider: Some(provider),
+        },
+    ))
 }
 
 impl Guard {

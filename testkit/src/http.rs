@@ -28,9 +28,9 @@ pub async fn request_with(
     body: &str,
 ) -> Option<(u16, String)> {
     let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    let head = headers
-        .iter()
-        .fold(head, |head, (name, value)| format!("{head}{name}: {value}\r\n"));
+    let head = headers.iter().fold(head, |head, (name, value)| {
+        format!("{head}{name}: {value}\r\n")
+    });
     tokio::time::timeout(Duration::from_secs(5), exchange(addr, &head, body))
         .await
         .ok()

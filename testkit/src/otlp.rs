@@ -101,7 +101,12 @@ impl Receiver {
     }
 
     /// Waits (up to `timeout`) for a span `matches` accepts, and returns it.
-    pub async fn wait_for(&self, timeout: Duration, what: &str, matches: impl Fn(&Span) -> bool) -> Span {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        matches: impl Fn(&Span) -> bool,
+    ) -> Span {
         crate::eventually(timeout, what, || async {
             self.spans().into_iter().find(|span| matches(span))
         })
@@ -142,7 +147,11 @@ impl TraceService for Collector {
                         .iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
-                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(kv))).collect(),
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(kv)))
+                        .collect(),
                 });
             }
         }

@@ -217,7 +217,9 @@ impl Active {
         .bind(limit)
         .fetch_all(&mut self.connection)
         .await?;
-        let all = rows.first().map_or(0, |(_, all)| usize::try_from(*all).unwrap_or(0));
+        let all = rows
+            .first()
+            .map_or(0, |(_, all)| usize::try_from(*all).unwrap_or(0));
         Ok((rows.into_iter().map(|(t, _)| t).collect(), all))
     }
 

@@ -263,7 +263,8 @@ async fn insert_group(
     if traced {
         query = query.bind(&traceparent);
     }
-    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(pool).await?;    rows.sort_unstable_by_key(|(id, _)| *id);
+    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(pool).await?;
+    rows.sort_unstable_by_key(|(id, _)| *id);
     let returned: HashSet<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
     let kept: Vec<usize> = to_insert
         .iter()

@@ -11,5 +11,5 @@ mod relay;
 mod request_ids;
 mod shutdown;
 mod startup;
-mod traces;
 mod support;
+mod traces;

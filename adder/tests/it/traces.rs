@@ -43,7 +43,10 @@ async fn spawn_traced(db: &str, queue: &str, receiver: &otlp::Receiver) -> Trace
         .env("ADDER_DB_POOL", "4")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", std::env::var("TEST_ADDER_LOG").unwrap_or("warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_ADDER_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("start the adder binary");
@@ -112,21 +115,32 @@ async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_head
         .expect("POST /add answers");
     assert_eq!(status, 200, "{reply}");
 
-    for ((trace, parent), name) in [(GRPC_PARENT, "tally.v1.Adder/Add"), (HTTP_PARENT, "POST /add")] {
+    for ((trace, parent), name) in [
+        (GRPC_PARENT, "tally.v1.Adder/Add"),
+        (HTTP_PARENT, "POST /add"),
+    ] {
         let request = receiver
             .wait_for(WAIT, name, |s| s.name == name && s.trace_id == trace)
             .await;
-        assert_eq!(request.parent_span_id, parent, "{name} continues the caller's span");
+        assert_eq!(
+            request.parent_span_id, parent,
+            "{name} continues the caller's span"
+        );
         assert_eq!(request.service, "adder");
         let add = receiver
-            .wait_for(WAIT, "the add span", |s| s.name == "add" && s.parent_span_id == request.span_id)
+            .wait_for(WAIT, "the add span", |s| {
+                s.name == "add" && s.parent_span_id == request.span_id
+            })
             .await;
         let publish = receiver
             .wait_for(WAIT, "a publish span linked to the Add", |s| {
                 s.name == "publish batch" && s.links_to(trace, &add.span_id)
             })
             .await;
-        assert_ne!(publish.trace_id, trace, "a batch is its own trace, linked to its Adds");
+        assert_ne!(
+            publish.trace_id, trace,
+            "a batch is its own trace, linked to its Adds"
+        );
     }
     let publishes: Vec<String> = receiver
         .spans()
@@ -138,7 +152,10 @@ async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_head
     assert!(!deliveries.is_empty());
     for delivery in &deliveries {
         let header = otel::context::from_amqp(&delivery.properties).expect("a traceparent header");
-        assert!(publishes.contains(&header), "{header} is a publish span's context");
+        assert!(
+            publishes.contains(&header),
+            "{header} is a publish span's context"
+        );
     }
     let pool = pool(&db).await;
     let rows = stored(&pool, ROWS).await;
@@ -149,7 +166,10 @@ async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_head
     }
     for batch in stored(&pool, BATCHES).await {
         let batch = batch.expect("each batch stores its publish span's context");
-        assert!(publishes.contains(&batch), "{batch} is a publish span's context");
+        assert!(
+            publishes.contains(&batch),
+            "{batch} is a publish span's context"
+        );
     }
     adder.stop().await;
     broker.delete().await;
@@ -164,7 +184,9 @@ async fn a_batch_published_again_sends_the_context_it_was_first_published_under(
     let adder = spawn_traced(&db, &queue, &receiver).await;
     grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
     let first = receiver
-        .wait_for(WAIT, "the first publish span", |s| s.name == "publish batch")
+        .wait_for(WAIT, "the first publish span", |s| {
+            s.name == "publish batch"
+        })
         .await;
     adder.stop().await;
     assert_eq!(broker.drain_deliveries(&queue).await.len(), 1);
@@ -195,7 +217,10 @@ async fn a_batch_published_again_sends_the_context_it_was_first_published_under(
             "the republished part carries the first publication's context"
         );
     }
-    assert_eq!(stored(&pool, BATCHES).await, vec![Some(first.traceparent())]);
+    assert_eq!(
+        stored(&pool, BATCHES).await,
+        vec![Some(first.traceparent())]
+    );
     adder.stop().await;
     broker.delete().await;
 }

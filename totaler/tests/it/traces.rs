@@ -65,7 +65,10 @@ async fn a_consumed_batch_links_to_each_messages_publish_span_and_logs_its_trace
             })
             .await;
         assert_eq!(consumed.service, "totaler");
-        assert_ne!(consumed.trace_id, trace, "a batch is its own trace, linked to its parts");
+        assert_ne!(
+            consumed.trace_id, trace,
+            "a batch is its own trace, linked to its parts"
+        );
     }
     let batch_traces: Vec<String> = receiver
         .spans()
@@ -83,7 +86,9 @@ async fn a_consumed_batch_links_to_each_messages_publish_span_and_logs_its_trace
         .find(|line| line.contains("skipped redelivered sums"))
         .unwrap_or_else(|| panic!("the duplicate is logged: {logs}"));
     let line: serde_json::Value = serde_json::from_str(skipped).expect("a JSON log line");
-    let trace_id = line["span"]["trace_id"].as_str().expect("the line carries trace_id");
+    let trace_id = line["span"]["trace_id"]
+        .as_str()
+        .expect("the line carries trace_id");
     assert!(
         batch_traces.iter().any(|t| t == trace_id),
         "{trace_id} is a batch span's trace"
