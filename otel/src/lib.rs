@@ -6,12 +6,13 @@
 //! W3C `traceparent` text: gRPC metadata and HTTP headers in, AMQP headers
 //! and outbox columns through the queue.
 //!
-//! It must not install a subscriber (only each service's `main` does), and
-//! nothing here runs per Add unless tracing is on: callers check
-//! [`Settings::enabled`] once and keep a `bool`.
+//! [`init`] installs the whole subscriber (logs and traces) for a service's
+//! `main`, which alone calls it. Nothing here runs per Add unless tracing is
+//! on: callers check [`Settings::enabled`] once and keep a `bool`.
 //!
 //! # Layout
 //! - [`Settings`], [`layer`], [`Guard`]: configuration and the pipeline.
+//! - [`init`]: the process's subscriber.
 //! - [`context`]: `traceparent` text, links, span fields, AMQP headers.
 
 pub mod context;
@@ -21,7 +22,10 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 /// The OpenTelemetry variables the services honour (the names are the
 /// standard ones, so a collector's usual set-up works unchanged).
@@ -142,6 +146,24 @@ where
             provider: Some(provider),
         },
     ))
+}
+
+/// Installs the global subscriber of a service's process: log lines (JSON
+/// or text) filtered by `RUST_LOG` (default `info`), and, when tracing is
+/// on, the OTLP layer exporting every span at INFO or above whatever
+/// `RUST_LOG` says. The guard flushes the exporter when dropped: `main`
+/// holds it until the service stopped. Must run inside the Tokio runtime.
+pub fn init(json: bool, settings: &Settings, service: &'static str) -> Result<Guard, Error> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (traces, guard) = layer(settings, service)?;
+    let registry = tracing_subscriber::registry().with(traces.with_filter(LevelFilter::INFO));
+    let logs = tracing_subscriber::fmt::layer();
+    if json {
+        registry.with(logs.json().with_filter(filter)).init();
+    } else {
+        registry.with(logs.with_filter(filter)).init();
+    }
+    Ok(guard)
 }
 
 impl Guard {

@@ -100,6 +100,14 @@ impl Receiver {
         self.spans.lock().expect("spans lock").clone()
     }
 
+    /// Every span received so far named `name`.
+    pub fn named(&self, name: &str) -> Vec<Span> {
+        self.spans()
+            .into_iter()
+            .filter(|s| s.name == name)
+            .collect()
+    }
+
     /// Waits (up to `timeout`) for a span `matches` accepts, and returns it.
     pub async fn wait_for(
         &self,

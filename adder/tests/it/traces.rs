@@ -85,6 +85,26 @@ async fn grpc_add(port: u16, a: i64, traceparent: &str) {
     client.add(request).await.expect("the Add succeeds");
 }
 
+/// Waits for messages in the test queue and takes them all.
+async fn delivered(broker: &Broker) -> Vec<lapin::message::Delivery> {
+    testkit::eventually(WAIT, "published parts", || async {
+        let deliveries = broker.drain_deliveries(&broker.queue).await;
+        (!deliveries.is_empty()).then_some(deliveries)
+    })
+    .await
+}
+
+/// One HTTP `POST /add` carrying a `traceparent` header.
+async fn http_add(port: u16, a: i64, traceparent: &str) {
+    let http = format!("127.0.0.1:{port}").parse().expect("addr");
+    let body = format!(r#"{{"a": {a}, "b": 1}}"#);
+    let headers = [("traceparent", traceparent)];
+    let (status, reply) = testkit::http::request_with(http, "POST", "/add", &headers, &body)
+        .await
+        .expect("POST /add answers");
+    assert_eq!(status, 200, "{reply}");
+}
+
 /// The stored context of each outbox row, by id.
 const ROWS: &str = "SELECT traceparent FROM outbox ORDER BY id";
 /// The stored context of each batch, by number.
@@ -106,15 +126,7 @@ async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_head
     let adder = spawn_traced(&db, &queue, &receiver).await;
 
     grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
-    let body = r#"{"a": 2, "b": 1}"#;
-    let http = format!("127.0.0.1:{}", adder.http).parse().expect("addr");
-    let headers = [("traceparent", traceparent(HTTP_PARENT))];
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (status, reply) = testkit::http::request_with(http, "POST", "/add", &headers, body)
-        .await
-        .expect("POST /add answers");
-    assert_eq!(status, 200, "{reply}");
-
+    http_add(adder.http, 2, &traceparent(HTTP_PARENT)).await;
     for ((trace, parent), name) in [
         (GRPC_PARENT, "tally.v1.Adder/Add"),
         (HTTP_PARENT, "POST /add"),
@@ -143,9 +155,8 @@ async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_head
         );
     }
     let publishes: Vec<String> = receiver
-        .spans()
+        .named("publish batch")
         .iter()
-        .filter(|s| s.name == "publish batch")
         .map(otlp::Span::traceparent)
         .collect();
     let deliveries = broker.drain_deliveries(&queue).await;
@@ -205,11 +216,7 @@ async fn a_batch_published_again_sends_the_context_it_was_first_published_under(
         })
         .await;
     assert_ne!(again.span_id, first.span_id);
-    let deliveries = testkit::eventually(WAIT, "the republished part", || async {
-        let deliveries = broker.drain_deliveries(&queue).await;
-        (!deliveries.is_empty()).then_some(deliveries)
-    })
-    .await;
+    let deliveries = delivered(&broker).await;
     for delivery in &deliveries {
         assert_eq!(
             otel::context::from_amqp(&delivery.properties),
@@ -232,11 +239,7 @@ async fn with_tracing_off_no_context_is_stored_and_no_header_is_sent() {
     let broker = Broker::connect(&queue).await;
     let adder = spawn_adder(config(&db, &testkit::amqp_url(), &queue)).await;
     grpc_add(adder.grpc.port(), 1, &traceparent(GRPC_PARENT)).await;
-    let deliveries = testkit::eventually(WAIT, "the published part", || async {
-        let deliveries = broker.drain_deliveries(&queue).await;
-        (!deliveries.is_empty()).then_some(deliveries)
-    })
-    .await;
+    let deliveries = delivered(&broker).await;
     for delivery in &deliveries {
         assert_eq!(otel::context::from_amqp(&delivery.properties), None);
     }

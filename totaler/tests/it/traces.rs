@@ -71,9 +71,8 @@ async fn a_consumed_batch_links_to_each_messages_publish_span_and_logs_its_trace
         );
     }
     let batch_traces: Vec<String> = receiver
-        .spans()
+        .named("consume batch")
         .into_iter()
-        .filter(|s| s.name == "consume batch")
         .map(|s| s.trace_id)
         .collect();
 
