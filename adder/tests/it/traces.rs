@@ -32,7 +32,18 @@ fn traceparent((trace, span): (&str, &str)) -> String {
     format!("00-{trace}-{span}-01")
 }
 
+/// Exports every 100 ms, so a test sees spans soon.
 async fn spawn_traced(db: &str, queue: &str, receiver: &otlp::Receiver) -> TracedAdder {
+    spawn_exporting(db, queue, receiver, "100").await
+}
+
+/// An adder exporting every `delay_ms` (`OTEL_BSP_SCHEDULE_DELAY`).
+async fn spawn_exporting(
+    db: &str,
+    queue: &str,
+    receiver: &otlp::Receiver,
+    delay_ms: &str,
+) -> TracedAdder {
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_adder"))
         .env("DATABASE_URL", db)
@@ -42,7 +53,7 @@ async fn spawn_traced(db: &str, queue: &str, receiver: &otlp::Receiver) -> Trace
         .env("ADDER_HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env("ADDER_DB_POOL", "4")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_BSP_SCHEDULE_DELAY", delay_ms)
         .env(
             "RUST_LOG",
             std::env::var("TEST_ADDER_LOG").unwrap_or("warn".into()),
@@ -229,6 +240,28 @@ async fn a_batch_published_again_sends_the_context_it_was_first_published_under(
         vec![Some(first.traceparent())]
     );
     adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn spans_still_buffered_at_sigterm_are_exported_before_the_adder_exits() {
+    let receiver = otlp::Receiver::start().await;
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("flushed");
+    let broker = Broker::connect(&queue).await;
+    // No scheduled export within the test: only the shutdown flush sends.
+    let adder = spawn_exporting(&db, &queue, &receiver, "600000").await;
+    grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
+    delivered(&broker).await;
+    assert!(
+        receiver.spans().is_empty(),
+        "nothing exported before the flush"
+    );
+    adder.stop().await;
+    let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+    for name in ["tally.v1.Adder/Add", "add", "publish batch"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
     broker.delete().await;
 }
 
