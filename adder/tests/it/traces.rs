@@ -266,6 +266,36 @@ async fn spans_still_buffered_at_sigterm_are_exported_before_the_adder_exits() {
 }
 
 #[tokio::test]
+async fn a_publish_span_links_to_at_most_128_adds_and_counts_the_rest() {
+    let receiver = otlp::Receiver::start().await;
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("manylinks");
+    let broker = Broker::connect(&queue).await;
+    // Migrate, then record 130 traced rows at once, so one batch takes them.
+    spawn_traced(&db, &queue, &receiver).await.stop().await;
+    let pool = pool(&db).await;
+    sqlx::query(
+        "INSERT INTO outbox (a, b, sum, traceparent) SELECT i, 0, i, \
+         '00-' || lpad(to_hex(i), 32, '0') || '-00f067aa0ba902b7-01' FROM generate_series(1, 130) i",
+    )
+    .execute(&pool)
+    .await
+    .expect("insert traced rows");
+    let adder = spawn_traced(&db, &queue, &receiver).await;
+    let publish = receiver
+        .wait_for(WAIT, "the batch's publish span", |s| {
+            s.name == "publish batch"
+        })
+        .await;
+    assert_eq!(publish.attribute("rows"), Some("130"), "one batch");
+    assert_eq!(publish.links.len(), 128);
+    assert!(publish.links_to(&format!("{:032x}", 128), "00f067aa0ba902b7"));
+    assert_eq!(publish.attribute("links.dropped"), Some("2"));
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
 async fn with_tracing_off_no_context_is_stored_and_no_header_is_sent() {
     let db = database::fresh().await;
     let queue = testkit::unique_queue("untraced");
