@@ -21,6 +21,26 @@ const GRPC_PARENT: (&str, &str) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa
 const HTTP_PARENT: (&str, &str) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
 const WAIT: Duration = Duration::from_secs(30);
 
+/// What each traced test starts with: a receiver, a fresh database, a test queue.
+struct Stage {
+    receiver: otlp::Receiver,
+    db: String,
+    queue: String,
+    broker: Broker,
+}
+
+impl Stage {
+    async fn new(test: &str) -> Self {
+        let queue = testkit::unique_queue(test);
+        Self {
+            receiver: otlp::Receiver::start().await,
+            db: database::fresh().await,
+            broker: Broker::connect(&queue).await,
+            queue,
+        }
+    }
+}
+
 /// A running adder binary exporting to `receiver`.
 struct TracedAdder {
     child: Child,
@@ -130,10 +150,12 @@ async fn stored(pool: &PgPool, query: &'static str) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_header() {
-    let receiver = otlp::Receiver::start().await;
-    let db = database::fresh().await;
-    let queue = testkit::unique_queue("traced");
-    let broker = Broker::connect(&queue).await;
+    let Stage {
+        receiver,
+        db,
+        queue,
+        broker,
+    } = Stage::new("traced").await;
     let adder = spawn_traced(&db, &queue, &receiver).await;
 
     grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
@@ -199,10 +221,12 @@ async fn an_adds_trace_reaches_the_relays_publish_span_and_every_parts_amqp_head
 
 #[tokio::test]
 async fn a_batch_published_again_sends_the_context_it_was_first_published_under() {
-    let receiver = otlp::Receiver::start().await;
-    let db = database::fresh().await;
-    let queue = testkit::unique_queue("retraced");
-    let broker = Broker::connect(&queue).await;
+    let Stage {
+        receiver,
+        db,
+        queue,
+        broker,
+    } = Stage::new("retraced").await;
     let adder = spawn_traced(&db, &queue, &receiver).await;
     grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
     let first = receiver
@@ -245,10 +269,12 @@ async fn a_batch_published_again_sends_the_context_it_was_first_published_under(
 
 #[tokio::test]
 async fn spans_still_buffered_at_sigterm_are_exported_before_the_adder_exits() {
-    let receiver = otlp::Receiver::start().await;
-    let db = database::fresh().await;
-    let queue = testkit::unique_queue("flushed");
-    let broker = Broker::connect(&queue).await;
+    let Stage {
+        receiver,
+        db,
+        queue,
+        broker,
+    } = Stage::new("flushed").await;
     // No scheduled export within the test: only the shutdown flush sends.
     let adder = spawn_exporting(&db, &queue, &receiver, "600000").await;
     grpc_add(adder.grpc, 1, &traceparent(GRPC_PARENT)).await;
@@ -267,10 +293,12 @@ async fn spans_still_buffered_at_sigterm_are_exported_before_the_adder_exits() {
 
 #[tokio::test]
 async fn a_publish_span_links_to_at_most_128_adds_and_counts_the_rest() {
-    let receiver = otlp::Receiver::start().await;
-    let db = database::fresh().await;
-    let queue = testkit::unique_queue("manylinks");
-    let broker = Broker::connect(&queue).await;
+    let Stage {
+        receiver,
+        db,
+        queue,
+        broker,
+    } = Stage::new("manylinks").await;
     // Migrate, then record 130 traced rows at once, so one batch takes them.
     spawn_traced(&db, &queue, &receiver).await.stop().await;
     let pool = pool(&db).await;
