@@ -21,6 +21,8 @@ pub struct Adder {
     pub relay_wake: Arc<Notify>,
     /// What the relay reports: whether it holds a broker channel.
     pub status: Arc<Status>,
+    /// Whether traces are exported: then each row stores its Add's context.
+    pub tracing: bool,
 }
 
 /// Why an Add was refused.
@@ -69,8 +71,13 @@ impl Adder {
             .outbox
             .get()
             .ok_or(Error::Unavailable(outbox::Error::NotOpen))?;
+        let traceparent = if self.tracing {
+            otel::context::current()
+        } else {
+            None
+        };
         let recorded = outbox
-            .record(a, b, sum, request_id)
+            .record_traced(a, b, sum, request_id, traceparent)
             .await
             .map_err(|e| match e {
                 outbox::Error::Conflict { request_id, a, b } => {

@@ -95,6 +95,10 @@ pub struct Config {
     /// Log output format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// OpenTelemetry tracing (OTLP/gRPC), off unless an endpoint is set.
+    #[command(flatten)]
+    pub otel: otel::Settings,
 }
 
 /// The servers' limits against slow or hostile clients.

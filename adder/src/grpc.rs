@@ -12,11 +12,13 @@ use proto::tally::v1::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     add::{self, Adder},
     config::Limits,
     metrics::Metrics,
+    trace::{self, Transport},
 };
 
 struct Service {
@@ -41,8 +43,9 @@ impl From<add::Error> for Status {
 impl AdderRpc for Service {
     async fn add(&self, request: Request<AddRequest>) -> Result<Response<AddResponse>, Status> {
         let started = Instant::now();
+        let span = trace::request_span(self.adder.tracing, Transport::Grpc, traceparent(&request));
         let AddRequest { a, b, request_id } = request.into_inner();
-        let result = self.adder.add(a, b, &request_id).await;
+        let result = self.adder.add(a, b, &request_id).instrument(span).await;
         let code = result.as_ref().map_or_else(add::Error::code, |_| "ok");
         self.metrics
             .observe("grpc_add", code, started.elapsed().as_secs_f64());
@@ -60,6 +63,14 @@ impl AdderRpc for Service {
             }
         }
     }
+}
+
+/// The caller's `traceparent` metadata, if it is text.
+fn traceparent<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get(otel::context::TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
 }
 
 /// Serves gRPC on `listener` within `limits` until `shutdown`, then

@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use warp::{Filter, Rejection, Reply, http::StatusCode, hyper::body::Bytes, reply};
 
 use crate::{
     add::{self, Adder},
     config::Limits,
     metrics::Metrics,
+    trace::{self, Transport},
 };
 
 #[derive(Deserialize)]
@@ -63,6 +65,7 @@ fn routes(
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
+        .and(warp::header::optional::<String>(otel::context::TRACEPARENT))
         .and(with(adder.clone()))
         .and(with(metrics.clone()))
         .then(post_add);
@@ -92,7 +95,12 @@ fn with<T: Clone + Send>(value: T) -> impl Filter<Extract = (T,), Error = Infall
 
 /// Parses the body itself (any Content-Type, as `curl -d` sends) so a bad
 /// body gets a precise JSON error.
-async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::reply::Response {
+async fn post_add(
+    body: Bytes,
+    traceparent: Option<String>,
+    adder: Adder,
+    metrics: Arc<Metrics>,
+) -> warp::reply::Response {
     let started = Instant::now();
     let body: AddBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
@@ -105,7 +113,11 @@ async fn post_add(body: Bytes, adder: Adder, metrics: Arc<Metrics>) -> warp::rep
             return error_reply(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}"));
         }
     };
-    let result = adder.add(body.a, body.b, &body.request_id).await;
+    let span = trace::request_span(adder.tracing, Transport::Http, traceparent.as_deref());
+    let result = adder
+        .add(body.a, body.b, &body.request_id)
+        .instrument(span)
+        .await;
     let code = result.as_ref().map_or_else(add::Error::code, |_| "ok");
     metrics.observe("http_add", code, started.elapsed().as_secs_f64());
     match result {

@@ -11,7 +11,9 @@
 //!   batches published in parts with pipelined confirms.
 //! - `status`: what `/readyz` reports of the relay (its broker channel).
 //! - `housekeeping`: pending gauge and retention purge.
-//! - `metrics`, `telemetry`: Prometheus registry and log set-up.
+//! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
+//! - `trace`: the Add's request span and the relay's publish span (on only
+//!   while tracing is).
 
 pub mod add;
 pub mod config;
@@ -23,6 +25,7 @@ pub mod outbox;
 pub mod relay;
 pub mod status;
 pub mod telemetry;
+pub mod trace;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -72,6 +75,7 @@ pub async fn run(
         outbox: Arc::new(tokio::sync::OnceCell::new()),
         relay_wake: Arc::new(Notify::new()),
         status: Arc::new(Status::new(metrics.broker_up.clone())),
+        tracing: config.otel.enabled(),
     };
     tracker.spawn(http::serve(
         listeners.http,
@@ -134,6 +138,7 @@ async fn start_relay(
         wake: adder.relay_wake.clone(),
         status: adder.status.clone(),
         metrics: metrics.clone(),
+        tracing: config.otel.enabled(),
     };
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(housekeeping::run(

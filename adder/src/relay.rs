@@ -54,6 +54,8 @@ pub struct Relay {
     pub wake: Arc<Notify>,
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
+    /// Whether traces are exported: then each batch gets a publish span.
+    pub tracing: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +173,8 @@ impl Relay {
         let mut in_flight = VecDeque::new();
         for batch in active.unconfirmed().await? {
             tracing::info!(source = %batch.source, batch = batch.id, "republishing a batch cut but not confirmed");
-            let published = self.publish(channel, active.claim(batch).await?).await?;
+            let cut = active.claim(batch).await?;
+            let published = self.publish(active, channel, cut).await?;
             in_flight.push_back(published);
             if in_flight.len() >= WINDOW {
                 self.settle_front(active, &mut in_flight).await?;
@@ -188,7 +191,7 @@ impl Relay {
                     return Err(Error::Disconnected);
                 }
                 if let Some(cut) = active.cut(i64::from(self.batch), self.pack as i32).await? {
-                    in_flight.push_back(self.publish(channel, cut).await?);
+                    in_flight.push_back(self.publish(active, channel, cut).await?);
                     continue;
                 }
             }
@@ -213,10 +216,16 @@ impl Relay {
         }
     }
 
-    /// Publishes every part of a batch without awaiting a confirm.
-    #[tracing::instrument(skip_all, fields(source = %cut.claim.source, batch = cut.claim.id, rows = cut.claim.rows))]
-    async fn publish(&self, channel: &Channel, cut: Cut) -> Result<InFlight, Error> {
+    /// Publishes every part of a batch without awaiting a confirm; while
+    /// tracing, under the batch's `traceparent` (`trace::publish_context`).
+    #[tracing::instrument(name = "publish batch", skip_all, fields(source = %cut.claim.source, batch = cut.claim.id, rows = cut.claim.rows, trace_id = tracing::field::Empty))]
+    async fn publish(&self, active: &mut Active, channel: &Channel, cut: Cut) -> Result<InFlight, Error> {
         let Cut { claim: batch, rows } = cut;
+        let traceparent = if self.tracing {
+            crate::trace::publish_context(active, &batch).await?
+        } else {
+            None
+        };
         let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
         let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
         let mut confirms = Vec::with_capacity(parts as usize);
@@ -231,7 +240,7 @@ impl Relay {
                 published_us: now_us(),
                 sums: sums(chunk),
             };
-            let confirm = self.send(channel, &message).await?;
+            let confirm = self.send(channel, &message, traceparent.as_deref()).await?;
             confirms.push((message.id(), confirm));
         }
         self.metrics.relay_messages.inc_by(confirms.len() as u64);
@@ -250,11 +259,15 @@ impl Relay {
         &self,
         channel: &Channel,
         message: &SumMessage,
+        traceparent: Option<&str>,
     ) -> Result<PublisherConfirm, Error> {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(message.id().into());
+        if let Some(traceparent) = traceparent {
+            properties = otel::context::to_amqp(properties, traceparent);
+        }
         Ok(channel
             .basic_publish(
                 "".into(),
@@ -303,7 +316,7 @@ impl Relay {
                     published_us: now_us(),
                     sums: sums(chunk),
                 };
-                confirms.push((message.id(), self.send(channel, &message).await?));
+                confirms.push((message.id(), self.send(channel, &message, None).await?));
             }
             tokio::time::timeout(self.confirm_timeout, await_confirms(confirms))
                 .await

@@ -1,16 +1,11 @@
-//! Installs the tracing subscriber: `EnvFilter` from `RUST_LOG` (default
-//! `info`), text or JSON lines. Only `main` calls it; tests log nothing.
-
-use tracing_subscriber::EnvFilter;
+//! Installs the process's subscriber through `otel::init`: log lines (text
+//! or JSON, `RUST_LOG`, default `info`) and, when an OTLP endpoint is
+//! configured, the trace exporter. Only `main` calls it; tests log nothing.
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber for the process.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Installs the global subscriber for the process. The guard flushes the
+/// trace exporter when dropped: `main` holds it until the service stopped.
+pub fn init(format: LogFormat, otel: &otel::Settings) -> Result<otel::Guard, otel::Error> {
+    otel::init(format == LogFormat::Json, otel, "adder")
 }

@@ -139,6 +139,12 @@ impl Broker {
         self.publish_to(&self.queue, body, properties).await
     }
 
+    /// Publishes `body` with `properties` (headers, for example) to the
+    /// test's queue and returns whether the broker acked it.
+    pub async fn publish_with(&self, body: &[u8], properties: BasicProperties) -> bool {
+        self.publish_to(&self.queue, body, properties).await
+    }
+
     /// Publishes `body` with `properties` to any `queue` (a dead-letter
     /// queue, say) and returns whether the broker acked it.
     pub async fn publish_to(&self, queue: &str, body: &[u8], properties: BasicProperties) -> bool {

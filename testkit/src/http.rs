@@ -16,7 +16,22 @@ pub async fn request(
     path: &str,
     body: &str,
 ) -> Option<(u16, String)> {
-    tokio::time::timeout(Duration::from_secs(5), exchange(addr, method, path, body))
+    request_with(addr, method, path, &[], body).await
+}
+
+/// [`request`] with extra header lines `(name, value)`.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let head = headers.iter().fold(head, |head, (name, value)| {
+        format!("{head}{name}: {value}\r\n")
+    });
+    tokio::time::timeout(Duration::from_secs(5), exchange(addr, &head, body))
         .await
         .ok()
         .flatten()
@@ -27,12 +42,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     request(addr, "GET", path, "").await
 }
 
-async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+async fn exchange(addr: SocketAddr, head: &str, body: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = format!("{head}Content-Length: {}\r\n\r\n{body}", body.len());
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;

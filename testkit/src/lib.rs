@@ -1,6 +1,7 @@
 //! Test support for Tally's integration tests: a fresh PostgreSQL database
 //! per test, a unique RabbitMQ queue per test with helpers to publish and
 //! read raw messages, a TCP proxy that a test can cut to simulate an outage,
+//! an OTLP/gRPC receiver that collects the spans the real binaries export,
 //! and polling with a deadline. Everything talks to real servers; nothing is
 //! mocked. Used by the tests of each crate and by the fault suite.
 //!
@@ -14,6 +15,7 @@
 //! - `database`: fresh databases.
 //! - `http`: a raw HTTP/1.1 client.
 //! - `metrics`: samples of the Prometheus text format.
+//! - `otlp`: a real OTLP/gRPC trace receiver the services export to.
 //! - `process`: waiting for a real binary with a deadline.
 //! - `proxy`: the cuttable TCP proxy.
 
@@ -21,6 +23,7 @@ pub mod broker;
 pub mod database;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 

@@ -79,6 +79,10 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// OpenTelemetry tracing (OTLP/gRPC), off unless an endpoint is set.
+    #[command(flatten)]
+    pub otel: otel::Settings,
+
     /// Test hook: abort the process right after a ledger update is durable and
     /// before its deliveries are acked, to prove redeliveries count once.
     #[arg(long, env = "TOTALER_CRASH_AFTER_APPLY", hide = true)]

@@ -42,6 +42,9 @@ pub struct Consumer {
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
     pub crash_after_apply: bool,
+    /// Whether traces are exported: then each batch's span links to the
+    /// publish spans in its messages' `traceparent` headers.
+    pub tracing: bool,
 }
 
 /// Why consuming stopped for good.
@@ -167,13 +170,16 @@ impl Consumer {
 
     /// Dead-letters the malformed deliveries, applies the rest durably, then
     /// acks them.
-    #[tracing::instrument(skip_all, fields(size = batch.len()))]
+    #[tracing::instrument(name = "consume batch", skip_all, fields(size = batch.len(), trace_id = tracing::field::Empty))]
     async fn handle(
         &self,
         channel: &Channel,
         batch: Vec<Delivery>,
         shutdown: &CancellationToken,
     ) -> Result<(), Stop> {
+        if self.tracing {
+            otel::context::link_received(batch.iter().map(|d| &d.properties));
+        }
         let received_us = now_us();
         // The well-formed deliveries: their tags, and their messages, which
         // move to the ledger's blocking thread without a copy.

@@ -11,7 +11,7 @@
 //! - `http`: the warp server; the only module that knows warp.
 //! - `verify`: the read-only audit of the ledger against the outbox.
 //! - `dlq`: `totaler dlq list|replay`, the dead letters in `<queue>.dead`.
-//! - `metrics`, `telemetry`: Prometheus registry and log set-up.
+//! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
 
 pub mod config;
 pub mod consumer;
@@ -74,6 +74,7 @@ pub async fn run(
         status,
         metrics,
         crash_after_apply: config.crash_after_apply,
+        tracing: config.otel.enabled(),
     };
     let consuming = tracker.spawn(consumer.run(token.clone()));
     tracing::info!(http = %config.http_addr, queue = %config.queue, "totaler serving");

@@ -24,7 +24,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    let _traces = telemetry::init(config.log_format, &config.otel)?;
     match &config.command {
         Some(Command::Verify(args)) => return verify(args).await,
         Some(Command::Dlq(command)) => return dlq(&config, command).await,

@@ -63,6 +63,9 @@ pub struct Batch {
     pub rows: i64,
     pub first_id: i64,
     pub last_id: i64,
+    /// The context of the span that first published it (only while tracing
+    /// is on), sent again with every republication.
+    pub traceparent: Option<String>,
 }
 
 /// A batch to publish: its claim and its rows, in id order.
@@ -171,7 +174,7 @@ impl Active {
     /// Every batch cut but not confirmed, oldest first.
     pub async fn unconfirmed(&mut self) -> Result<Vec<Batch>, Error> {
         Ok(sqlx::query_as(
-            "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id \
+            "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id, traceparent \
              FROM outbox_batch WHERE confirmed_at IS NULL ORDER BY created_at, source, id",
         )
         .fetch_all(&mut self.connection)
@@ -186,6 +189,60 @@ impl Active {
             .bind(claim.batch.id)
             .execute(&mut self.connection)
             .await?;
+        Ok(())
+    }
+
+    /// The trace contexts of up to `limit` rows of `batch` (the first, in id
+    /// order; rows recorded with tracing off have none), and how many of
+    /// its rows have one in all. Only the relay's tracing asks.
+    pub async fn traceparents(
+        &mut self,
+        batch: &Batch,
+        limit: i64,
+    ) -> Result<(Vec<String>, usize), Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+            "SELECT traceparent, count(*) OVER () FROM outbox WHERE id BETWEEN $3 AND $4 AND ",
+            in_pair!(),
+            " AND traceparent IS NOT NULL ORDER BY id LIMIT $5"
+        ))
+        .bind(&batch.lo)
+        .bind(&batch.hi)
+        .bind(batch.first_id)
+        .bind(batch.last_id)
+        .bind(limit)
+        .fetch_all(&mut self.connection)
+        .await?;
+        let all = rows
+            .first()
+            .map_or(0, |(_, all)| usize::try_from(*all).unwrap_or(0));
+        Ok((rows.into_iter().map(|(t, _)| t).collect(), all))
+    }
+
+    /// Stores the context `batch` is first published under, once; like a
+    /// confirmation it commits asynchronously (a lost one only means a
+    /// republication starts a new publish span).
+    pub async fn set_traceparent(&mut self, batch: &Batch, traceparent: &str) -> Result<(), Error> {
+        let query = sqlx::query(
+            "UPDATE outbox_batch SET traceparent = $3 \
+             WHERE source = $1 AND id = $2 AND traceparent IS NULL",
+        )
+        .bind(batch.source)
+        .bind(batch.id)
+        .bind(traceparent.to_owned());
+        self.commit_async(query).await
+    }
+
+    /// Runs `query` in a transaction that commits asynchronously.
+    async fn commit_async(
+        &mut self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), Error> {
+        let mut tx = self.connection.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -210,6 +267,7 @@ impl CutRow {
             rows: self.b_rows?,
             first_id: self.b_first_id?,
             last_id: self.b_last_id?,
+            traceparent: None,
         };
         let (ids, sums, created) = (self.r_ids?, self.r_sums?, self.r_created_us?);
         let rows = ids
@@ -239,7 +297,8 @@ impl Deref for Claim {
 pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, Error> {
     let mut tx = pool.begin().await?;
     let batches: Vec<Batch> = sqlx::query_as(
-        "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id FROM outbox_batch b \
+        "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id, traceparent \
+         FROM outbox_batch b \
          WHERE confirmed_at IS NOT NULL AND created_at < clock_timestamp() - make_interval(secs => $1) \
            AND NOT EXISTS (SELECT 1 FROM outbox_batch u WHERE u.source = b.source AND u.id < b.id \
                            AND u.confirmed_at IS NULL) \

@@ -33,6 +33,8 @@ pub(super) struct Queued {
     pub b: i64,
     pub sum: i64,
     pub request_id: Option<String>,
+    /// The Add's trace context, only while tracing is on.
+    pub traceparent: Option<String>,
     pub committed: oneshot::Sender<Result<Recorded, Error>>,
 }
 
@@ -43,6 +45,18 @@ type Found = (i64, i64, i64, i64);
 const GROUP_MAX_ROWS: usize = 1000;
 /// Adds that may wait for a writer before `record` waits to queue.
 const GROUP_QUEUE: usize = 16 * GROUP_MAX_ROWS;
+
+/// The group's INSERT, rows in `to_insert` order (`n`), skipping request
+/// ids that exist by now.
+const INSERT: &str = "INSERT INTO outbox (a, b, sum, request_id) \
+    SELECT a, b, sum, r FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
+    WITH ORDINALITY AS t(a, b, sum, r, n) ORDER BY n \
+    ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id, request_id";
+/// [`INSERT`] with each row's trace context (tracing on).
+const INSERT_TRACED: &str = "INSERT INTO outbox (a, b, sum, request_id, traceparent) \
+    SELECT a, b, sum, r, tp FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
+    WITH ORDINALITY AS t(a, b, sum, r, tp, n) ORDER BY n \
+    ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id, request_id";
 
 /// Starts the group-commit writers; they stop when every `Outbox` clone
 /// (every sender) is gone and the queue is empty.
@@ -229,18 +243,26 @@ async fn insert_group(
         .iter()
         .map(|&i| group[i].request_id.as_deref())
         .collect();
-    let mut rows: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "INSERT INTO outbox (a, b, sum, request_id) \
-         SELECT a, b, sum, r FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[]) \
-         WITH ORDINALITY AS t(a, b, sum, r, n) ORDER BY n \
-         ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id, request_id",
-    )
-    .bind(&a)
-    .bind(&b)
-    .bind(&sum)
-    .bind(&request_id)
-    .fetch_all(pool)
-    .await?;
+    // Trace contexts only when an Add of the group has one: with tracing
+    // off the statement is the one without them.
+    let traced = to_insert.iter().any(|&i| group[i].traceparent.is_some());
+    let traceparent: Vec<Option<&str>> = if traced {
+        to_insert
+            .iter()
+            .map(|&i| group[i].traceparent.as_deref())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut query = sqlx::query_as(if traced { INSERT_TRACED } else { INSERT })
+        .bind(&a)
+        .bind(&b)
+        .bind(&sum)
+        .bind(&request_id);
+    if traced {
+        query = query.bind(&traceparent);
+    }
+    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(pool).await?;
     rows.sort_unstable_by_key(|(id, _)| *id);
     let returned: HashSet<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
     let kept: Vec<usize> = to_insert

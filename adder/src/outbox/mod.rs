@@ -114,12 +114,26 @@ impl Outbox {
         sum: i64,
         request_id: Option<&str>,
     ) -> Result<Recorded, Error> {
+        self.record_traced(a, b, sum, request_id, None).await
+    }
+
+    /// [`Outbox::record`], storing the Add's trace context with its row
+    /// (tracing on); a replayed Add keeps the first one's.
+    pub async fn record_traced(
+        &self,
+        a: i64,
+        b: i64,
+        sum: i64,
+        request_id: Option<&str>,
+        traceparent: Option<String>,
+    ) -> Result<Recorded, Error> {
         let (committed, answer) = oneshot::channel();
         let queued = group::Queued {
             a,
             b,
             sum,
             request_id: request_id.map(str::to_owned),
+            traceparent,
             committed,
         };
         self.group.send(queued).await.map_err(|_| Error::Stopped)?;

@@ -13,3 +13,4 @@ mod request_ids;
 mod shutdown;
 mod startup;
 mod support;
+mod traces;

@@ -36,6 +36,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         shutdown_grace_ms: 5_000,
         limits: adder::config::Limits::default(),
         log_format: LogFormat::Text,
+        otel: otel::Settings::default(),
     }
 }
 

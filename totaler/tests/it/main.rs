@@ -12,3 +12,4 @@ mod shutdown;
 mod startup;
 mod sum_range;
 mod support;
+mod traces;

@@ -41,6 +41,7 @@ pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
         refresh_ms: 50,
         shutdown_grace_ms: 5_000,
         log_format: LogFormat::Text,
+        otel: otel::Settings::default(),
         limits: totaler::config::Limits::default(),
         crash_after_apply: false,
         command: None,
@@ -157,6 +158,13 @@ pub fn file_total(path: &Path) -> i128 {
 
 /// Starts the real totaler binary.
 pub fn spawn_binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str, &str)]) -> Child {
+    binary(queue, sum_file, http_port, extra)
+        .spawn()
+        .expect("start the totaler binary")
+}
+
+/// The command [`spawn_binary`] runs: logs (stdout) dropped, stderr piped.
+pub fn binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_totaler"));
     command
         .env("AMQP_URL", testkit::amqp_url())
@@ -170,7 +178,7 @@ pub fn spawn_binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str
     for (key, value) in extra {
         command.env(key, value);
     }
-    command.spawn().expect("start the totaler binary")
+    command
 }
 
 /// Waits until the queue has no ready messages and `check` holds.
