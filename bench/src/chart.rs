@@ -125,14 +125,7 @@ pub fn stages(distributions: &[Distribution]) -> Drawn {
                     PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -172,10 +165,12 @@ pub fn cpu(medians: &Medians) -> Drawn {
         return Ok(None);
     }
     let cores = std::thread::available_parallelism().map_or(2.0, |n| n.get() as f64);
+    // Room on the right for the legend.
     let widest = windows
         .iter()
         .map(|(_, parts)| parts.iter().sum::<f64>())
-        .fold(cores, f64::max);
+        .fold(cores, f64::max)
+        * 1.2;
     let rows = windows.len() as f64;
     svg(120 + 90 * windows.len() as u32, |root| {
         let mut chart = ChartBuilder::on(&root)
@@ -186,7 +181,7 @@ pub fn cpu(medians: &Medians) -> Drawn {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(10)
-            .build_cartesian_2d(0.0..widest * 1.05, 0.0..rows)?;
+            .build_cartesian_2d(0.0..widest, 0.0..rows)?;
         chart
             .configure_mesh()
             .label_style(("sans-serif", 14))
@@ -216,14 +211,7 @@ pub fn cpu(medians: &Medians) -> Drawn {
             Text::new(text, (0.0, rows - row as f64 - 0.2), above())
         });
         chart.draw_series(labels)?;
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
-        Ok(())
+        legend(&mut chart)
     })
 }
 
@@ -258,6 +246,20 @@ fn labelled_bars(title: &str, x_desc: &str, bars: &[(String, f64, RGBColor)]) ->
         }))?;
         Ok(())
     })
+}
+
+/// The series' legend, lower right.
+fn legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<(), DrawError> {
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// Text anchored at its bottom left: a label just above a bar.

@@ -132,28 +132,45 @@ pub struct Config {
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results.json")]
     pub out: PathBuf,
 
-    /// PostgreSQL server URL (a role with CREATEDB); each run uses fresh databases on it.
+    /// PostgreSQL server URL (a role with CREATEDB); each run uses fresh
+    /// databases on it [default: the server of `scripts/services`,
+    /// postgres://tally:…@127.0.0.1:5432/tally].
     #[arg(
-        long,
+        long = "database-url",
+        value_name = "URL",
         env = "DATABASE_URL",
-        default_value = "postgres://tally:tally@127.0.0.1:5432/tally",
-        hide_default_value = true,
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_server: Option<String>,
 
-    /// RabbitMQ URL; each run uses queues of its own.
+    /// RabbitMQ URL; each run uses queues of its own [default: the server
+    /// of `scripts/services`, amqp://guest:…@127.0.0.1:5672/%2f].
     #[arg(
-        long,
+        long = "amqp-url",
+        value_name = "URL",
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true,
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_server: Option<String>,
 }
 
+/// The servers `scripts/services` sets up.
+const DEFAULT_DATABASE_URL: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 impl Config {
+    /// The PostgreSQL server's URL, given or the default.
+    pub fn database_url(&self) -> &str {
+        self.database_server
+            .as_deref()
+            .unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    /// The RabbitMQ URL, given or the default.
+    pub fn amqp_url(&self) -> &str {
+        self.amqp_server.as_deref().unwrap_or(DEFAULT_AMQP_URL)
+    }
+
     /// Applies `--quick`: the shape of a full run at a fraction of its length.
     pub fn effective(mut self) -> Self {
         if self.quick {

@@ -34,7 +34,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Persistent publishes/s, pipelined confirms, on a fresh quorum queue, one
 /// row per message: the broker's message rate.
 pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
-    let broker = Broker::connect(&config.amqp_url).await?;
+    let broker = Broker::connect(config.amqp_url()).await?;
     let queue = queue_name("bench", "confirms");
     broker.declare(&queue).await?;
     let bound = Bound {
@@ -53,7 +53,7 @@ pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
 /// packed `pack` to a message (the very backlog `Stack::drain` gives the
 /// totaler): it receives and acks, and neither decodes nor writes.
 pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
-    let broker = Broker::connect(&config.amqp_url).await?;
+    let broker = Broker::connect(config.amqp_url()).await?;
     let queue = queue_name("bench", "consume");
     broker.declare(&queue).await?;
     let result = async {
@@ -84,7 +84,7 @@ pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
 /// client's INSERT latency (the floor under an Add's latency), on a fresh
 /// database.
 pub async fn pg_inserts(config: &Config) -> anyhow::Result<database::Inserts> {
-    let fresh = Fresh::create(&config.database_url, "tally_bench_limit").await?;
+    let fresh = Fresh::create(config.database_url(), "tally_bench_limit").await?;
     let result = database::inserts(&fresh.url, config.db_pool, config.duration()).await;
     crate::drop_database(fresh).await;
     result

@@ -151,42 +151,45 @@ async fn wait_closed(pid: u32, before: usize) -> anyhow::Result<()> {
 /// `n` gRPC connections to `addr`, each having answered one health check.
 async fn open_grpc(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {
     let url = format!("http://{addr}");
-    stream::iter(0..n)
-        .map(|i| {
-            let url = url.clone();
-            async move {
-                let opened = async {
-                    let channel = Channel::from_shared(url)?.connect().await?;
-                    HealthClient::new(channel.clone())
-                        .check(HealthCheckRequest::default())
-                        .await?;
-                    anyhow::Ok(channel)
-                };
-                tokio::time::timeout(OPEN_TIMEOUT, opened)
-                    .await
-                    .with_context(|| format!("gRPC connection {i} took over {OPEN_TIMEOUT:?}"))?
-                    .with_context(|| format!("gRPC connection {i}"))
-            }
-        })
-        .buffer_unordered(OPENING)
-        .try_collect()
-        .await
+    open_all(n, "gRPC", |_| {
+        let url = url.clone();
+        async move {
+            let channel = Channel::from_shared(url)?.connect().await?;
+            HealthClient::new(channel.clone())
+                .check(HealthCheckRequest::default())
+                .await?;
+            Ok(channel)
+        }
+    })
+    .await
 }
 
 /// `n` keep-alive connections to `addr`, each having answered one `GET /sum`.
 async fn open_http(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<http::Connection>> {
+    open_all(n, "HTTP", |_| async move {
+        let mut connection = http::Connection::open(addr, "/sum").await?;
+        let (status, _) = connection.get().await?;
+        ensure!(status == 200, "GET /sum answered {status}");
+        Ok(connection)
+    })
+    .await
+}
+
+/// `n` connections made by `open`, `OPENING` at a time, each within `OPEN_TIMEOUT`.
+async fn open_all<T, F, Fut>(n: usize, kind: &str, open: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
     stream::iter(0..n)
-        .map(|i| async move {
-            let opened = async {
-                let mut connection = http::Connection::open(addr, "/sum").await?;
-                let (status, _) = connection.get().await?;
-                ensure!(status == 200, "GET /sum answered {status}");
-                anyhow::Ok(connection)
-            };
-            tokio::time::timeout(OPEN_TIMEOUT, opened)
-                .await
-                .with_context(|| format!("HTTP connection {i} took over {OPEN_TIMEOUT:?}"))?
-                .with_context(|| format!("HTTP connection {i}"))
+        .map(|i| {
+            let opened = open(i);
+            async move {
+                tokio::time::timeout(OPEN_TIMEOUT, opened)
+                    .await
+                    .with_context(|| format!("{kind} connection {i} took over {OPEN_TIMEOUT:?}"))?
+                    .with_context(|| format!("{kind} connection {i}"))
+            }
         })
         .buffer_unordered(OPENING)
         .try_collect()

@@ -49,9 +49,9 @@ pub(super) const POLL: Duration = Duration::from_millis(1);
 impl Stack {
     /// Creates the database, starts adder and totaler, and warms them up.
     pub async fn start(config: &Config, run_dir: &Path) -> anyhow::Result<Self> {
-        let db = Fresh::create(&config.database_url, "tally_bench_tally").await?;
+        let db = Fresh::create(config.database_url(), "tally_bench_tally").await?;
         let queue = queue_name("bench", "tally");
-        let broker = Broker::connect(&config.amqp_url).await?;
+        let broker = Broker::connect(config.amqp_url()).await?;
         broker.declare(&queue).await?;
         let (grpc_addr, adder_http, totaler_http) = (free_addr()?, free_addr()?, free_addr()?);
         let log = run_dir.join("services.log");
@@ -61,7 +61,7 @@ impl Stack {
             &[],
             &[
                 ("DATABASE_URL", db.url.clone()),
-                ("AMQP_URL", config.amqp_url.clone()),
+                ("AMQP_URL", config.amqp_url().to_owned()),
                 ("TALLY_QUEUE", queue.clone()),
                 ("ADDER_GRPC_ADDR", grpc_addr.to_string()),
                 ("ADDER_HTTP_ADDR", adder_http.to_string()),
@@ -108,7 +108,7 @@ impl Stack {
             &self.config.bin_dir.join("totaler"),
             &[],
             &[
-                ("AMQP_URL", self.config.amqp_url.clone()),
+                ("AMQP_URL", self.config.amqp_url().to_owned()),
                 ("TALLY_QUEUE", self.queue.clone()),
                 ("SUM_FILE", self.sum_file.display().to_string()),
                 ("TOTALER_HTTP_ADDR", self.totaler_http.to_string()),
