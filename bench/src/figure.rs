@@ -36,7 +36,34 @@ impl Target {
     }
 }
 
-/// Declares [`Figure`] and its tables from one list.
+/// What the list says of one figure.
+struct Row {
+    key: &'static str,
+    unit: &'static str,
+    target: Option<Target>,
+    label: &'static str,
+}
+
+impl Figure {
+    /// The key of the figure in the JSON and the table.
+    pub const fn key(self) -> &'static str {
+        self.row().key
+    }
+
+    pub const fn unit(self) -> &'static str {
+        self.row().unit
+    }
+
+    pub const fn label(self) -> &'static str {
+        self.row().label
+    }
+
+    pub const fn target(self) -> Option<Target> {
+        self.row().target
+    }
+}
+
+/// Declares [`Figure`] and its rows from one list.
 macro_rules! figures {
     ($($variant:ident => $key:literal, $unit:literal, $target:expr, $label:literal;)*) => {
         /// A figure the harness measures; limits first, in table order.
@@ -49,28 +76,10 @@ macro_rules! figures {
             /// Every figure, in table order.
             pub const ALL: &[Figure] = &[$(Figure::$variant,)*];
 
-            /// The key of the figure in the JSON and the table.
-            pub const fn key(self) -> &'static str {
+            /// The figure's row of the list.
+            const fn row(self) -> Row {
                 match self {
-                    $(Figure::$variant => $key,)*
-                }
-            }
-
-            pub const fn unit(self) -> &'static str {
-                match self {
-                    $(Figure::$variant => $unit,)*
-                }
-            }
-
-            pub const fn label(self) -> &'static str {
-                match self {
-                    $(Figure::$variant => $label,)*
-                }
-            }
-
-            pub const fn target(self) -> Option<Target> {
-                match self {
-                    $(Figure::$variant => $target,)*
+                    $(Figure::$variant => Row { key: $key, unit: $unit, target: $target, label: $label },)*
                 }
             }
         }
