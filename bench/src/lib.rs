@@ -79,6 +79,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rounds.push(measured.round);
     }
     let peaks = stack.peak_mb;
+    if let Some(last) = rounds.last_mut() {
+        let label = format!("{}/{}", config.repeats, config.repeats);
+        round::measure_connections(&mut stack, &label, last).await;
+    }
     let stopped = stack.stop().await;
     for round in &mut rounds {
         round.insert(Figure::AdderPeakRssMb, peaks.0);

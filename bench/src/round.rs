@@ -1,4 +1,5 @@
-//! One round of measurements: every phase in turn, each figure recorded
+//! One round of measurements: every phase in turn (but the memory per
+//! connection, measured once after the rounds), each figure recorded
 //! under its [`Figure`] into the round, a failed phase logged and the stack
 //! resynced so later phases still check exactly. Also the stage
 //! distributions the round saw, for the charts.
@@ -143,10 +144,12 @@ async fn measure_tally(stack: &mut Stack, label: &str, measured: &mut Measured) 
         Err(e) => failed(stack, label, Figure::DrainPerS.key(), e).await,
     }
     record(r, label, Figure::SumGetPerS, stack.sum_gets()).await;
-    measure_connections(stack, label, r).await;
 }
 
-async fn measure_connections(stack: &mut Stack, label: &str, r: &mut Round) {
+/// The memory-per-connection phase, once a run after every round: the
+/// memory the services keep from it (they do not all give it back) must
+/// not reach the other figures of any round.
+pub async fn measure_connections(stack: &mut Stack, label: &str, r: &mut Round) {
     progress(&format!("[{label}] measuring memory per idle connection"));
     match stack.connections().await {
         Ok(c) => {

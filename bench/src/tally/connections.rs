@@ -1,4 +1,5 @@
-//! The memory-per-connection phase: `idle_connections` idle gRPC
+//! The memory-per-connection phase, run once after the rounds (the peaks
+//! of `Stack::peak_mb` do not see it): `idle_connections` idle gRPC
 //! connections to the adder (each after one health check, so its HTTP/2
 //! state is set up), then as many HTTP/1.1 keep-alive connections to the
 //! totaler (each after one `GET /sum`); each service's RSS before, with all
@@ -74,7 +75,6 @@ impl Stack {
         let totaler = hold(totaler_pid, n, settle, || open_http(http_addr, n))
             .await
             .context("idle HTTP connections to the totaler")?;
-        self.sample_memory();
         Ok(Connections { adder, totaler })
     }
 }
