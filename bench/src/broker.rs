@@ -14,7 +14,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -166,17 +166,7 @@ impl Broker {
 
     /// Messages ready in `queue`.
     pub async fn ready(&self, queue: &str) -> anyhow::Result<u32> {
-        let declared = self
-            .channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let declared = testkit::broker::declare_passive(&self.channel, queue).await?;
         Ok(declared.message_count())
     }
 
@@ -197,9 +187,4 @@ async fn confirmed(confirm: Option<lapin::PublisherConfirm>) -> anyhow::Result<u
         Confirmation::Ack(None) => Ok(1),
         other => bail!("the broker did not confirm a benchmark message: {other:?}"),
     }
-}
-
-/// A queue name of this run.
-pub fn unique_queue(purpose: &str) -> String {
-    format!("bench.{purpose}.{}", Uuid::new_v4().simple())
 }

@@ -93,6 +93,20 @@ pub struct Config {
     #[arg(long, env = "TOTALER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: u64,
 
+    /// Idle connections held open to each service for the memory-per-connection
+    /// figures: gRPC to the adder (after one health check each), HTTP/1.1
+    /// keep-alive to the totaler (after one GET /sum each). The harness and
+    /// each service need as many file descriptors; the services' connection
+    /// limits (ADDER_GRPC_MAX_CONNECTIONS, TOTALER_HTTP_MAX_CONNECTIONS) must
+    /// allow them.
+    #[arg(long, env = "BENCH_IDLE_CONNECTIONS", default_value_t = 2000)]
+    pub idle_connections: usize,
+
+    /// How long after closing the idle connections their memory is read
+    /// again (what was given back), in seconds.
+    #[arg(long, env = "BENCH_IDLE_SETTLE_SECS", default_value_t = 5)]
+    pub idle_settle_secs: u64,
+
     /// Longest wait for the total to settle after a load, in seconds.
     #[arg(long, env = "BENCH_SETTLE_SECS", default_value_t = 120)]
     pub settle_secs: u64,
@@ -114,32 +128,49 @@ pub struct Config {
     #[arg(long, env = "BENCH_WORK_DIR", default_value = "target/bench")]
     pub work_dir: PathBuf,
 
-    /// Where the JSON results are written.
+    /// Where the JSON results are written; the SVG charts go beside it.
     #[arg(long, env = "BENCH_OUT", default_value = "target/bench/results.json")]
     pub out: PathBuf,
 
-    /// PostgreSQL server URL (a role with CREATEDB); each run uses fresh databases on it.
+    /// PostgreSQL server URL (a role with CREATEDB); each run uses fresh
+    /// databases on it [default: the server of `scripts/services`,
+    /// postgres://tally:…@127.0.0.1:5432/tally].
     #[arg(
-        long,
+        long = "database-url",
+        value_name = "URL",
         env = "DATABASE_URL",
-        default_value = "postgres://tally:tally@127.0.0.1:5432/tally",
-        hide_default_value = true,
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_server: Option<String>,
 
-    /// RabbitMQ URL; each run uses queues of its own.
+    /// RabbitMQ URL; each run uses queues of its own [default: the server
+    /// of `scripts/services`, amqp://guest:…@127.0.0.1:5672/%2f].
     #[arg(
-        long,
+        long = "amqp-url",
+        value_name = "URL",
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true,
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_server: Option<String>,
 }
 
+/// The servers `scripts/services` sets up.
+const DEFAULT_DATABASE_URL: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 impl Config {
+    /// The PostgreSQL server's URL, given or the default.
+    pub fn database_url(&self) -> &str {
+        self.database_server
+            .as_deref()
+            .unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    /// The RabbitMQ URL, given or the default.
+    pub fn amqp_url(&self) -> &str {
+        self.amqp_server.as_deref().unwrap_or(DEFAULT_AMQP_URL)
+    }
+
     /// Applies `--quick`: the shape of a full run at a fraction of its length.
     pub fn effective(mut self) -> Self {
         if self.quick {
@@ -156,6 +187,7 @@ impl Config {
         self.concurrency = self.concurrency.max(1);
         self.grpc_connections = self.grpc_connections.max(1);
         self.http_connections = self.http_connections.max(1);
+        self.idle_connections = self.idle_connections.max(1);
         self.drain_rows = self.drain_rows.max(1);
         self.confirm_window = self.confirm_window.max(1);
         self.batch_size = self.batch_size.max(1);

@@ -6,6 +6,8 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
+use crate::figure::Figure;
+
 /// The parts CPU time is summed by, in table order.
 pub const PARTS: &[(&str, &str)] = &[
     ("adder", "adder"),
@@ -15,35 +17,47 @@ pub const PARTS: &[(&str, &str)] = &[
     ("bench", "bench"),
 ];
 
-/// The report keys of each part's share, at saturation and at the fixed rate.
-pub const KEYS: &[(&str, &str, &str)] = &[
-    ("adder", "cpu_saturation_adder", "cpu_fixed_rate_adder"),
+/// The figures of each part's share, at saturation and at the fixed rate.
+pub const FIGURES: &[(&str, Figure, Figure)] = &[
+    (
+        "adder",
+        Figure::CpuSaturationAdder,
+        Figure::CpuFixedRateAdder,
+    ),
     (
         "totaler",
-        "cpu_saturation_totaler",
-        "cpu_fixed_rate_totaler",
+        Figure::CpuSaturationTotaler,
+        Figure::CpuFixedRateTotaler,
     ),
     (
         "postgres",
-        "cpu_saturation_postgres",
-        "cpu_fixed_rate_postgres",
+        Figure::CpuSaturationPostgres,
+        Figure::CpuFixedRatePostgres,
     ),
     (
         "rabbitmq",
-        "cpu_saturation_rabbitmq",
-        "cpu_fixed_rate_rabbitmq",
+        Figure::CpuSaturationRabbitmq,
+        Figure::CpuFixedRateRabbitmq,
     ),
-    ("bench", "cpu_saturation_bench", "cpu_fixed_rate_bench"),
-    ("other", "cpu_saturation_other", "cpu_fixed_rate_other"),
+    (
+        "bench",
+        Figure::CpuSaturationBench,
+        Figure::CpuFixedRateBench,
+    ),
+    (
+        "other",
+        Figure::CpuSaturationOther,
+        Figure::CpuFixedRateOther,
+    ),
 ];
 
-/// `cores_since` under the report keys of the saturation (`fixed_rate`
-/// false) or the fixed-rate window.
-pub fn keyed(cores: &[(&'static str, f64)], fixed_rate: bool) -> Vec<(&'static str, f64)> {
+/// `cores_since` as the figures of the saturation (`fixed_rate` false) or
+/// the fixed-rate window.
+pub fn figures(cores: &[(&'static str, f64)], fixed_rate: bool) -> Vec<(Figure, f64)> {
     cores
         .iter()
         .filter_map(|(part, value)| {
-            let (_, saturation, rate) = KEYS.iter().find(|(p, _, _)| p == part)?;
+            let (_, saturation, rate) = FIGURES.iter().find(|(p, _, _)| p == part)?;
             Some((if fixed_rate { *rate } else { *saturation }, *value))
         })
         .collect()

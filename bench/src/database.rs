@@ -1,56 +1,12 @@
-//! Fresh PostgreSQL databases for one run (created on the server of
-//! `DATABASE_URL`, dropped at the end) and the INSERT limit: the adder's own
-//! single-row INSERT, autocommitted, from as many clients as its pool.
+//! The INSERT limit: the adder's own single-row INSERT, autocommitted, from
+//! as many clients as its pool, into a migrated outbox (a fresh database of
+//! `testkit::database::Fresh`, made and dropped by the caller).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
-use uuid::Uuid;
-
-/// A database that exists for this run only.
-pub struct Fresh {
-    pub url: String,
-    name: String,
-    server: String,
-}
-
-impl Fresh {
-    /// Creates an empty database named after `purpose`.
-    pub async fn create(server: &str, purpose: &str) -> anyhow::Result<Self> {
-        let name = format!("tally_bench_{purpose}_{}", Uuid::new_v4().simple());
-        let mut connection = PgConnection::connect(server)
-            .await
-            .context("connecting to PostgreSQL (DATABASE_URL)")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut connection)
-            .await
-            .context("creating a benchmark database (the role needs CREATEDB)")?;
-        Ok(Self {
-            url: with_database(server, &name),
-            name,
-            server: server.to_owned(),
-        })
-    }
-
-    /// Drops the database, closing whatever is still connected.
-    pub async fn drop_now(self) {
-        let dropped = async {
-            let mut connection = PgConnection::connect(&self.server).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut connection)
-            .await?;
-            anyhow::Ok(())
-        };
-        if let Err(e) = dropped.await {
-            eprintln!("bench: could not drop database {}: {e:#}", self.name);
-        }
-    }
-}
 
 /// What the INSERT limit measured.
 #[derive(Debug, Clone, Copy)]
@@ -104,8 +60,8 @@ pub async fn inserts(url: &str, clients: u32, duration: Duration) -> anyhow::Res
     pool.close().await;
     Ok(Inserts {
         tps,
-        single_p50_ms: crate::tally::percentile(&mut single, 0.50),
-        single_p99_ms: crate::tally::percentile(&mut single, 0.99),
+        single_p50_ms: crate::tally::quantiles::percentile(&mut single, 0.50),
+        single_p99_ms: crate::tally::quantiles::percentile(&mut single, 0.99),
     })
 }
 
@@ -118,27 +74,4 @@ async fn insert(pool: &sqlx::PgPool, a: i64) -> anyhow::Result<i64> {
             .fetch_one(pool)
             .await?,
     )
-}
-
-/// `url` with its database replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (server, rest) = url.rsplit_once('/').unwrap_or((url, ""));
-    let query = rest
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    format!("{server}/{name}{query}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_is_replaced_and_query_kept() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5432/tally?sslmode=disable", "x"),
-            "postgres://u:p@h:5432/x?sslmode=disable"
-        );
-    }
 }

@@ -13,13 +13,15 @@ use std::{
 
 use anyhow::Context;
 
+use testkit::{database::Fresh, free_addr, queue_name};
+
 use crate::{
-    broker::{self, Bound, Broker},
+    broker::{Bound, Broker},
     config::Config,
-    database::{self, Fresh},
+    database,
     grpc::{self, Clients},
     http,
-    process::{self, Process},
+    process::Process,
 };
 
 /// Most updates one file-limit window makes.
@@ -32,8 +34,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Persistent publishes/s, pipelined confirms, on a fresh quorum queue, one
 /// row per message: the broker's message rate.
 pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
-    let broker = Broker::connect(&config.amqp_url).await?;
-    let queue = broker::unique_queue("confirms");
+    let broker = Broker::connect(config.amqp_url()).await?;
+    let queue = queue_name("bench", "confirms");
     broker.declare(&queue).await?;
     let bound = Bound {
         messages: u64::MAX,
@@ -51,8 +53,8 @@ pub async fn broker_confirms(config: &Config) -> anyhow::Result<f64> {
 /// packed `pack` to a message (the very backlog `Stack::drain` gives the
 /// totaler): it receives and acks, and neither decodes nor writes.
 pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
-    let broker = Broker::connect(&config.amqp_url).await?;
-    let queue = broker::unique_queue("consume");
+    let broker = Broker::connect(config.amqp_url()).await?;
+    let queue = queue_name("bench", "consume");
     broker.declare(&queue).await?;
     let result = async {
         let bound = Bound {
@@ -82,9 +84,9 @@ pub async fn raw_consume(config: &Config) -> anyhow::Result<f64> {
 /// client's INSERT latency (the floor under an Add's latency), on a fresh
 /// database.
 pub async fn pg_inserts(config: &Config) -> anyhow::Result<database::Inserts> {
-    let fresh = Fresh::create(&config.database_url, "limit").await?;
+    let fresh = Fresh::create(config.database_url(), "tally_bench_limit").await?;
     let result = database::inserts(&fresh.url, config.db_pool, config.duration()).await;
-    fresh.drop_now().await;
+    crate::drop_database(fresh).await;
     result
 }
 
@@ -121,7 +123,7 @@ fn file_updates_blocking(dir: &PathBuf, duration: Duration) -> anyhow::Result<f6
 
 /// Calls/s of a bare tonic Adder in its own process, under the Add load.
 pub async fn bare_tonic(config: &Config, log: &Path) -> anyhow::Result<f64> {
-    let addr = process::free_addr()?;
+    let addr = free_addr()?;
     let server = start_self("bare-tonic", &addr.to_string(), log)?;
     let result = async {
         let clients = wait_for_tonic(addr, config.grpc_connections).await?;
@@ -143,7 +145,7 @@ pub async fn bare_tonic(config: &Config, log: &Path) -> anyhow::Result<f64> {
 
 /// GETs/s of a bare warp server in its own process, under the GET load.
 pub async fn bare_warp(config: &Config, log: &Path) -> anyhow::Result<f64> {
-    let addr = process::free_addr()?;
+    let addr = free_addr()?;
     let mut server = start_self("bare-warp", &addr.to_string(), log)?;
     let result = async {
         server.wait_ready(addr, "/sum", START_TIMEOUT).await?;

@@ -13,6 +13,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.serve {
         Some(Serve::BareTonic { addr }) => bare::tonic(addr).await,
         Some(Serve::BareWarp { addr }) => bare::warp(addr).await,
-        None => bench::run(cli.config).await,
+        None => {
+            // Idle connections to both services need a descriptor each here.
+            if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+                eprintln!("bench: could not raise the open-file limit: {e}");
+            }
+            bench::run(cli.config).await
+        }
     }
 }

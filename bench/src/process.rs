@@ -1,27 +1,18 @@
 //! Child processes the harness starts (the release `adder` and `totaler`,
-//! and itself as a bare server): start with a log file, wait until an HTTP
-//! path answers 200, read memory from `/proc/PID/status`, stop with SIGTERM
-//! and, past a grace period, SIGKILL. Every child is also killed when its
-//! handle drops, so an aborted run leaves nothing behind.
+//! and itself as a bare server), as `testkit::process::Logged` children: a
+//! log file, a wait until an HTTP path answers 200, SIGTERM with a grace
+//! period then SIGKILL, killed when dropped so an aborted run leaves nothing
+//! behind. Also resident memory from `/proc/PID/status`.
 
-use std::{
-    fs::OpenOptions,
-    net::SocketAddr,
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, Command};
-
-use crate::http;
+use testkit::process::{Logged, NotReady};
 
 /// A running child process.
 pub struct Process {
     pub name: String,
-    child: Child,
-    pid: u32,
+    child: Logged,
 }
 
 /// Resident memory of a process, in MiB.
@@ -34,6 +25,7 @@ pub struct Memory {
 }
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
+const READY_POLL: Duration = Duration::from_millis(20);
 
 impl Process {
     /// Starts `program` with `args` and `env`, appending its output to `log`.
@@ -44,29 +36,13 @@ impl Process {
         env: &[(&str, String)],
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
         let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        let pid = child.id().context("a just-started child has a pid")?;
+        command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+        let child = Logged::spawn(&mut command, log)
+            .with_context(|| format!("starting {} (log {})", program.display(), log.display()))?;
         Ok(Self {
             name: name.to_owned(),
             child,
-            pid,
         })
     }
 
@@ -77,47 +53,32 @@ impl Process {
         path: &str,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited during start-up: {status}", self.name);
+        match self.child.wait_ready(addr, path, timeout, READY_POLL).await {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => {
+                bail!("{} exited during start-up: {status}", self.name)
             }
-            if let Ok(mut connection) = http::Connection::open(addr, path).await
-                && let Ok((200, _)) = connection.get().await
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(NotReady::Io(e)) => Err(e).context(format!("polling {}", self.name)),
+            Err(NotReady::Timeout) => bail!(
+                "{} was not ready on {addr}{path} within {timeout:?}",
+                self.name
+            ),
         }
-        bail!(
-            "{} was not ready on {addr}{path} within {timeout:?}",
-            self.name
-        )
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.pid()
     }
 
     /// Current and peak resident memory.
     pub fn memory(&self) -> anyhow::Result<Memory> {
-        memory_of(self.pid).with_context(|| format!("reading the memory of {}", self.name))
+        memory_of(self.pid()).with_context(|| format!("reading the memory of {}", self.name))
     }
 
     /// SIGTERM, then SIGKILL after the grace period; waits for the exit.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await;
-        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
-            Ok(status) => {
-                status?;
-            }
-            Err(_) => {
-                eprintln!("bench: {} ignored SIGTERM; killing it", self.name);
-                self.child.kill().await?;
-            }
+        if self.child.terminate(STOP_GRACE).await?.is_none() {
+            eprintln!("bench: {} ignored SIGTERM; killed it", self.name);
         }
         Ok(())
     }
@@ -126,27 +87,36 @@ impl Process {
 /// Current and peak resident memory of process `pid`.
 pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
     Ok(Memory {
-        rss_mb: field("VmRSS:"),
-        peak_mb: field("VmHWM:"),
+        rss_mb: status_kb(&status, "VmRSS:").map_or(0.0, |kb| kb / 1024.0),
+        peak_mb: status_kb(&status, "VmHWM:").map_or(0.0, |kb| kb / 1024.0),
     })
 }
 
-/// A free port on 127.0.0.1 (bound and released; fine for a benchmark).
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+/// Resident memory of process `pid` now (`VmRSS`), in KiB.
+pub fn rss_kb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status_kb(&status, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The value of a `Name:   1234 kB` line of `/proc/PID/status`.
+fn status_kb(status: &str, name: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_resident_size() {
+        let kb = rss_kb(std::process::id()).expect("our own /proc status");
+        assert!(kb > 100.0, "{kb} KiB");
+        let memory = memory_of(std::process::id()).expect("our own /proc status");
+        assert!(memory.peak_mb * 1024.0 >= kb - 1.0);
+    }
 }

@@ -1,350 +1,57 @@
-//! What a run reports: the figures (one value per round, the median
-//! reported), the ratios of Tally's medians to the limits' medians, and the
-//! issue's targets. Renders a Markdown table for stdout and BENCHMARKS.md,
-//! and the JSON document.
+//! What a run reports: the figures of [`crate::figure`] (one value per
+//! round, the median reported), the ratios of Tally's medians to the
+//! limits' medians, and the targets. Renders a Markdown table for stdout
+//! and BENCHMARKS.md, and the JSON document; measures nothing.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-/// One round's figures, by key.
-pub type Round = BTreeMap<&'static str, f64>;
+use crate::figure::{Figure, RATIOS, Ratio, Target};
 
-/// A figure the harness measures.
-pub struct Figure {
-    pub key: &'static str,
-    pub label: &'static str,
-    pub unit: &'static str,
+/// One round's figures.
+pub type Round = BTreeMap<Figure, f64>;
+
+/// The medians of a run: of every figure measured at least once, and of
+/// every ratio whose two figures were.
+#[derive(Debug, Default, Clone)]
+pub struct Medians {
+    figures: BTreeMap<Figure, f64>,
+    ratios: BTreeMap<&'static str, f64>,
 }
 
-/// A ratio of two medians.
-pub struct Ratio {
-    pub key: &'static str,
-    pub label: &'static str,
-    pub numerator: &'static str,
-    pub denominator: &'static str,
-}
-
-/// A target of the issue.
-pub struct Target {
-    pub key: &'static str,
-    pub at_least: bool,
-    pub value: f64,
-}
-
-macro_rules! figure {
-    ($key:literal, $label:literal, $unit:literal) => {
-        Figure {
-            key: $key,
-            label: $label,
-            unit: $unit,
+impl Medians {
+    pub fn of(rounds: &[Round]) -> Self {
+        let mut figures = BTreeMap::new();
+        for &figure in Figure::ALL {
+            let mut values: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| r.get(&figure).copied())
+                .collect();
+            if let Some(median) = median(&mut values) {
+                figures.insert(figure, median);
+            }
         }
-    };
-}
-
-/// Every figure, limits first, in table order.
-pub const FIGURES: &[Figure] = &[
-    figure!(
-        "broker_confirm_per_s",
-        "RabbitMQ persistent publishes, pipelined confirms, quorum queue (one row a message)",
-        "msg/s"
-    ),
-    figure!(
-        "raw_consume_per_s",
-        "RabbitMQ raw consume of a backlog packed as the relay packs it (same prefetch, multiple-ack per batch)",
-        "rows/s"
-    ),
-    figure!(
-        "pg_insert_tps",
-        "PostgreSQL single-row INSERT commits at the adder's pool size",
-        "rows/s"
-    ),
-    figure!(
-        "pg_commit_p50_ms",
-        "PostgreSQL single-row INSERT p50, one client (one WAL flush)",
-        "ms"
-    ),
-    figure!(
-        "pg_commit_p99_ms",
-        "PostgreSQL single-row INSERT p99, one client (one WAL flush)",
-        "ms"
-    ),
-    figure!(
-        "file_updates_per_s",
-        "atomic file updates (write, fsync, rename, fsync dir) in the sum file's dir",
-        "updates/s"
-    ),
-    figure!(
-        "bare_tonic_calls_per_s",
-        "bare tonic unary server",
-        "calls/s"
-    ),
-    figure!("bare_warp_get_per_s", "bare warp server GET", "req/s"),
-    figure!(
-        "e2e_adds_per_s",
-        "Tally end-to-end durable Adds at saturation (exact total reached)",
-        "adds/s"
-    ),
-    figure!(
-        "add_accepted_per_s",
-        "Tally Add RPCs acknowledged at saturation",
-        "adds/s"
-    ),
-    figure!(
-        "latency_rate_per_s",
-        "Tally fixed-rate load achieved",
-        "adds/s"
-    ),
-    figure!("add_p50_ms", "Tally Add RPC p50 at the fixed rate", "ms"),
-    figure!("add_p99_ms", "Tally Add RPC p99 at the fixed rate", "ms"),
-    figure!(
-        "add_to_counted_p50_ms",
-        "Tally Add -> counted p50 at the fixed rate",
-        "ms"
-    ),
-    figure!(
-        "add_to_counted_p99_ms",
-        "Tally Add -> counted p99 at the fixed rate",
-        "ms"
-    ),
-    figure!(
-        "stage_add_server_p50_ms",
-        "stage at the fixed rate, p50 (Add inside the adder, group commit included)",
-        "ms"
-    ),
-    figure!(
-        "stage_add_server_p99_ms",
-        "stage at the fixed rate, p99 (Add inside the adder, group commit included)",
-        "ms"
-    ),
-    figure!(
-        "stage_relay_confirm_p50_ms",
-        "stage at the fixed rate, p50 (relay batch: publish to its last confirm)",
-        "ms"
-    ),
-    figure!(
-        "stage_relay_confirm_p99_ms",
-        "stage at the fixed rate, p99 (relay batch: publish to its last confirm)",
-        "ms"
-    ),
-    figure!(
-        "stage_queue_time_p50_ms",
-        "stage at the fixed rate, p50 (queue time: relay publish to delivery)",
-        "ms"
-    ),
-    figure!(
-        "stage_queue_time_p99_ms",
-        "stage at the fixed rate, p99 (queue time: relay publish to delivery)",
-        "ms"
-    ),
-    figure!(
-        "stage_ledger_apply_p50_ms",
-        "stage at the fixed rate, p50 (ledger update: lock to fsynced rename)",
-        "ms"
-    ),
-    figure!(
-        "stage_ledger_apply_p99_ms",
-        "stage at the fixed rate, p99 (ledger update: lock to fsynced rename)",
-        "ms"
-    ),
-    figure!(
-        "stage_end_to_end_p50_ms",
-        "stage at the fixed rate, p50 (outbox commit to durable in sum.txt)",
-        "ms"
-    ),
-    figure!(
-        "stage_end_to_end_p99_ms",
-        "stage at the fixed rate, p99 (outbox commit to durable in sum.txt)",
-        "ms"
-    ),
-    figure!("cpu_saturation_adder", "CPU at saturation: adder", "cores"),
-    figure!(
-        "cpu_saturation_totaler",
-        "CPU at saturation: totaler",
-        "cores"
-    ),
-    figure!(
-        "cpu_saturation_postgres",
-        "CPU at saturation: PostgreSQL",
-        "cores"
-    ),
-    figure!(
-        "cpu_saturation_rabbitmq",
-        "CPU at saturation: RabbitMQ",
-        "cores"
-    ),
-    figure!(
-        "cpu_saturation_bench",
-        "CPU at saturation: the harness (load, polls)",
-        "cores"
-    ),
-    figure!(
-        "cpu_saturation_other",
-        "CPU at saturation: everything else",
-        "cores"
-    ),
-    figure!(
-        "cpu_fixed_rate_adder",
-        "CPU at the fixed rate: adder",
-        "cores"
-    ),
-    figure!(
-        "cpu_fixed_rate_totaler",
-        "CPU at the fixed rate: totaler",
-        "cores"
-    ),
-    figure!(
-        "cpu_fixed_rate_postgres",
-        "CPU at the fixed rate: PostgreSQL",
-        "cores"
-    ),
-    figure!(
-        "cpu_fixed_rate_rabbitmq",
-        "CPU at the fixed rate: RabbitMQ",
-        "cores"
-    ),
-    figure!(
-        "cpu_fixed_rate_bench",
-        "CPU at the fixed rate: the harness (load, polls)",
-        "cores"
-    ),
-    figure!(
-        "cpu_fixed_rate_other",
-        "CPU at the fixed rate: everything else",
-        "cores"
-    ),
-    figure!(
-        "drain_per_s",
-        "Tally backlog drain (totaler started on a queued backlog)",
-        "rows/s"
-    ),
-    figure!("sum_get_per_s", "Tally GET /sum", "req/s"),
-    figure!(
-        "adder_rss_mb",
-        "adder RSS under the fixed-rate load (highest sample)",
-        "MiB"
-    ),
-    figure!(
-        "totaler_rss_mb",
-        "totaler RSS under the fixed-rate load (highest sample)",
-        "MiB"
-    ),
-    figure!(
-        "adder_peak_rss_mb",
-        "adder peak RSS over the whole run (VmHWM)",
-        "MiB"
-    ),
-    figure!(
-        "totaler_peak_rss_mb",
-        "totaler peak RSS over the whole run (VmHWM)",
-        "MiB"
-    ),
-];
-
-/// The ratios of Tally to the limits.
-pub const RATIOS: &[Ratio] = &[
-    Ratio {
-        key: "ratio_e2e_to_broker",
-        label: "e2e Adds / broker confirms",
-        numerator: "e2e_adds_per_s",
-        denominator: "broker_confirm_per_s",
-    },
-    Ratio {
-        key: "ratio_e2e_to_pg_insert",
-        label: "e2e Adds / PostgreSQL INSERTs",
-        numerator: "e2e_adds_per_s",
-        denominator: "pg_insert_tps",
-    },
-    Ratio {
-        key: "ratio_accepted_to_tonic",
-        label: "accepted Adds / bare tonic calls",
-        numerator: "add_accepted_per_s",
-        denominator: "bare_tonic_calls_per_s",
-    },
-    Ratio {
-        key: "ratio_add_p99_to_pg_commit_p99",
-        label: "Add p99 / one client's INSERT p99",
-        numerator: "add_p99_ms",
-        denominator: "pg_commit_p99_ms",
-    },
-    Ratio {
-        key: "ratio_drain_to_consume",
-        label: "backlog drain / raw consume",
-        numerator: "drain_per_s",
-        denominator: "raw_consume_per_s",
-    },
-    Ratio {
-        key: "ratio_sum_to_warp",
-        label: "GET /sum / bare warp GET",
-        numerator: "sum_get_per_s",
-        denominator: "bare_warp_get_per_s",
-    },
-];
-
-/// The issue's targets for this 2-core machine.
-pub const TARGETS: &[Target] = &[
-    Target {
-        key: "e2e_adds_per_s",
-        at_least: true,
-        value: 8000.0,
-    },
-    Target {
-        key: "ratio_e2e_to_broker",
-        at_least: true,
-        value: 0.5,
-    },
-    Target {
-        key: "add_p99_ms",
-        at_least: false,
-        value: 5.0,
-    },
-    Target {
-        key: "add_to_counted_p99_ms",
-        at_least: false,
-        value: 50.0,
-    },
-    Target {
-        key: "ratio_drain_to_consume",
-        at_least: true,
-        value: 0.5,
-    },
-    Target {
-        key: "ratio_sum_to_warp",
-        at_least: true,
-        value: 0.7,
-    },
-    Target {
-        key: "adder_rss_mb",
-        at_least: false,
-        value: 64.0,
-    },
-    Target {
-        key: "totaler_rss_mb",
-        at_least: false,
-        value: 64.0,
-    },
-];
-
-/// The medians of every figure measured at least once, then the ratios.
-pub fn medians(rounds: &[Round]) -> BTreeMap<&'static str, f64> {
-    let mut medians = BTreeMap::new();
-    for figure in FIGURES {
-        let mut values: Vec<f64> = rounds
-            .iter()
-            .filter_map(|r| r.get(figure.key).copied())
-            .collect();
-        if let Some(median) = median(&mut values) {
-            medians.insert(figure.key, median);
+        let mut ratios = BTreeMap::new();
+        for ratio in RATIOS {
+            if let (Some(n), Some(d)) = (
+                figures.get(&ratio.numerator),
+                figures.get(&ratio.denominator),
+            ) && *d > 0.0
+            {
+                ratios.insert(ratio.key, n / d);
+            }
         }
+        Self { figures, ratios }
     }
-    for ratio in RATIOS {
-        if let (Some(n), Some(d)) = (medians.get(ratio.numerator), medians.get(ratio.denominator))
-            && *d > 0.0
-        {
-            medians.insert(ratio.key, n / d);
-        }
+
+    pub fn figure(&self, figure: Figure) -> Option<f64> {
+        self.figures.get(&figure).copied()
     }
-    medians
+
+    pub fn ratio(&self, ratio: &Ratio) -> Option<f64> {
+        self.ratios.get(ratio.key).copied()
+    }
 }
 
 /// The median (mean of the middle two for an even count).
@@ -363,33 +70,33 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
 
 /// The Markdown table: every figure with its median and rounds, the ratios,
 /// and each target with whether it is met.
-pub fn table(rounds: &[Round], medians: &BTreeMap<&'static str, f64>) -> String {
+pub fn table(rounds: &[Round], medians: &Medians) -> String {
     let mut out =
         String::from("| figure | key | median | per round | target |\n|---|---|---:|---|---|\n");
-    for figure in FIGURES {
+    for &figure in Figure::ALL {
         let per_round: Vec<String> = rounds
             .iter()
-            .map(|r| r.get(figure.key).map_or("-".into(), |v| number(*v)))
+            .map(|r| r.get(&figure).map_or("-".into(), |v| number(*v)))
             .collect();
+        let median = medians.figure(figure);
         out.push_str(&format!(
             "| {} | `{}` | {} {} | {} | {} |\n",
-            figure.label,
-            figure.key,
-            medians.get(figure.key).map_or("-".into(), |v| number(*v)),
-            figure.unit,
+            figure.label(),
+            figure.key(),
+            median.map_or("-".into(), number),
+            figure.unit(),
             per_round.join(", "),
-            target_cell(figure.key, medians),
+            target_cell(figure.target(), median),
         ));
     }
     for ratio in RATIOS {
+        let median = medians.ratio(ratio);
         out.push_str(&format!(
             "| {} | `{}` | {} | (of medians) | {} |\n",
             ratio.label,
             ratio.key,
-            medians
-                .get(ratio.key)
-                .map_or("-".into(), |v| format!("{v:.2}")),
-            target_cell(ratio.key, medians),
+            median.map_or("-".into(), |v| format!("{v:.2}")),
+            target_cell(ratio.target, median),
         ));
     }
     out
@@ -397,47 +104,59 @@ pub fn table(rounds: &[Round], medians: &BTreeMap<&'static str, f64>) -> String 
 
 /// The JSON document: every median at the top level under its key, then
 /// the rounds, the targets and what the caller adds to `meta`.
-pub fn json(rounds: &[Round], medians: &BTreeMap<&'static str, f64>, meta: Value) -> Value {
+pub fn json(rounds: &[Round], medians: &Medians, meta: Value) -> Value {
     let mut document = Map::new();
-    for (key, value) in medians {
+    for (figure, value) in &medians.figures {
+        document.insert(figure.key().to_owned(), json!(value));
+    }
+    for (key, value) in &medians.ratios {
         document.insert((*key).to_owned(), json!(value));
     }
-    let targets: Vec<Value> = TARGETS
+    let figure_targets = Figure::ALL
         .iter()
-        .map(|t| {
+        .filter_map(|&f| Some((f.key(), f.target()?, medians.figure(f))));
+    let ratio_targets = RATIOS
+        .iter()
+        .filter_map(|r| Some((r.key, r.target?, medians.ratio(r))));
+    let targets: Vec<Value> = figure_targets
+        .chain(ratio_targets)
+        .map(|(key, target, median)| {
             json!({
-                "key": t.key,
-                "at_least": t.at_least,
-                "value": t.value,
-                "met": medians.get(t.key).map(|v| met(t, *v)),
+                "key": key,
+                "at_least": target.at_least,
+                "value": target.value,
+                "met": median.map(|v| target.met(v)),
             })
         })
         .collect();
     document.insert("targets".into(), Value::Array(targets));
-    document.insert("rounds".into(), json!(rounds));
+    let rounds: Vec<Value> = rounds
+        .iter()
+        .map(|round| {
+            Value::Object(
+                round
+                    .iter()
+                    .map(|(f, v)| (f.key().to_owned(), json!(v)))
+                    .collect(),
+            )
+        })
+        .collect();
+    document.insert("rounds".into(), Value::Array(rounds));
     document.insert("meta".into(), meta);
     Value::Object(document)
 }
 
-fn target_cell(key: &str, medians: &BTreeMap<&'static str, f64>) -> String {
-    let Some(target) = TARGETS.iter().find(|t| t.key == key) else {
+fn target_cell(target: Option<Target>, median: Option<f64>) -> String {
+    let Some(target) = target else {
         return String::new();
     };
     let sign = if target.at_least { "≥" } else { "≤" };
-    let verdict = match medians.get(key) {
-        Some(v) if met(target, *v) => "met",
+    let verdict = match median {
+        Some(v) if target.met(v) => "met",
         Some(_) => "**missed**",
         None => "not measured",
     };
     format!("{sign} {} — {verdict}", number(target.value))
-}
-
-fn met(target: &Target, value: f64) -> bool {
-    if target.at_least {
-        value >= target.value
-    } else {
-        value <= target.value
-    }
 }
 
 /// Three significant-ish digits for small values, whole numbers with
@@ -466,6 +185,7 @@ pub fn number(value: f64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -480,17 +200,68 @@ mod tests {
     fn ratios_come_from_medians() {
         let rounds = vec![
             Round::from([
-                ("e2e_adds_per_s", 4000.0),
-                ("broker_confirm_per_s", 10000.0),
+                (Figure::E2eAddsPerS, 4000.0),
+                (Figure::BrokerConfirmPerS, 10000.0),
             ]),
             Round::from([
-                ("e2e_adds_per_s", 6000.0),
-                ("broker_confirm_per_s", 10000.0),
+                (Figure::E2eAddsPerS, 6000.0),
+                (Figure::BrokerConfirmPerS, 10000.0),
             ]),
         ];
-        let medians = medians(&rounds);
-        assert_eq!(medians["ratio_e2e_to_broker"], 0.5);
+        let medians = Medians::of(&rounds);
+        assert_eq!(medians.ratio(&RATIOS[0]), Some(0.5));
         assert!(table(&rounds, &medians).contains("≥ 0.50 — met"));
+    }
+
+    #[test]
+    fn every_figure_recorded_is_in_the_table_and_at_the_top_of_the_json() {
+        let round: Round = Figure::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| (f, i as f64 + 1.0))
+            .collect();
+        let rounds = vec![round];
+        let medians = Medians::of(&rounds);
+        let table = table(&rounds, &medians);
+        let document = json(&rounds, &medians, json!({}));
+        for (i, figure) in Figure::ALL.iter().enumerate() {
+            let row = format!(
+                "| {} | `{}` | {} {} |",
+                figure.label(),
+                figure.key(),
+                number(i as f64 + 1.0),
+                figure.unit()
+            );
+            assert!(table.contains(&row), "no row {row}");
+            assert_eq!(
+                document[figure.key()],
+                json!(i as f64 + 1.0),
+                "{}",
+                figure.key()
+            );
+            assert_eq!(document["rounds"][0][figure.key()], json!(i as f64 + 1.0));
+        }
+        for ratio in RATIOS {
+            assert!(document[ratio.key].is_number(), "{}", ratio.key);
+        }
+    }
+
+    #[test]
+    fn targets_say_met_missed_or_not_measured() {
+        let rounds = vec![Round::from([(Figure::AddP99Ms, 7.0)])];
+        let medians = Medians::of(&rounds);
+        let table = table(&rounds, &medians);
+        assert!(table.contains("| ≤ 5.00 — **missed** |"), "{table}");
+        assert!(table.contains("| ≥ 8,000 — not measured |"), "{table}");
+        let document = json(&rounds, &medians, json!({}));
+        let targets = document["targets"].as_array().unwrap();
+        let add_p99 = targets.iter().find(|t| t["key"] == "add_p99_ms").unwrap();
+        assert_eq!(add_p99["met"], json!(false));
+        let e2e = targets
+            .iter()
+            .find(|t| t["key"] == "e2e_adds_per_s")
+            .unwrap();
+        assert_eq!(e2e["met"], Value::Null);
     }
 
     #[test]

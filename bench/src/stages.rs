@@ -8,33 +8,42 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use anyhow::Context;
 
-use crate::http;
+use crate::{figure::Figure, http};
 
 /// The histograms of one `/metrics` page: series (name and labels without
 /// `le`) -> cumulative buckets `(le, count)` in page order.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot(HashMap<String, Vec<(f64, f64)>>);
 
-/// A stage, the series measuring it, and the keys its p50 and p99 go under.
+/// A stage, the series measuring it, and the figures its p50 and p99 go under.
+#[derive(Debug)]
 pub struct Stage {
     pub series: &'static str,
-    pub p50_key: &'static str,
-    pub p99_key: &'static str,
+    pub p50: Figure,
+    pub p99: Figure,
     pub label: &'static str,
+}
+
+/// What one stage observed over a window: cumulative counts by upper
+/// bound in milliseconds (the last bound infinite), as the histogram has them.
+#[derive(Debug, Clone)]
+pub struct Distribution {
+    pub stage: &'static Stage,
+    pub buckets: Vec<(f64, f64)>,
 }
 
 /// The adder's stages, in the order an Add goes through them.
 pub const ADDER: &[Stage] = &[
     Stage {
         series: r#"adder_request_duration_seconds{method="grpc_add"}"#,
-        p50_key: "stage_add_server_p50_ms",
-        p99_key: "stage_add_server_p99_ms",
+        p50: Figure::StageAddServerP50Ms,
+        p99: Figure::StageAddServerP99Ms,
         label: "Add in the adder (group commit included)",
     },
     Stage {
         series: "adder_relay_confirm_seconds",
-        p50_key: "stage_relay_confirm_p50_ms",
-        p99_key: "stage_relay_confirm_p99_ms",
+        p50: Figure::StageRelayConfirmP50Ms,
+        p99: Figure::StageRelayConfirmP99Ms,
         label: "relay: publish to last confirm of a batch",
     },
 ];
@@ -43,20 +52,20 @@ pub const ADDER: &[Stage] = &[
 pub const TOTALER: &[Stage] = &[
     Stage {
         series: "totaler_queue_time_seconds",
-        p50_key: "stage_queue_time_p50_ms",
-        p99_key: "stage_queue_time_p99_ms",
+        p50: Figure::StageQueueTimeP50Ms,
+        p99: Figure::StageQueueTimeP99Ms,
         label: "queue: relay publish to delivery",
     },
     Stage {
         series: "totaler_apply_seconds",
-        p50_key: "stage_ledger_apply_p50_ms",
-        p99_key: "stage_ledger_apply_p99_ms",
+        p50: Figure::StageLedgerApplyP50Ms,
+        p99: Figure::StageLedgerApplyP99Ms,
         label: "ledger update: lock to fsynced rename",
     },
     Stage {
         series: "totaler_end_to_end_seconds",
-        p50_key: "stage_end_to_end_p50_ms",
-        p99_key: "stage_end_to_end_p99_ms",
+        p50: Figure::StageEndToEndP50Ms,
+        p99: Figure::StageEndToEndP99Ms,
         label: "outbox commit to durable in sum.txt",
     },
 ];
@@ -113,18 +122,41 @@ impl Snapshot {
     /// The `q` quantile, in milliseconds, of what `series` observed between
     /// `before` and `self`; `None` when it observed nothing.
     pub fn quantile_ms_since(&self, before: &Snapshot, series: &str, q: f64) -> Option<f64> {
+        quantile(&self.buckets_ms_since(before, series)?, q)
+    }
+
+    /// What `series` observed between `before` and `self`: cumulative
+    /// counts by upper bound in milliseconds; `None` for an unknown series.
+    pub fn buckets_ms_since(&self, before: &Snapshot, series: &str) -> Option<Vec<(f64, f64)>> {
         let after = self.0.get(series)?;
         let earlier = before.0.get(series);
-        let buckets: Vec<(f64, f64)> = after
-            .iter()
-            .map(|&(le, count)| {
-                let was = earlier
-                    .and_then(|b| b.iter().find(|(l, _)| *l == le))
-                    .map_or(0.0, |(_, c)| *c);
-                (le, count - was)
-            })
-            .collect();
-        quantile(&buckets, q).map(|seconds| seconds * 1000.0)
+        Some(
+            after
+                .iter()
+                .map(|&(le, count)| {
+                    let was = earlier
+                        .and_then(|b| b.iter().find(|(l, _)| *l == le))
+                        .map_or(0.0, |(_, c)| *c);
+                    (le * 1000.0, count - was)
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Distribution {
+    /// Adds `other`'s counts (the same stage in another round) bound by bound.
+    pub fn merge(&mut self, other: &Distribution) {
+        for (le, count) in &mut self.buckets {
+            if let Some((_, more)) = other.buckets.iter().find(|(l, _)| l == le) {
+                *count += more;
+            }
+        }
+    }
+
+    /// How many observations the window saw.
+    pub fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |(_, count)| *count)
     }
 }
 

@@ -1,19 +1,22 @@
 //! Child processes of the suite: the real `adder` and `totaler` binaries
 //! (found next to the running executable in `target/<profile>/`), started,
-//! SIGKILLed, SIGTERMed and restarted; plus small process helpers.
+//! SIGKILLed, SIGTERMed and restarted (each run a `testkit::process::Logged`,
+//! killed when the `Service` drops); plus small process helpers.
 
 use std::{
-    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context, bail};
+use testkit::process::{Logged, NotReady};
 
 /// How long a service may take to stop after SIGTERM (its own grace is 10 s).
 const TERM_GRACE: Duration = Duration::from_secs(30);
+/// How long a service may take to answer its `/healthz` after a start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One service binary and how to start it.
 pub struct Service {
@@ -21,7 +24,7 @@ pub struct Service {
     binary: PathBuf,
     env: Vec<(String, String)>,
     log: PathBuf,
-    child: Option<Child>,
+    child: Option<Logged>,
     pub http: SocketAddr,
 }
 
@@ -49,47 +52,47 @@ impl Service {
     }
 
     /// Starts the process with `extra` added to its environment and waits
-    /// for its `/healthz`; a process that exits first is an error (and is
-    /// no longer running).
+    /// (up to a minute) for its `/healthz`; a process that exits first is an
+    /// error (and is no longer running).
     pub async fn start_with(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
         self.spawn(extra)?;
-        for _ in 0..600 {
-            if http_get(self.http, "/healthz")
-                .await
-                .is_some_and(|(status, _)| status == 200)
-            {
-                return Ok(());
-            }
-            if let Some(status) = self.exited()? {
+        let child = self.child.as_mut().context("a service just spawned")?;
+        match child
+            .wait_ready(
+                self.http,
+                "/healthz",
+                START_TIMEOUT,
+                Duration::from_millis(100),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => {
+                self.child = None;
                 bail!(
                     "{} exited at start with {status}; see {}",
                     self.name,
                     self.log.display()
-                );
+                )
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(NotReady::Io(e)) => Err(e).context(format!("polling {}", self.name)),
+            Err(NotReady::Timeout) => bail!(
+                "{} did not become healthy; see {}",
+                self.name,
+                self.log.display()
+            ),
         }
-        bail!(
-            "{} did not become healthy; see {}",
-            self.name,
-            self.log.display()
-        )
     }
 
     /// Starts the process without waiting for anything.
     pub fn spawn(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.binary)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let child = Logged::spawn(
+            Command::new(&self.binary)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .envs(extra.iter().copied()),
+            &self.log,
+        )
+        .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -125,8 +128,7 @@ impl Service {
     /// SIGKILL, no warning.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -135,29 +137,17 @@ impl Service {
         let Some(mut child) = self.child.take() else {
             bail!("{} is not running", self.name)
         };
-        run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
-        for _ in 0..(TERM_GRACE.as_millis() / 50) {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match child.terminate(TERM_GRACE).await? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "{} did not exit within {TERM_GRACE:?} of SIGTERM; killed it",
+                self.name
+            ),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!(
-            "{} did not exit within {TERM_GRACE:?} of SIGTERM; killed it",
-            self.name
-        )
     }
 
     pub fn binary(&self) -> &Path {
         &self.binary
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

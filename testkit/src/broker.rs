@@ -76,15 +76,7 @@ impl Broker {
     }
 
     async fn declare_passive(&self, queue: &str) -> lapin::Queue {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        declare_passive(&self.channel, queue)
             .await
             .expect("passive declare")
     }
@@ -130,6 +122,21 @@ impl Broker {
                 .await;
         }
     }
+}
+
+/// Declares `queue` passively on `channel`: its message and consumer
+/// counts, or an error (and a closed channel) if it does not exist.
+pub async fn declare_passive(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 impl Broker {

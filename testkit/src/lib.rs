@@ -3,7 +3,9 @@
 //! read raw messages, a TCP proxy that a test can cut to simulate an outage,
 //! an OTLP/gRPC receiver that collects the spans the real binaries export,
 //! and polling with a deadline. Everything talks to real servers; nothing is
-//! mocked. Used by the tests of each crate and by the fault suite.
+//! mocked. Used by the tests of each crate, by the fault suite and by the
+//! benchmark harness (which uses the fallible forms: `database::Fresh`,
+//! `free_addr`, `queue_name`, `process::Logged`).
 //!
 //! The servers come from `TEST_DATABASE_URL` (default
 //! `postgres://tally:tally@127.0.0.1:5432/tally`, a role with CREATEDB) and
@@ -16,7 +18,8 @@
 //! - `http`: a raw HTTP/1.1 client.
 //! - `metrics`: samples of the Prometheus text format.
 //! - `otlp`: a real OTLP/gRPC trace receiver the services export to.
-//! - `process`: waiting for a real binary with a deadline.
+//! - `process`: child processes with a log file, stopped with a grace
+//!   period; waiting for a real binary with a deadline.
 //! - `proxy`: the cuttable TCP proxy.
 
 pub mod broker;
@@ -27,7 +30,7 @@ pub mod otlp;
 pub mod process;
 pub mod proxy;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 pub use broker::Broker;
 pub use proxy::Proxy;
@@ -40,15 +43,24 @@ pub fn amqp_url() -> String {
 
 /// A loopback port that was free a moment ago, for a process the test starts.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
+    free_addr()
         .map(|addr| addr.port())
         .expect("bind an ephemeral port")
 }
 
+/// A loopback address whose port was free a moment ago (bound and released).
+pub fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
 /// A queue name no other test uses.
 pub fn unique_queue(test: &str) -> String {
-    format!("test.{test}.{}", uuid::Uuid::new_v4().simple())
+    queue_name("test", test)
+}
+
+/// A queue name of its own under `namespace` (`test`, `bench`), for `purpose`.
+pub fn queue_name(namespace: &str, purpose: &str) -> String {
+    format!("{namespace}.{purpose}.{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what`

@@ -1,10 +1,123 @@
-//! Waiting for a real binary with a deadline: a test that waits on a child
-//! process must fail, not hang, when the process does not exit in time.
+//! Child processes: [`Logged`], a real binary started with its output
+//! appended to a log file, waited for until an HTTP path answers, stopped
+//! with SIGTERM and a grace period, and SIGKILLed when dropped (so an
+//! aborted test or run leaves nothing behind); and waiting for a child with
+//! a deadline: a test that waits on a child process must fail, not hang,
+//! when the process does not exit in time.
 
 use std::{
-    process::{Child, ExitStatus, Output},
+    fs::OpenOptions,
+    io,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
 };
+
+/// A running child whose stdout and stderr go to a log file.
+#[derive(Debug)]
+pub struct Logged {
+    child: Child,
+}
+
+/// Why [`Logged::wait_ready`] gave up.
+#[derive(Debug)]
+pub enum NotReady {
+    /// The process exited first, with this status.
+    Exited(ExitStatus),
+    /// The path did not answer 200 in time.
+    Timeout,
+    /// The process could not be polled.
+    Io(io::Error),
+}
+
+impl Logged {
+    /// Spawns `command` with stdin closed and its output appended to `log`.
+    pub fn spawn(command: &mut Command, log: &Path) -> io::Result<Self> {
+        let out = OpenOptions::new().create(true).append(true).open(log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Polls `GET path` on `addr` every `every` until it answers 200, the
+    /// process exits, or `timeout` passes.
+    pub async fn wait_ready(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<(), NotReady> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if crate::http::get(addr, path)
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.try_wait().map_err(NotReady::Io)? {
+                return Err(NotReady::Exited(status));
+            }
+            tokio::time::sleep(every).await;
+        }
+        Err(NotReady::Timeout)
+    }
+
+    /// SIGKILL, no warning; reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `grace` for the exit (polling every 50 ms);
+    /// past it, SIGKILLs the process and returns `None`.
+    pub async fn terminate(&mut self, grace: Duration) -> io::Result<Option<ExitStatus>> {
+        signal(self.pid(), "TERM")?;
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+        Ok(None)
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// Sends `SIG{name}` to `pid` with kill(1), failing if kill does.
+pub fn signal(pid: u32, name: &str) -> io::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("kill -{name} {pid}: {status}")))
+    }
+}
 
 /// Waits for `child` to exit within `limit`; past it, kills the child and
 /// panics with `what`. Returns the exit status and how long it took.
@@ -46,9 +159,5 @@ pub async fn output_within(child: Child, limit: Duration, what: &str) -> (Output
 
 /// Sends SIGTERM to `pid`.
 pub fn terminate(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid}");
+    signal(pid, "TERM").expect("kill -TERM");
 }
