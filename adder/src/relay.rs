@@ -219,7 +219,12 @@ impl Relay {
     /// Publishes every part of a batch without awaiting a confirm; while
     /// tracing, under the batch's `traceparent` (`trace::publish_context`).
     #[tracing::instrument(name = "publish batch", skip_all, fields(source = %cut.claim.source, batch = cut.claim.id, rows = cut.claim.rows, trace_id = tracing::field::Empty))]
-    async fn publish(&self, active: &mut Active, channel: &Channel, cut: Cut) -> Result<InFlight, Error> {
+    async fn publish(
+        &self,
+        active: &mut Active,
+        channel: &Channel,
+        cut: Cut,
+    ) -> Result<InFlight, Error> {
         let Cut { claim: batch, rows } = cut;
         let traceparent = if self.tracing {
             crate::trace::publish_context(active, &batch).await?

@@ -274,7 +274,11 @@ impl CutRow {
             .into_iter()
             .zip(sums)
             .zip(created)
-            .map(|((id, sum), created_us)| Row { id, sum, created_us })
+            .map(|((id, sum), created_us)| Row {
+                id,
+                sum,
+                created_us,
+            })
             .collect();
         Some(Cut {
             claim: Claim { batch },

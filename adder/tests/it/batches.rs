@@ -304,7 +304,13 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
     record(&outbox, 3).await;
     let before = outbox.source().await.expect("source");
     let mut relay = active(&outbox).await;
-    let first = relay.cut(100, 100).await.expect("cut").expect("a batch").claim.clone();
+    let first = relay
+        .cut(100, 100)
+        .await
+        .expect("cut")
+        .expect("a batch")
+        .claim
+        .clone();
     assert_eq!((first.source, first.id), (before, 1));
     relay.release().await;
     // As after a promotion: the stored timeline is not the database's.
@@ -322,7 +328,13 @@ async fn a_new_timeline_continues_under_a_new_source_numbered_from_one() {
         vec![first],
         "the old batch keeps its source and number"
     );
-    let next = relay.cut(100, 100).await.expect("cut").expect("a batch").claim.clone();
+    let next = relay
+        .cut(100, 100)
+        .await
+        .expect("cut")
+        .expect("a batch")
+        .claim
+        .clone();
     assert_eq!((next.source, next.id, next.rows), (after, 1, 2));
     let sources: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_sources")
         .fetch_one(&pool(&db).await)
