@@ -12,19 +12,11 @@ use std::{
 use testkit::{Proxy, database, free_port, process, proxy::target_of};
 use tonic::Code;
 
-use crate::support::{call, config, http, start_adder, wait_for_http};
+use crate::support::{TestAdder, call, config, http, start_adder, wait_for_http};
 
 #[tokio::test]
 async fn adder_started_while_postgres_is_unreachable_works_once_it_is_reachable() {
-    let db = database::fresh().await;
-    let proxy = Proxy::start(target_of(&db)).await;
-    proxy.cut();
-    let adder = start_adder(config(
-        &proxy.url(&db),
-        &testkit::amqp_url(),
-        &testkit::unique_queue("start-pgdown"),
-    ))
-    .await;
+    let (proxy, adder) = adder_with_postgres_cut("start-pgdown").await;
     testkit::eventually(
         Duration::from_secs(20),
         "the adder to try PostgreSQL while it is unreachable",
@@ -42,15 +34,7 @@ async fn adder_started_while_postgres_is_unreachable_works_once_it_is_reachable(
 
 #[tokio::test]
 async fn adder_started_while_postgres_is_unreachable_serves_health_and_answers_unavailable() {
-    let db = database::fresh().await;
-    let proxy = Proxy::start(target_of(&db)).await;
-    proxy.cut();
-    let adder = start_adder(config(
-        &proxy.url(&db),
-        &testkit::amqp_url(),
-        &testkit::unique_queue("start-pgdown-health"),
-    ))
-    .await;
+    let (proxy, adder) = adder_with_postgres_cut("start-pgdown-health").await;
     let (status, body) = http(adder.http, "GET", "/healthz", "")
         .await
         .expect("/healthz answers while PostgreSQL is unreachable");
@@ -138,4 +122,19 @@ async fn the_adder_never_logs_the_passwords_of_its_urls() {
         !logs.contains(&format!(":{db_password}@")),
         "the database URL is logged: {logs}"
     );
+}
+
+/// An adder on a fresh database reached only through a proxy that is cut:
+/// PostgreSQL is unreachable from the start.
+async fn adder_with_postgres_cut(queue: &str) -> (Proxy, TestAdder) {
+    let db = database::fresh().await;
+    let proxy = Proxy::start(target_of(&db)).await;
+    proxy.cut();
+    let adder = start_adder(config(
+        &proxy.url(&db),
+        &testkit::amqp_url(),
+        &testkit::unique_queue(queue),
+    ))
+    .await;
+    (proxy, adder)
 }
