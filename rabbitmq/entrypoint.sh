@@ -6,6 +6,13 @@
 # administrator. Names default to tally-adder, tally-totaler and admin; the
 # passwords have no default: the broker does not start without them. Names
 # and passwords may not contain a double quote, a backslash or a '|'.
+#
+# Two settings for a cluster node (compose.cluster.yml), unset on a single node:
+# - RABBITMQ_ERLANG_COOKIE_FILE: a file (e.g. a compose secret) holding the
+#   Erlang cookie every node of the cluster shares; it is installed as the
+#   node's (and the CLI tools') ~/.erlang.cookie. The repo carries no cookie.
+# - RABBITMQ_QUORUM_GROUP_SIZE: replicas of each quorum queue; the rendered
+#   definitions declare it as x-quorum-initial-group-size.
 set -eu
 
 : "${RABBITMQ_ADDER_USER:=tally-adder}"
@@ -29,8 +36,38 @@ for value in "$RABBITMQ_ADDER_USER" "$RABBITMQ_ADDER_PASSWORD" "$RABBITMQ_TOTALE
     esac
 done
 
+# On a cluster node, each quorum queue's type is followed by its group size
+# (a sed command that changes nothing on a single node).
+case "${RABBITMQ_QUORUM_GROUP_SIZE:-}" in
+    '') group_size='s/^//' ;;
+    *[!0-9]* | 0*)
+        echo "entrypoint.sh: RABBITMQ_QUORUM_GROUP_SIZE must be a positive number" >&2
+        exit 64
+        ;;
+    *) group_size="s/\"x-queue-type\": \"quorum\"/&, \"x-quorum-initial-group-size\": $RABBITMQ_QUORUM_GROUP_SIZE/" ;;
+esac
+
 # sed treats '&' in a replacement as "the match": escape it.
 escape() { printf '%s' "$1" | sed 's/&/\\&/g'; }
+
+# Installs the shared Erlang cookie, when there is one, where the node and
+# the CLI tools (HOME=/var/lib/rabbitmq) read it: owner-only, no newline.
+install_cookie() {
+    file=${RABBITMQ_ERLANG_COOKIE_FILE:-}
+    [ -n "$file" ] || return 0
+    cookie=$(tr -d '[:space:]' < "$file") || {
+        echo "entrypoint.sh: cannot read the Erlang cookie file $file" >&2
+        exit 64
+    }
+    if [ "${#cookie}" -lt 20 ]; then
+        echo "entrypoint.sh: the Erlang cookie in $file is shorter than 20 characters" >&2
+        exit 64
+    fi
+    target=/var/lib/rabbitmq/.erlang.cookie
+    (umask 077 && printf '%s' "$cookie" > "$target.tmp")
+    mv "$target.tmp" "$target"
+    chmod 0400 "$target"
+}
 
 mkdir -p /tmp/rabbitmq
 sed -e "s|\${RABBITMQ_ADDER_USER}|$(escape "$RABBITMQ_ADDER_USER")|g" \
@@ -39,6 +76,7 @@ sed -e "s|\${RABBITMQ_ADDER_USER}|$(escape "$RABBITMQ_ADDER_USER")|g" \
     -e "s|\${RABBITMQ_TOTALER_PASSWORD}|$(escape "$RABBITMQ_TOTALER_PASSWORD")|g" \
     -e "s|\${RABBITMQ_ADMIN_USER}|$(escape "$RABBITMQ_ADMIN_USER")|g" \
     -e "s|\${RABBITMQ_ADMIN_PASSWORD}|$(escape "$RABBITMQ_ADMIN_PASSWORD")|g" \
+    -e "$group_size" \
     /etc/rabbitmq/definitions.json > /tmp/rabbitmq/definitions.json.tmp
 chmod 0640 /tmp/rabbitmq/definitions.json.tmp
 mv /tmp/rabbitmq/definitions.json.tmp /tmp/rabbitmq/definitions.json
@@ -47,4 +85,5 @@ if id rabbitmq >/dev/null 2>&1; then
     chown -R rabbitmq:rabbitmq /tmp/rabbitmq 2>/dev/null || true
 fi
 
+install_cookie
 exec docker-entrypoint.sh "$@"
