@@ -61,6 +61,7 @@ pub async fn run(
     tracker.spawn(status::refresh(
         ledger.clone(),
         status.clone(),
+        metrics.sum.clone(),
         config.refresh(),
         token.clone(),
     ));

@@ -1,8 +1,8 @@
 //! What the HTTP server reports, shared by the consumer and the refresher:
 //! the current total (served from memory) and whether the ledger and the
 //! broker are healthy. Writers set it; [`Status`] itself does no I/O. The
-//! refresher ([`refresh`]) keeps the total in step with the file, which other
-//! totalers may write too.
+//! refresher ([`refresh`]) keeps the total, and the `totaler_sum` gauge, in
+//! step with the file, which other totalers may write too.
 
 use std::{
     sync::{
@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::Ledger;
@@ -69,11 +70,13 @@ impl Status {
     }
 }
 
-/// Keeps the shared status in step with the file, so GET /sum shows updates
-/// written by other totalers. Runs until `shutdown`.
+/// Keeps the shared status and the `totaler_sum` gauge (`total`) in step
+/// with the file, so GET /sum and /metrics show updates written by other
+/// totalers (a standby's too). Runs until `shutdown`.
 pub async fn refresh(
     ledger: Arc<Ledger>,
     status: Arc<Status>,
+    total: Gauge,
     every: Duration,
     shutdown: CancellationToken,
 ) {
@@ -86,7 +89,10 @@ pub async fn refresh(
         let reader = ledger.clone();
         let started = Instant::now();
         match tokio::task::spawn_blocking(move || reader.read()).await {
-            Ok(Ok(state)) => status.set_total(state.total),
+            Ok(Ok(state)) => {
+                status.set_total(state.total);
+                total.set(state.total as f64);
+            }
             Ok(Err(e)) => {
                 status.set_ledger_ok(false);
                 tracing::error!(error = %e, elapsed = ?started.elapsed(), "cannot refresh the total from the ledger");

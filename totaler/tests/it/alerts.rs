@@ -1,7 +1,8 @@
 //! The Prometheus rules in `prometheus/rules` (the workspace's, not only the
 //! totaler's: this binary is where `cargo test --workspace` runs them),
-//! checked and unit-tested with the real promtool: `promtool check config
-//! prometheus.yml`, `check rules`, `test rules prometheus/tests/alerts.yml`.
+//! checked and unit-tested with the real promtool: `promtool check config`
+//! of `prometheus.yml` and `prometheus.cluster.yml`, `check rules`, `test
+//! rules prometheus/tests/alerts.yml`.
 //! Each alert's tests are shown able to fail: with its expression replaced
 //! by one that never fires, and by one that always fires, promtool must
 //! fail. The metric names the rules use must be ones the services export.
@@ -10,22 +11,25 @@
 //! package; `scripts/test` installs it when missing).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
-use crate::support::temp_dir;
+use crate::support::{read, temp_dir, workspace_root as root};
 
 #[test]
 fn prometheus_config_and_rules_pass_promtool_check() {
     let root = root();
-    let config = promtool(&root, &["check", "config", "prometheus.yml"]);
-    assert!(config.status.success(), "{}", text(&config));
-    assert!(
-        text(&config).contains("2 rule files found"),
-        "{}",
-        text(&config)
-    );
+    // The single node's and the cluster's (compose.cluster.yml).
+    for file in ["prometheus.yml", "prometheus.cluster.yml"] {
+        let config = promtool(&root, &["check", "config", file]);
+        assert!(config.status.success(), "{file}: {}", text(&config));
+        assert!(
+            text(&config).contains("2 rule files found"),
+            "{file}: {}",
+            text(&config)
+        );
+    }
     let rules = promtool(
         &root,
         &[
@@ -112,14 +116,6 @@ fn rules_use_only_metrics_the_services_export() {
     }
 }
 
-/// The workspace root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the totaler crate is in the workspace")
-        .to_path_buf()
-}
-
 fn promtool(dir: &Path, args: &[&str]) -> Output {
     let program = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
     Command::new(&program)
@@ -141,10 +137,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 /// The names after `- alert:`.

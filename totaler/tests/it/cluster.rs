@@ -1,5 +1,8 @@
 //! Totalers in a cluster: a broker node list whose node is lost, and hot
-//! standbys on one queue (single active consumer) sharing one file.
+//! standbys on one queue (single active consumer) sharing one file, whose
+//! GET /sum and `totaler_sum` follow the file.
+
+use std::time::Duration;
 
 use testkit::{Broker, Proxy, metrics::sample, proxy::target_of};
 use uuid::Uuid;
@@ -70,6 +73,11 @@ async fn of_two_totalers_one_applies_and_the_standby_takes_over_when_it_stops() 
     )
     .await;
     assert_eq!(consumed(&standby).await, 0.0, "the standby applied nothing");
+    // Its gauge follows the file too (the dashboard's total per totaler).
+    testkit::eventually(Duration::from_secs(10), "the standby's totaler_sum", || async {
+        (metric(&standby, "totaler_sum").await == Some(expected as f64)).then_some(())
+    })
+    .await;
 
     active.stop().await;
     for seq in 1001..=1500 {
@@ -88,6 +96,13 @@ async fn of_two_totalers_one_applies_and_the_standby_takes_over_when_it_stops() 
 
 /// Deliveries a totaler applied and acked.
 async fn consumed(totaler: &crate::support::TestTotaler) -> f64 {
+    metric(totaler, "totaler_messages_total{outcome=\"consumed\"}")
+        .await
+        .unwrap_or(0.0)
+}
+
+/// A series' value on a totaler's `/metrics`.
+async fn metric(totaler: &crate::support::TestTotaler, series: &str) -> Option<f64> {
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
-    sample(&metrics, "totaler_messages_total{outcome=\"consumed\"}").unwrap_or(0.0)
+    sample(&metrics, series)
 }

@@ -9,6 +9,7 @@ mod dlq;
 mod exactness;
 mod http_limits;
 mod metrics;
+mod monitoring;
 mod shutdown;
 mod startup;
 mod sum_range;

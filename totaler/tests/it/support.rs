@@ -20,6 +20,19 @@ pub struct TestTotaler {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// The workspace root, where the compose and Prometheus files are.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the totaler crate is in the workspace")
+        .to_path_buf()
+}
+
+/// The text of a file of the workspace (or any path).
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
 /// A fresh directory for a test's sum file.
 pub fn temp_dir(test: &str) -> PathBuf {
     let dir =
