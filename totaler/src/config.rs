@@ -62,8 +62,9 @@ pub struct Config {
     #[arg(long, env = "TOTALER_BATCH_LINGER_MS", default_value_t = 2)]
     pub batch_linger_ms: u64,
 
-    /// How often GET /sum's in-memory total is refreshed from the file, to
-    /// show updates by other totalers sharing it, in milliseconds.
+    /// How often GET /sum's in-memory total and the totaler_sum gauge are
+    /// refreshed from the file, to show updates by other totalers sharing
+    /// it, in milliseconds.
     #[arg(long, env = "TOTALER_REFRESH_MS", default_value_t = 200)]
     pub refresh_ms: u64,
 

@@ -74,9 +74,11 @@ async fn of_two_totalers_one_applies_and_the_standby_takes_over_when_it_stops() 
     .await;
     assert_eq!(consumed(&standby).await, 0.0, "the standby applied nothing");
     // Its gauge follows the file too (the dashboard's total per totaler).
-    testkit::eventually(Duration::from_secs(10), "the standby's totaler_sum", || async {
-        (metric(&standby, "totaler_sum").await == Some(expected as f64)).then_some(())
-    })
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the standby's totaler_sum",
+        || async { (metric(&standby, "totaler_sum").await == Some(expected as f64)).then_some(()) },
+    )
     .await;
 
     active.stop().await;
