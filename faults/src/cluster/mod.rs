@@ -22,7 +22,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -88,6 +88,10 @@ pub struct Cluster {
     pub slowest_takeover: Duration,
     /// Node losses during which deliveries were still consumed.
     pub flowing_without_a_node: u32,
+    /// Add calls acknowledged and failed from a node's loss to its return.
+    pub node_loss_adds: (u64, u64),
+    /// What the load has had acknowledged, and its failed calls.
+    pub tally: Arc<Tally>,
     pub failures: Vec<String>,
 }
 
@@ -114,7 +118,7 @@ pub async fn run(options: Options) -> anyhow::Result<ClusterReport> {
         idless_rate: options.idless_rate,
     };
     let mut rng = cluster.rng.fork();
-    let tally = Arc::new(Tally::default());
+    let tally = cluster.tally.clone();
     let load = Load::start(&cluster.balancer.grpc(), shape, &mut rng, "cluster", tally)?;
     let faulting = Instant::now();
     let injected = cluster
@@ -215,6 +219,8 @@ impl Cluster {
             takeovers: 0,
             slowest_takeover: Duration::ZERO,
             flowing_without_a_node: 0,
+            node_loss_adds: (0, 0),
+            tally: Arc::default(),
             failures: Vec::new(),
         };
         // The first adder migrates the schema; then the rest start.
@@ -267,6 +273,7 @@ impl Cluster {
     /// lead it while the load goes on, then restarts the node.
     async fn lose_leader(&mut self, crash: bool) -> anyhow::Result<()> {
         let leader = tokio::task::block_in_place(|| self.brokers.leader(QUEUE))?;
+        let calls = self.calls();
         let node = &mut self.brokers.nodes[leader];
         let lost = Instant::now();
         tokio::task::block_in_place(|| if crash { node.crash() } else { node.stop() });
@@ -299,7 +306,24 @@ impl Cluster {
         }
         self.require_flow(leader).await;
         self.pause(1000, 3000).await;
-        self.restart_node(leader).await
+        self.restart_node(leader).await?;
+        self.count_calls_since(calls);
+        Ok(())
+    }
+
+    /// Add calls acknowledged and failed so far (retried or uncertain).
+    fn calls(&self) -> (u64, u64) {
+        let acknowledged = self.tally.acknowledged.load(Ordering::Relaxed);
+        let failed = self.tally.retries.load(Ordering::Relaxed)
+            + self.tally.uncertain.lock().expect("tally lock").len() as u64;
+        (acknowledged, failed)
+    }
+
+    /// Adds the calls since `before` to those seen during node losses.
+    fn count_calls_since(&mut self, before: (u64, u64)) {
+        let now = self.calls();
+        self.node_loss_adds.0 += now.0 - before.0;
+        self.node_loss_adds.1 += now.1 - before.1;
     }
 
     /// Requires deliveries to be consumed while node `down` is lost: the
@@ -346,10 +370,13 @@ impl Cluster {
     async fn kill_follower(&mut self) -> anyhow::Result<()> {
         let leader = tokio::task::block_in_place(|| self.brokers.leader(QUEUE))?;
         let follower = (leader + 1 + self.rng.range(0, 2) as usize) % brokers::NODES;
+        let calls = self.calls();
         tokio::task::block_in_place(|| self.brokers.nodes[follower].crash());
         self.require_flow(follower).await;
         self.pause(1000, 2000).await;
-        self.restart_node(follower).await
+        self.restart_node(follower).await?;
+        self.count_calls_since(calls);
+        Ok(())
     }
 
     /// Kills one adder: HAProxy's health check takes it out, the load's
