@@ -32,7 +32,7 @@ use testkit::free_port;
 use crate::{
     Options,
     load::{Load, Shape, Tally},
-    metrics::{CONSUMED, Sampler, scrape, value},
+    metrics::{CONSUMED, RELAY_ACTIVE, Sampler, scrape, value},
     process::{Service, binary},
     rng::Rng,
     servers::Postgres,
@@ -53,7 +53,7 @@ pub enum ClusterFault {
     StopLeader,
     /// SIGKILL a node that does not lead it.
     KillFollower,
-    /// SIGKILL one adder behind the balancer.
+    /// SIGKILL the adder (behind the balancer) whose relay is active.
     KillAdder,
     /// SIGKILL the totaler that is consuming.
     KillActiveTotaler,
@@ -86,6 +86,10 @@ pub struct Cluster {
     pub takeovers: u32,
     /// The slowest standby takeover seen.
     pub slowest_takeover: Duration,
+    /// Kills of the active relay's adder after which the other's took over,
+    /// and the slowest of those takeovers.
+    pub relay_takeovers: u32,
+    pub slowest_relay_takeover: Duration,
     /// Node losses during which deliveries were still consumed.
     pub flowing_without_a_node: u32,
     /// Add calls acknowledged and failed from a node's loss to its return.
@@ -219,6 +223,8 @@ impl Cluster {
             takeovers: 0,
             slowest_takeover: Duration::ZERO,
             flowing_without_a_node: 0,
+            relay_takeovers: 0,
+            slowest_relay_takeover: Duration::ZERO,
             node_loss_adds: (0, 0),
             tally: Arc::default(),
             failures: Vec::new(),
@@ -379,13 +385,44 @@ impl Cluster {
         Ok(())
     }
 
-    /// Kills one adder: HAProxy's health check takes it out, the load's
-    /// failed calls are retried (through the other), then it comes back.
+    /// Kills the adder whose relay is active: HAProxy's health check takes
+    /// it out, the load's failed calls are retried (through the other), the
+    /// other's relay must take over; then it comes back.
     async fn kill_adder(&mut self) -> anyhow::Result<()> {
-        let i = self.rng.range(0, 2) as usize;
+        let active = self.active_relay().await;
+        let i = active.unwrap_or_else(|| self.rng.range(0, 2) as usize);
         self.adders[i].kill();
+        let killed = Instant::now();
+        if active.is_some() {
+            let other = self.adders[1 - i].http;
+            let deadline = killed + Duration::from_secs(30);
+            while value(&scrape(other).await, RELAY_ACTIVE) < 1.0 {
+                if Instant::now() > deadline {
+                    self.fail(format!(
+                        "no relay took over 30 s after adder-{} was killed",
+                        i + 1
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if Instant::now() <= deadline {
+                self.relay_takeovers += 1;
+                self.slowest_relay_takeover = self.slowest_relay_takeover.max(killed.elapsed());
+            }
+        }
         self.pause(1000, 3000).await;
         self.adders[i].start().await
+    }
+
+    /// The adder whose relay is the active one, if one is.
+    async fn active_relay(&self) -> Option<usize> {
+        for (i, adder) in self.adders.iter().enumerate() {
+            if value(&scrape(adder.http).await, RELAY_ACTIVE) >= 1.0 {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Kills the totaler that is consuming; the standby must consume next.
