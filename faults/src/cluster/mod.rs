@@ -10,11 +10,10 @@
 //! `report` checks the total on every totaler, the outbox and `verify`.
 //!
 //! # Layout
-//! - `brokers`: the three-node cluster, its leader, its queues.
-//! - `balancer`: HAProxy in front of the adders.
+//! - `brokers`: the three-node cluster, its leader, its queues (HAProxy
+//!   is `testkit::balancer`, which `bench` shares).
 //! - `report`: the final checks and their report.
 
-pub mod balancer;
 pub mod brokers;
 pub mod report;
 
@@ -27,7 +26,10 @@ use std::{
 };
 
 use anyhow::Context;
-use testkit::free_port;
+use testkit::{
+    balancer::{Backend, Balancer},
+    free_port,
+};
 
 use crate::{
     Options,
@@ -37,7 +39,6 @@ use crate::{
     rng::Rng,
     servers::Postgres,
 };
-use balancer::{Backend, Balancer};
 use brokers::Brokers;
 pub use report::ClusterReport;
 
