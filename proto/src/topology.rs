@@ -11,6 +11,13 @@
 //! which needs the configure right (tests, `guest`). A service never
 //! compares an existing queue's arguments: the admin step
 //! (`rabbitmq/definitions.json`) owns them. Nothing here deletes a queue.
+//!
+//! The queue has a single active consumer (`x-single-active-consumer`): of
+//! several totalers consuming it, the broker delivers to one, and the
+//! others are hot standbys it switches to when that one's channel closes.
+//! The ledger's file lock keeps several appliers exact anyway (a queue made
+//! before the argument, which RabbitMQ cannot add to an existing queue, has
+//! them all apply in turn); the argument only stops them contending.
 
 use std::time::Duration;
 
@@ -57,6 +64,8 @@ pub enum Argument {
     Text(String),
     /// An AMQP integer.
     Integer(i64),
+    /// An AMQP boolean.
+    Boolean(bool),
 }
 
 /// A durable queue and its declaration arguments.
@@ -100,6 +109,7 @@ pub fn queues(queue: &str) -> [QueueSpec; 2] {
                 ("x-dead-letter-routing-key", Argument::Text(dead)),
                 ("x-delivery-limit", Argument::Integer(DELIVERY_LIMIT)),
                 quorum(),
+                ("x-single-active-consumer", Argument::Boolean(true)),
             ],
         },
     ]
@@ -208,6 +218,7 @@ impl QueueSpec {
             let value = match value {
                 Argument::Text(text) => AMQPValue::LongString(text.as_str().into()),
                 Argument::Integer(n) => AMQPValue::LongLongInt(*n),
+                Argument::Boolean(b) => AMQPValue::Boolean(*b),
             };
             table.insert(ShortString::from(*name), value);
         }

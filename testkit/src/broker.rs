@@ -8,16 +8,17 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
+use tokio_stream::StreamExt;
 
 /// A connection and a confirming channel for one test queue.
 pub struct Broker {
     pub queue: String,
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
 }
 
@@ -37,7 +38,7 @@ impl Broker {
             .expect("enable confirms");
         Self {
             queue: queue.to_owned(),
-            _connection: connection,
+            connection,
             channel,
         }
     }
@@ -91,22 +92,43 @@ impl Broker {
     }
 
     /// Takes and acks every message now in `queue`, returning each whole:
-    /// body, AMQP properties, redelivered flag.
+    /// body, AMQP properties, redelivered flag. Through a consumer, since
+    /// RabbitMQ refuses `basic.get` on a queue with a single active
+    /// consumer; so no other consumer may be active on `queue` (it would
+    /// keep this one standing by: that panics after 30 s).
     pub async fn drain_deliveries(&self, queue: &str) -> Vec<Delivery> {
-        let mut deliveries = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions::default())
+        let channel = self.connection.create_channel().await.expect("a channel");
+        channel
+            .basic_qos(1, BasicQosOptions::default())
             .await
-            .expect("basic.get")
-        {
-            message
-                .delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("ack");
-            deliveries.push(message.delivery);
+            .expect("qos");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut deliveries = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                Ok(Some(delivery)) => {
+                    let delivery = delivery.expect("a delivery");
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                    deliveries.push(delivery);
+                }
+                Ok(None) => break,
+                Err(_) if self.count(queue).await == 0 => break,
+                Err(_) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{queue} still holds messages after 30 s of draining: is another consumer active?"
+                ),
+            }
         }
+        let _ = channel.close(200, "drained".into()).await;
         deliveries
     }
 

@@ -35,6 +35,7 @@ fn definitions_declare_the_queues_of_the_topology() {
                 let value = match value {
                     Argument::Text(text) => json!(text),
                     Argument::Integer(n) => json!(n),
+                    Argument::Boolean(b) => json!(b),
                 };
                 ((*name).to_owned(), value)
             })

@@ -3,6 +3,7 @@
 //! `scripts/cluster`, whose three private broker nodes it starts itself.
 
 mod alerts;
+mod cluster;
 mod cluster_script;
 mod consuming;
 mod crashes;
