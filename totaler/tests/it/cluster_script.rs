@@ -76,8 +76,11 @@ async fn served(http: SocketAddr) -> u64 {
     let (_, text) = testkit::http::get(http, "/metrics")
         .await
         .expect("the adder's /metrics");
-    testkit::metrics::sample(&text, r#"adder_requests_total{code="ok",method="grpc_add"}"#)
-        .unwrap_or(0.0) as u64
+    testkit::metrics::sample(
+        &text,
+        r#"adder_requests_total{code="ok",method="grpc_add"}"#,
+    )
+    .unwrap_or(0.0) as u64
 }
 
 /// One run of the script, with its directory, ports and node names; brought
@@ -167,7 +170,11 @@ fn bin_dir() -> PathBuf {
     }
     let status = build.status().expect("run cargo build");
     assert!(status.success(), "cargo build -p adder failed");
-    assert!(dir.join("adder").is_file(), "no adder next to {}", totaler.display());
+    assert!(
+        dir.join("adder").is_file(),
+        "no adder next to {}",
+        totaler.display()
+    );
     dir
 }
 
