@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
     pub queue: String,
 
+    /// Exchange the relay publishes through: empty for the default exchange
+    /// (to TALLY_QUEUE alone), or `tally.fanout` (every queue bound to it:
+    /// TALLY_QUEUE and each replica totaler's queue).
+    #[arg(long, env = "TALLY_EXCHANGE", default_value = "")]
+    pub exchange: String,
+
     /// Address of the gRPC server (tally.v1.Adder, health, reflection).
     #[arg(long, env = "ADDER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,

@@ -42,6 +42,8 @@ pub struct Relay {
     pub outbox: Outbox,
     pub amqp_url: Nodes,
     pub queue: String,
+    /// The exchange published through ("" the default one, to `queue`).
+    pub exchange: String,
     /// Most rows one batch takes.
     pub batch: u32,
     /// Most rows one message carries.
@@ -280,7 +282,7 @@ impl Relay {
         }
         Ok(channel
             .basic_publish(
-                "".into(),
+                self.exchange.as_str().into(),
                 self.queue.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,

@@ -42,6 +42,13 @@ pub const DEFAULT_QUEUE: &str = "tally.sums";
 /// returned once a second would reach it after 68 years.
 pub const DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
+/// The fanout exchange the admin step binds `tally.sums` to, and each
+/// replica totaler's own queue (totalers on machines of their own, each
+/// with its own `sum.txt`). An adder with `TALLY_EXCHANGE` set to it
+/// publishes through it, so every bound queue gets every message; without
+/// it, through the default exchange to `tally.sums` alone.
+pub const FANOUT_EXCHANGE: &str = "tally.fanout";
+
 /// The name of the policy that applies [`DELIVERY_LIMIT`] to a queue created
 /// before the argument existed (an argument cannot be added to an existing
 /// queue; a policy can).
@@ -115,14 +122,15 @@ pub fn queues(queue: &str) -> [QueueSpec; 2] {
     ]
 }
 
-/// The adder's rights: publish through the default exchange, nothing else
-/// (no configure: it cannot declare or delete queues; no read: it cannot
-/// consume). The default exchange routes to any queue of the vhost by name,
-/// so the vhost should hold only Tally's queues.
+/// The adder's rights: publish through the default exchange or
+/// [`FANOUT_EXCHANGE`], nothing else (no configure: it cannot declare or
+/// delete queues; no read: it cannot consume). The default exchange routes
+/// to any queue of the vhost by name, so the vhost should hold only Tally's
+/// queues.
 pub fn adder_permissions() -> Permissions {
     Permissions {
         configure: "^$".to_owned(),
-        write: "^amq\\.default$".to_owned(),
+        write: format!("^(amq\\.default|{})$", regex_escape(FANOUT_EXCHANGE)),
         read: "^$".to_owned(),
     }
 }

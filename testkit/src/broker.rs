@@ -1,6 +1,7 @@
 //! A test's own view of RabbitMQ: declare the Tally topology for a unique
 //! queue, publish raw bodies, count and drain messages (with their AMQP
-//! properties), delete the queues.
+//! properties), delete the queues; a fanout exchange with queues bound to
+//! it (replica totalers).
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -191,5 +193,65 @@ impl Broker {
             .await
             .expect("confirm");
         confirm.is_ack()
+    }
+}
+
+/// A test's fanout exchange, as the admin step makes `tally.fanout`, with
+/// queues bound to it (the queue of a replica totaler, say).
+impl Broker {
+    /// Declares the durable fanout `exchange` and binds `queue` (whose
+    /// topology it declares too) to it.
+    pub async fn bind(&self, queue: &str, exchange: &str) {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the exchange");
+        proto::topology::declare(&self.channel, queue)
+            .await
+            .expect("declare the topology");
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the queue");
+    }
+
+    /// Publishes `body` persistently through `exchange`; whether acked.
+    pub async fn publish_via(&self, exchange: &str, body: &[u8]) -> bool {
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm")
+            .is_ack()
+    }
+
+    /// Deletes `exchange` (its bindings go with it).
+    pub async fn delete_exchange(&self, exchange: &str) {
+        let _ = self
+            .channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }

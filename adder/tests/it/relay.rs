@@ -1,8 +1,9 @@
 //! The relay: rows become messages, are marked only after the broker's
 //! confirm, survive a broker outage, are packed into parts of at most
 //! ADDER_RELAY_PACK rows (1: a message per row) with the documented AMQP
-//! properties, two adders publish every row, and a lost broker node is
-//! left for the next one of the list.
+//! properties, two adders publish every row, a lost broker node is left
+//! for the next one of the list, and through a fanout exchange every bound
+//! queue (a replica totaler's) gets every row.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -156,6 +157,46 @@ async fn the_relay_moves_to_the_next_broker_node_when_its_node_is_lost() {
     assert_eq!(seqs, (1..=21).collect::<Vec<_>>(), "every row arrived");
     adder.stop().await;
     broker.delete().await;
+}
+
+#[tokio::test]
+async fn through_the_fanout_exchange_every_bound_queue_gets_every_row() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("fanout");
+    let replica = testkit::unique_queue("fanout-replica");
+    let exchange = format!("{queue}.fanout");
+    let broker = Broker::connect(&queue).await;
+    let replica_broker = Broker::connect(&replica).await;
+    broker.bind(&queue, &exchange).await;
+    broker.bind(&replica, &exchange).await;
+    let mut settings = config(&db, &testkit::amqp_url(), &queue);
+    settings.exchange = exchange.clone();
+    let adder = spawn_adder(settings).await;
+    let mut client = adder.client().await;
+    for i in 1..=30 {
+        call(&mut client, i, 1, "").await.expect("Add");
+    }
+    let outbox = pool(&db).await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "every row to be confirmed",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    for broker in [&broker, &replica_broker] {
+        let mut seqs: Vec<i64> = rows(&drain_messages(broker).await).map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=30).collect::<Vec<_>>(),
+            "{} got every row once",
+            broker.queue
+        );
+    }
+    adder.stop().await;
+    broker.delete_exchange(&exchange).await;
+    broker.delete().await;
+    replica_broker.delete().await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! Totalers in a cluster: a broker node list whose node is lost, and hot
+//! Totalers in a cluster: a broker node list whose node is lost, hot
 //! standbys on one queue (single active consumer) sharing one file, whose
-//! GET /sum and `totaler_sum` follow the file.
+//! GET /sum and `totaler_sum` follow the file, and replicas with a queue and
+//! a file each, bound to one fanout exchange.
 
 use std::time::Duration;
 
@@ -94,6 +95,61 @@ async fn of_two_totalers_one_applies_and_the_standby_takes_over_when_it_stops() 
     assert_eq!(file_total(&path), expected);
     standby.stop().await;
     broker.delete().await;
+}
+
+#[tokio::test]
+async fn replicas_on_queues_of_one_fanout_exchange_each_keep_the_exact_total() {
+    let queue = testkit::unique_queue("replica-a");
+    let other = testkit::unique_queue("replica-b");
+    let exchange = format!("{queue}.fanout");
+    let broker = Broker::connect(&queue).await;
+    let other_broker = Broker::connect(&other).await;
+    broker.bind(&queue, &exchange).await;
+    broker.bind(&other, &exchange).await;
+    let dir = temp_dir("replicas");
+    let (path, other_path) = (dir.join("a/sum.txt"), dir.join("b/sum.txt"));
+    let first = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let second = spawn_totaler(config(&testkit::amqp_url(), &other, &other_path)).await;
+    let source = Uuid::new_v4();
+    let mut expected = 0i128;
+    let mut publish = async |seqs: std::ops::RangeInclusive<i64>| {
+        for seq in seqs {
+            expected += i128::from(seq);
+            assert!(
+                broker
+                    .publish_via(&exchange, &message(source, seq, seq))
+                    .await
+            );
+        }
+    };
+    publish(1..=300).await;
+    settle(
+        &other_broker,
+        "replica b to count the first half",
+        async || second.sum().await == 300 * 301 / 2,
+    )
+    .await;
+    // A replica away for a while catches up from its own queue.
+    second.stop().await;
+    publish(301..=600).await;
+    settle(&broker, "replica a to count everything", async || {
+        first.sum().await == expected
+    })
+    .await;
+    let second = spawn_totaler(config(&testkit::amqp_url(), &other, &other_path)).await;
+    settle(&other_broker, "replica b to catch up", async || {
+        second.sum().await == expected
+    })
+    .await;
+    assert_eq!(
+        (file_total(&path), file_total(&other_path)),
+        (expected, expected)
+    );
+    first.stop().await;
+    second.stop().await;
+    broker.delete_exchange(&exchange).await;
+    broker.delete().await;
+    other_broker.delete().await;
 }
 
 /// Deliveries a totaler applied and acked.
