@@ -96,6 +96,13 @@ impl Ledger {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&dir).map_err(io_error(&dir, "creating the directory"))?;
+        // Opening is serialised on the directory: a totaler creating the
+        // ledger makes the lock file before sum.txt, and another starting
+        // meanwhile must not take that lock file for a vanished ledger's.
+        let opening = File::open(&dir).map_err(io_error(&dir, "opening the directory"))?;
+        opening
+            .lock()
+            .map_err(io_error(&dir, "locking the directory"))?;
         let lock_path = with_suffix(path, ".lock");
         let tmp = with_suffix(path, ".tmp");
         if create == Create::IfNew
@@ -121,6 +128,7 @@ impl Ledger {
             seen: Mutex::new((Uuid::nil(), 0)),
         };
         let update = ledger.update(|_| ())?;
+        drop(opening);
         Ok((ledger, update.state))
     }
 
@@ -310,6 +318,31 @@ mod tests {
         assert!(!path.exists(), "nothing is created");
         let (_, state) = Ledger::open(&path, Create::Always).unwrap();
         assert_eq!(state.total, 0, "a new ledger, as the operator asked");
+    }
+
+    #[test]
+    fn a_totaler_opening_while_another_creates_the_ledger_waits_for_it() {
+        // Another totaler is creating the ledger: it holds the directory
+        // and has made the lock file, not yet sum.txt.
+        let dir = temp_dir("creating");
+        let path = dir.join("sum.txt");
+        let creator = File::open(&dir).unwrap();
+        creator.lock().unwrap();
+        fs::write(with_suffix(&path, ".lock"), "").unwrap();
+        let opening = std::thread::spawn({
+            let path = path.clone();
+            move || Ledger::open(&path, Create::IfNew).map(|(_, state)| state)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let made = temp_dir("made").join("sum.txt");
+        let (_, state) = Ledger::open(&made, Create::IfNew).unwrap();
+        fs::copy(&made, &path).unwrap();
+        creator.unlock().unwrap();
+        let opened = opening
+            .join()
+            .unwrap()
+            .expect("it waited and found the new ledger");
+        assert_eq!(opened.id, state.id);
     }
 
     #[test]
