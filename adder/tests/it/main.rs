@@ -4,6 +4,7 @@
 mod adds;
 mod batches;
 mod grouping;
+mod failover;
 mod grpcurl;
 mod http_api;
 mod limits;

@@ -9,6 +9,7 @@ mod exactness;
 mod http_limits;
 mod metrics;
 mod shutdown;
+mod rewind;
 mod startup;
 mod sum_range;
 mod support;
