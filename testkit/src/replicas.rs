@@ -47,7 +47,15 @@ impl Servers {
     pub fn primary(&mut self, name: &str, settings: &[&str]) -> anyhow::Result<Server> {
         let server = self.server(name)?;
         server.pg(Command::new(self.bin.join("initdb"))
-            .args(["-U", "tally", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "tally",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(server.data()))?;
         server.configure(settings)?;
         server.start()?;
@@ -105,7 +113,17 @@ impl Servers {
 
     fn basebackup(&self, primary: &Server, data: &Path) -> anyhow::Result<()> {
         primary.pg(Command::new(self.bin.join("pg_basebackup"))
-            .args(["-h", "127.0.0.1", "-U", "tally", "-X", "stream", "-c", "fast", "--no-sync"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "tally",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ])
             .arg(format!("--port={}", primary.port))
             .arg("-D")
             .arg(data))
@@ -125,7 +143,9 @@ impl Servers {
 
     fn own(&self, dir: &Path) -> anyhow::Result<()> {
         if is_root() {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir))?;
         }
         Ok(())
     }

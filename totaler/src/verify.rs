@@ -170,12 +170,17 @@ async fn connect_primary(url: &str) -> anyhow::Result<PgConnection> {
                 if primary {
                     return Ok(db);
                 }
-                last = Some(anyhow::anyhow!("server {} of {} is a standby", n + 1, servers.urls.len()));
+                last = Some(anyhow::anyhow!(
+                    "server {} of {} is a standby",
+                    n + 1,
+                    servers.urls.len()
+                ));
             }
             Err(e) => last = Some(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("the URL names no server"))
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("the URL names no server"))
         .context("no server of the database is a writable primary"))
 }
 

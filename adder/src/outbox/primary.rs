@@ -123,10 +123,14 @@ async fn run(pool: PgPool, servers: Servers) {
         match find(&servers).await {
             Some((options, connection)) => {
                 let current = pool.connect_options();
-                if (current.get_host(), current.get_port()) != (options.get_host(), options.get_port())
+                if (current.get_host(), current.get_port())
+                    != (options.get_host(), options.get_port())
                 {
-                    tracing::warn!(host = options.get_host(), port = options.get_port(),
-                        "the outbox database has a new primary; new connections go to it");
+                    tracing::warn!(
+                        host = options.get_host(),
+                        port = options.get_port(),
+                        "the outbox database has a new primary; new connections go to it"
+                    );
                     pool.set_connect_options(options);
                 } else if lost {
                     tracing::info!("the outbox database's primary answers again");

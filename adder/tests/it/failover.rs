@@ -45,7 +45,10 @@ async fn add_until_ok(
             Ok(response) => return response,
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(tokio::time::Instant::now() < deadline, "no primary within 60 s");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no primary within 60 s"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -63,10 +66,14 @@ struct Published {
 async fn wait_published(broker: &Broker, seen: &mut Published, ids: &BTreeSet<i64>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !ids.is_subset(&seen.rows) {
-        assert!(tokio::time::Instant::now() < deadline, "acknowledged Adds not published within 30 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged Adds not published within 30 s"
+        );
         for message in drain_messages(broker).await {
             seen.sources.insert(message.source);
-            seen.rows.extend(rows(std::slice::from_ref(&message)).map(|row| row.seq));
+            seen.rows
+                .extend(rows(std::slice::from_ref(&message)).map(|row| row.seq));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -82,7 +89,11 @@ async fn the_adder_follows_a_promoted_standby_and_every_acknowledged_add_is_publ
     let mut client = adder.client().await;
     let mut acknowledged = BTreeSet::new();
     for i in 0..20 {
-        acknowledged.insert(add_until_ok(&mut client, i, &format!("before-{i}")).await.outbox_id);
+        acknowledged.insert(
+            add_until_ok(&mut client, i, &format!("before-{i}"))
+                .await
+                .outbox_id,
+        );
     }
     let mut seen = Published::default();
     wait_published(&broker, &mut seen, &acknowledged).await;
@@ -95,17 +106,31 @@ async fn the_adder_follows_a_promoted_standby_and_every_acknowledged_add_is_publ
     acknowledged.insert(add_until_ok(&mut client, 100, "during").await.outbox_id);
     for i in 0..20 {
         let replayed = add_until_ok(&mut client, i, &format!("before-{i}")).await;
-        assert!(replayed.replayed, "request id before-{i} is known on the new primary");
+        assert!(
+            replayed.replayed,
+            "request id before-{i} is known on the new primary"
+        );
         assert!(acknowledged.contains(&replayed.outbox_id));
     }
     for i in 0..20 {
-        acknowledged.insert(add_until_ok(&mut client, i, &format!("after-{i}")).await.outbox_id);
+        acknowledged.insert(
+            add_until_ok(&mut client, i, &format!("after-{i}"))
+                .await
+                .outbox_id,
+        );
     }
     assert_eq!(acknowledged.len(), 41);
 
     wait_published(&broker, &mut seen, &acknowledged).await;
-    assert_eq!(seen.rows, acknowledged, "nothing but acknowledged Adds is published");
-    assert_eq!(seen.sources.len(), 2, "the promoted standby cuts under a new source");
+    assert_eq!(
+        seen.rows, acknowledged,
+        "nothing but acknowledged Adds is published"
+    );
+    assert_eq!(
+        seen.sources.len(),
+        2,
+        "the promoted standby cuts under a new source"
+    );
     adder.stop().await;
     broker.delete().await;
 }

@@ -3,8 +3,8 @@
 
 mod adds;
 mod batches;
-mod grouping;
 mod failover;
+mod grouping;
 mod grpcurl;
 mod http_api;
 mod limits;

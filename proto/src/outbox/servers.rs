@@ -121,7 +121,11 @@ mod tests {
     fn a_list_of_urls_splits_only_where_a_new_url_starts() {
         assert_eq!(
             split_urls("postgres://u@a:1,b:2/x,postgresql://u@c/y,postgres://d/z"),
-            ["postgres://u@a:1,b:2/x", "postgresql://u@c/y", "postgres://d/z"]
+            [
+                "postgres://u@a:1,b:2/x",
+                "postgresql://u@c/y",
+                "postgres://d/z"
+            ]
         );
         assert_eq!(split_urls("postgres://a/x"), ["postgres://a/x"]);
     }

@@ -41,13 +41,19 @@ async fn spawn_adder(url: &str, queue: &str) -> (String, oneshot::Sender<()>) {
 /// Sends Adds `a + 0` for each `a`, each retried (same request id) until
 /// acknowledged; returns their sum.
 async fn add_all(endpoint: &str, tag: &str, values: std::ops::Range<i64>) -> i128 {
-    let mut client = eventually(Duration::from_secs(30), "the adder's gRPC", || async {
-        proto::tally::v1::adder_client::AdderClient::connect(endpoint.to_owned()).await.ok()
+    let client = eventually(Duration::from_secs(30), "the adder's gRPC", || async {
+        proto::tally::v1::adder_client::AdderClient::connect(endpoint.to_owned())
+            .await
+            .ok()
     })
     .await;
     let mut sum = 0;
     for a in values {
-        let request = |a| proto::tally::v1::AddRequest { a, b: 0, request_id: format!("{tag}-{a}") };
+        let request = |a| proto::tally::v1::AddRequest {
+            a,
+            b: 0,
+            request_id: format!("{tag}-{a}"),
+        };
         eventually(Duration::from_secs(60), "an Add acknowledged", || {
             let mut client = client.clone();
             async move { client.add(request(a)).await.ok() }
@@ -71,7 +77,9 @@ async fn verify(sum_file: &Path, url: &str) -> totaler::verify::Findings {
 async fn verify_reports_the_batches_an_asynchronously_promoted_standby_lost() {
     let mut servers = Servers::new("rewind-standby").expect("a directory for the servers");
     let primary = servers.primary("primary", &[]).expect("a primary");
-    let standby = servers.standby("standby", &primary).expect("an asynchronous standby");
+    let standby = servers
+        .standby("standby", &primary)
+        .expect("an asynchronous standby");
     let url = format!(
         "postgres://tally@127.0.0.1:{},127.0.0.1:{}/postgres",
         primary.port, standby.port
@@ -121,14 +129,18 @@ async fn verify_reports_the_batches_a_restored_base_backup_lost() {
     let (endpoint, stop) = spawn_adder(&url, &queue).await;
     let mut counted = add_all(&endpoint, "backed-up", 1..11).await;
     wait_total(&totaler, counted).await;
-    let backup = tokio::task::block_in_place(|| servers.backup("backup", &primary))
-        .expect("a base backup");
+    let backup =
+        tokio::task::block_in_place(|| servers.backup("backup", &primary)).expect("a base backup");
     counted += add_all(&endpoint, "lost", 100..110).await;
     wait_total(&totaler, counted).await;
+    let before = verify(&sum_file, &url).await;
+    assert_eq!(before.discrepancies, 0, "{}", before.report);
 
     tokio::task::block_in_place(|| {
         primary.crash()?;
-        servers.restored("restored", &backup, restore_port).map(drop)
+        servers
+            .restored("restored", &backup, restore_port)
+            .map(drop)
     })
     .expect("restore the base backup");
     counted += add_all(&endpoint, "after", 1000..1005).await;
@@ -141,8 +153,10 @@ async fn verify_reports_the_batches_a_restored_base_backup_lost() {
 }
 
 async fn wait_total(totaler: &crate::support::TestTotaler, total: i128) {
-    eventually(Duration::from_secs(30), "the totaler to count every acknowledged Add", || async {
-        (totaler.sum().await == total).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the totaler to count every acknowledged Add",
+        || async { (totaler.sum().await == total).then_some(()) },
+    )
     .await;
 }
