@@ -21,7 +21,9 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// RabbitMQ URL the relay publishes to [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// RabbitMQ URL the relay publishes to, or a comma-separated list of
+    /// the URLs of a cluster's nodes: it connects to any that answers and,
+    /// when that one is lost, to the next [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(
         long,
         env = "AMQP_URL",
@@ -29,11 +31,17 @@ pub struct Config {
         hide_default_value = true,
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: proto::nodes::Nodes,
 
     /// Queue the sums are published to; dead letters go to `<queue>.dead`.
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
     pub queue: String,
+
+    /// Exchange the relay publishes through: empty for the default exchange
+    /// (to TALLY_QUEUE alone), or `tally.fanout` (every queue bound to it:
+    /// TALLY_QUEUE and each replica totaler's queue).
+    #[arg(long, env = "TALLY_EXCHANGE", default_value = "")]
+    pub exchange: String,
 
     /// Address of the gRPC server (tally.v1.Adder, health, reflection).
     #[arg(long, env = "ADDER_GRPC_ADDR", default_value = "0.0.0.0:50051")]

@@ -130,6 +130,7 @@ async fn start_relay(
         outbox: outbox.clone(),
         amqp_url: config.amqp_url.clone(),
         queue: config.queue.clone(),
+        exchange: config.exchange.clone(),
         batch: config.relay_batch.max(1),
         pack: config.relay_pack.max(1) as usize,
         poll: config.relay_poll(),

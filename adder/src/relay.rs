@@ -27,7 +27,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
-use proto::{Sum, SumMessage, message::Part, message::now_us};
+use proto::{Sum, SumMessage, message::Part, message::now_us, nodes::Nodes};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +40,10 @@ use crate::{
 /// What the relay needs to run.
 pub struct Relay {
     pub outbox: Outbox,
-    pub amqp_url: String,
+    pub amqp_url: Nodes,
     pub queue: String,
+    /// The exchange published through ("" the default one, to `queue`).
+    pub exchange: String,
     /// Most rows one batch takes.
     pub batch: u32,
     /// Most rows one message carries.
@@ -62,6 +64,8 @@ pub struct Relay {
 enum Error {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("broker: {0}")]
+    Connect(#[from] proto::nodes::ConnectError),
     #[error("outbox: {0}")]
     Outbox(#[from] outbox::Error),
     #[error("broker: the channel is closed")]
@@ -95,10 +99,10 @@ impl Relay {
         let mut backoff = BACKOFF_MIN;
         while !shutdown.is_cancelled() {
             match self.connect().await {
-                Ok((connection, channel)) => {
+                Ok((connection, channel, node)) => {
                     backoff = BACKOFF_MIN;
                     self.status.set_broker_up(true);
-                    tracing::info!(queue = %self.queue, "relay connected to the broker");
+                    tracing::info!(queue = %self.queue, %node, "relay connected to the broker");
                     let result = self.serve(&channel, &shutdown).await;
                     self.status.set_broker_up(false);
                     self.metrics.relay_active.set(0);
@@ -124,12 +128,15 @@ impl Relay {
         }
     }
 
-    async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
-        let (connection, channel) = proto::topology::open(&self.amqp_url, &self.queue).await?;
-        channel
+    /// Opens a channel in confirm mode on the first broker node that
+    /// answers; returns the node's address too.
+    async fn connect(&self) -> Result<(Connection, Channel, String), Error> {
+        let opened = self.amqp_url.open(&self.queue).await?;
+        opened
+            .channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok((connection, channel))
+        Ok((opened.connection, opened.channel, opened.address))
     }
 
     /// Stands by until this relay holds the relay lock, then publishes until
@@ -275,7 +282,7 @@ impl Relay {
         }
         Ok(channel
             .basic_publish(
-                "".into(),
+                self.exchange.as_str().into(),
                 self.queue.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,

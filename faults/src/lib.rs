@@ -27,7 +27,11 @@
 //! `TALLY_FAULTS_MIN_ACK_RATE`, `TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS`,
 //! `TALLY_FAULTS_HEADER_TIMEOUT_SECONDS` (see `Options`).
 //!
+//! A cluster mode (`cluster::run`, its own test) runs the same binaries on
+//! a three-node RabbitMQ cluster behind HAProxy and loses a node at a time.
+//!
 //! # Layout
+//! - `cluster`: the cluster mode (three broker nodes, HAProxy, standbys).
 //! - `servers`: the private PostgreSQL cluster and RabbitMQ node.
 //! - `process`: the service binaries as child processes.
 //! - `stack`: everything a run holds, started and stopped together.
@@ -42,6 +46,7 @@
 //! - `report`: the final checks and their report.
 //! - `rng`: the seeded generator.
 
+pub mod cluster;
 pub mod crashes;
 pub mod disk;
 pub mod hostile;

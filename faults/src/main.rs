@@ -1,5 +1,6 @@
 //! The fault suite as a command, for soak runs:
-//! `cargo build --release -p adder -p totaler -p faults && target/release/faults --seconds 3600`.
+//! `cargo build --release -p adder -p totaler -p faults && target/release/faults --seconds 3600`
+//! (`--cluster`: the cluster mode).
 
 use clap::Parser;
 
@@ -45,6 +46,10 @@ struct Args {
         default_value_t = 4
     )]
     confirm_timeout_seconds: u64,
+    /// Run the cluster mode instead: three RabbitMQ nodes, two adders
+    /// behind HAProxy, two totalers on one file, nodes lost in turn.
+    #[arg(long)]
+    cluster: bool,
     /// The totaler's documented HTTP header-read timeout in seconds.
     #[arg(
         long,
@@ -70,6 +75,19 @@ async fn main() -> anyhow::Result<()> {
         confirm_timeout_seconds: args.confirm_timeout_seconds,
         header_timeout_seconds: args.header_timeout_seconds,
     };
+    if args.cluster {
+        let report = faults::cluster::run(options).await?;
+        println!("{report}");
+        let problems = report.problems();
+        anyhow::ensure!(
+            problems.is_empty(),
+            "seed {}: {} problems: {}",
+            report.seed,
+            problems.len(),
+            problems.join("; ")
+        );
+        return Ok(());
+    }
     let report = faults::run(options).await?;
     println!("{report}");
     let problems = report.problems();

@@ -27,8 +27,9 @@ pub const DEAD_LETTERED: &str = "totaler_messages_total{outcome=\"dead_lettered\
 pub const LEDGER_ERRORS: &str = "totaler_ledger_errors_total";
 pub const PUBLISHED_ROWS: &str = "adder_relay_published_total";
 pub const PUBLISHED_MESSAGES: &str = "adder_relay_messages_total";
+pub const GRPC_ADDS_OK: &str = "adder_requests_total{code=\"ok\",method=\"grpc_add\"}";
 
-const SERIES: [&str; 7] = [
+const SERIES: [&str; 8] = [
     DUPLICATE_ROWS,
     APPLIED_ROWS,
     CONSUMED,
@@ -36,6 +37,7 @@ const SERIES: [&str; 7] = [
     LEDGER_ERRORS,
     PUBLISHED_ROWS,
     PUBLISHED_MESSAGES,
+    GRPC_ADDS_OK,
 ];
 
 /// One process's counters, keyed by series.

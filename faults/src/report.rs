@@ -10,6 +10,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    path::Path,
     process::Command,
     sync::atomic::Ordering,
     time::{Duration, Instant},
@@ -483,7 +484,16 @@ async fn dead_letter_problem(stack: &Stack) -> Option<String> {
 
 /// `totaler verify --sum-file F --database-url URL` must exist and exit 0.
 fn verify(stack: &Stack) -> Result<(), String> {
-    let binary = stack.totaler.binary();
+    run_verify(
+        stack.totaler.binary(),
+        &stack.data.sum_file(),
+        &stack.postgres.url(),
+    )
+}
+
+/// Runs `binary verify --sum-file SUM_FILE --database-url URL`: Ok when it
+/// exists and exits 0, else what it said.
+pub fn run_verify(binary: &Path, sum_file: &Path, url: &str) -> Result<(), String> {
     let help = Command::new(binary).args(["verify", "--help"]).output();
     if !help.as_ref().is_ok_and(|o| o.status.success()) {
         let status = help.map_or_else(|e| e.to_string(), |o| o.status.to_string());
@@ -494,8 +504,8 @@ fn verify(stack: &Stack) -> Result<(), String> {
     let output = Command::new(binary)
         .arg("verify")
         .arg("--sum-file")
-        .arg(stack.data.sum_file())
-        .args(["--database-url", &stack.postgres.url()])
+        .arg(sum_file)
+        .args(["--database-url", url])
         .output()
         .map_err(|e| format!("running totaler verify: {e}"))?;
     if output.status.success() {
@@ -509,7 +519,8 @@ fn verify(stack: &Stack) -> Result<(), String> {
     ))
 }
 
-async fn queues(url: &str) -> anyhow::Result<(u32, u32)> {
+/// Messages ready in `tally.sums` and in `tally.sums.dead`.
+pub async fn queues(url: &str) -> anyhow::Result<(u32, u32)> {
     let connecting = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
     let connection = tokio::time::timeout(Duration::from_secs(5), connecting).await??;
     let channel = connection.create_channel().await?;

@@ -1,11 +1,13 @@
 //! The suite's own PostgreSQL and RabbitMQ: a cluster made with `initdb` in a
 //! temporary directory on a free port, and a RabbitMQ node with its own node
 //! name, ports, cookie and data directory. Started, crashed, restarted and
-//! stopped by the suite alone, so its faults disturb nothing else.
+//! stopped by the suite alone, so its faults disturb nothing else. A node
+//! may be one of a cluster (`cluster::brokers`): then it gets the cluster's
+//! `rabbitmq.conf` and Erlang cookie.
 
 use std::{
     fs,
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -144,18 +146,63 @@ pub struct Rabbit {
 impl Rabbit {
     /// Starts a node with its own name, ports and data under `root`.
     pub async fn start(root: &Path) -> anyhow::Result<Self> {
-        let dir = root.join("rabbitmq");
+        let node = format!("tally-faults-{}@localhost", std::process::id());
+        let mut rabbit = Self::prepare(root.join("rabbitmq"), node, free_port(), None)?;
+        rabbit.start_node().await?;
+        Ok(rabbit)
+    }
+
+    /// A node not yet started: its directory under `dir`, and, for a
+    /// cluster's node, its `rabbitmq.conf` and the cluster's Erlang cookie.
+    pub fn prepare(
+        dir: PathBuf,
+        node: String,
+        port: u16,
+        cluster: Option<(&str, &str)>,
+    ) -> anyhow::Result<Self> {
         fs::create_dir_all(dir.join("home"))?;
         fs::write(dir.join("enabled_plugins"), "[].\n")?;
-        let mut rabbit = Self {
-            node: format!("tally-faults-{}@localhost", std::process::id()),
-            port: free_port(),
+        if let Some((conf, cookie)) = cluster {
+            fs::write(dir.join("rabbitmq.conf"), conf)?;
+            let path = dir.join("home/.erlang.cookie");
+            fs::write(&path, cookie)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o400))?;
+        }
+        Ok(Self {
+            node,
+            port,
             dist_port: free_port(),
             dir,
             child: None,
-        };
-        rabbit.start_node().await?;
-        Ok(rabbit)
+        })
+    }
+
+    /// The Erlang node name (`name@localhost`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Runs `rabbitmqctl -n <node> ARGS` with this node's cookie; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(rabbitmqctl())
+            .env("HOME", self.dir.join("home"))
+            .args(["-q", "-t", "10", "-n", &self.node])
+            .args(args)
+            .output()
+            .context("running rabbitmqctl")?;
+        if !output.status.success() {
+            bail!(
+                "rabbitmqctl {args:?} on {}: {}",
+                self.node,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Whether the node's process runs (it may still be booting).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -248,10 +295,18 @@ impl Drop for Rabbit {
 }
 
 fn rabbitmq_server() -> PathBuf {
-    let direct = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    rabbitmq_bin("rabbitmq-server")
+}
+
+fn rabbitmqctl() -> PathBuf {
+    rabbitmq_bin("rabbitmqctl")
+}
+
+fn rabbitmq_bin(name: &str) -> PathBuf {
+    let direct = PathBuf::from("/usr/lib/rabbitmq/bin").join(name);
     if direct.exists() {
         direct
     } else {
-        PathBuf::from("rabbitmq-server")
+        PathBuf::from(name)
     }
 }

@@ -9,11 +9,14 @@
 //! # Layout
 //! - [`tally`]: generated tonic/prost code for `proto/tally/v1/tally.proto`.
 //! - [`message`]: [`SumMessage`], the JSON body of every queue message.
+//! - [`nodes`]: `AMQP_URL`, one broker node or a cluster's list of them,
+//!   and connecting to whichever answers.
 //! - [`outbox`]: the SQL text that selects a snapshot batch's rows.
 //! - [`topology`]: the queues and their arguments, their declaration (or
 //!   passive check), the delivery limit and the services' broker rights.
 
 pub mod message;
+pub mod nodes;
 pub mod outbox;
 pub mod topology;
 

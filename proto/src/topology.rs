@@ -11,6 +11,13 @@
 //! which needs the configure right (tests, `guest`). A service never
 //! compares an existing queue's arguments: the admin step
 //! (`rabbitmq/definitions.json`) owns them. Nothing here deletes a queue.
+//!
+//! The queue has a single active consumer (`x-single-active-consumer`): of
+//! several totalers consuming it, the broker delivers to one, and the
+//! others are hot standbys it switches to when that one's channel closes.
+//! The ledger's file lock keeps several appliers exact anyway (a queue made
+//! before the argument, which RabbitMQ cannot add to an existing queue, has
+//! them all apply in turn); the argument only stops them contending.
 
 use std::time::Duration;
 
@@ -35,6 +42,13 @@ pub const DEFAULT_QUEUE: &str = "tally.sums";
 /// returned once a second would reach it after 68 years.
 pub const DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
+/// The fanout exchange the admin step binds `tally.sums` to, and each
+/// replica totaler's own queue (totalers on machines of their own, each
+/// with its own `sum.txt`). An adder with `TALLY_EXCHANGE` set to it
+/// publishes through it, so every bound queue gets every message; without
+/// it, through the default exchange to `tally.sums` alone.
+pub const FANOUT_EXCHANGE: &str = "tally.fanout";
+
 /// The name of the policy that applies [`DELIVERY_LIMIT`] to a queue created
 /// before the argument existed (an argument cannot be added to an existing
 /// queue; a policy can).
@@ -57,6 +71,8 @@ pub enum Argument {
     Text(String),
     /// An AMQP integer.
     Integer(i64),
+    /// An AMQP boolean.
+    Boolean(bool),
 }
 
 /// A durable queue and its declaration arguments.
@@ -100,19 +116,21 @@ pub fn queues(queue: &str) -> [QueueSpec; 2] {
                 ("x-dead-letter-routing-key", Argument::Text(dead)),
                 ("x-delivery-limit", Argument::Integer(DELIVERY_LIMIT)),
                 quorum(),
+                ("x-single-active-consumer", Argument::Boolean(true)),
             ],
         },
     ]
 }
 
-/// The adder's rights: publish through the default exchange, nothing else
-/// (no configure: it cannot declare or delete queues; no read: it cannot
-/// consume). The default exchange routes to any queue of the vhost by name,
-/// so the vhost should hold only Tally's queues.
+/// The adder's rights: publish through the default exchange or
+/// [`FANOUT_EXCHANGE`], nothing else (no configure: it cannot declare or
+/// delete queues; no read: it cannot consume). The default exchange routes
+/// to any queue of the vhost by name, so the vhost should hold only Tally's
+/// queues.
 pub fn adder_permissions() -> Permissions {
     Permissions {
         configure: "^$".to_owned(),
-        write: "^amq\\.default$".to_owned(),
+        write: format!("^(amq\\.default|{})$", regex_escape(FANOUT_EXCHANGE)),
         read: "^$".to_owned(),
     }
 }
@@ -208,6 +226,7 @@ impl QueueSpec {
             let value = match value {
                 Argument::Text(text) => AMQPValue::LongString(text.as_str().into()),
                 Argument::Integer(n) => AMQPValue::LongLongInt(*n),
+                Argument::Boolean(b) => AMQPValue::Boolean(*b),
             };
             table.insert(ShortString::from(*name), value);
         }

@@ -1,6 +1,7 @@
 //! A test's own view of RabbitMQ: declare the Tally topology for a unique
 //! queue, publish raw bodies, count and drain messages (with their AMQP
-//! properties), delete the queues.
+//! properties), delete the queues; a fanout exchange with queues bound to
+//! it (replica totalers).
 
 use std::time::Duration;
 
@@ -8,16 +9,18 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
         QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
+use tokio_stream::StreamExt;
 
 /// A connection and a confirming channel for one test queue.
 pub struct Broker {
     pub queue: String,
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
 }
 
@@ -37,7 +40,7 @@ impl Broker {
             .expect("enable confirms");
         Self {
             queue: queue.to_owned(),
-            _connection: connection,
+            connection,
             channel,
         }
     }
@@ -91,22 +94,43 @@ impl Broker {
     }
 
     /// Takes and acks every message now in `queue`, returning each whole:
-    /// body, AMQP properties, redelivered flag.
+    /// body, AMQP properties, redelivered flag. Through a consumer, since
+    /// RabbitMQ refuses `basic.get` on a queue with a single active
+    /// consumer; so no other consumer may be active on `queue` (it would
+    /// keep this one standing by: that panics after 30 s).
     pub async fn drain_deliveries(&self, queue: &str) -> Vec<Delivery> {
-        let mut deliveries = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(queue.into(), BasicGetOptions::default())
+        let channel = self.connection.create_channel().await.expect("a channel");
+        channel
+            .basic_qos(1, BasicQosOptions::default())
             .await
-            .expect("basic.get")
-        {
-            message
-                .delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .expect("ack");
-            deliveries.push(message.delivery);
+            .expect("qos");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut deliveries = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                Ok(Some(delivery)) => {
+                    let delivery = delivery.expect("a delivery");
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                    deliveries.push(delivery);
+                }
+                Ok(None) => break,
+                Err(_) if self.count(queue).await == 0 => break,
+                Err(_) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{queue} still holds messages after 30 s of draining: is another consumer active?"
+                ),
+            }
         }
+        let _ = channel.close(200, "drained".into()).await;
         deliveries
     }
 
@@ -169,5 +193,65 @@ impl Broker {
             .await
             .expect("confirm");
         confirm.is_ack()
+    }
+}
+
+/// A test's fanout exchange, as the admin step makes `tally.fanout`, with
+/// queues bound to it (the queue of a replica totaler, say).
+impl Broker {
+    /// Declares the durable fanout `exchange` and binds `queue` (whose
+    /// topology it declares too) to it.
+    pub async fn bind(&self, queue: &str, exchange: &str) {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the exchange");
+        proto::topology::declare(&self.channel, queue)
+            .await
+            .expect("declare the topology");
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the queue");
+    }
+
+    /// Publishes `body` persistently through `exchange`; whether acked.
+    pub async fn publish_via(&self, exchange: &str, body: &[u8]) -> bool {
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm")
+            .is_ack()
+    }
+
+    /// Deletes `exchange` (its bindings go with it).
+    pub async fn delete_exchange(&self, exchange: &str) {
+        let _ = self
+            .channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }

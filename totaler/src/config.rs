@@ -12,7 +12,9 @@ use clap::{Args, Parser, ValueEnum};
 #[command(name = "totaler", version)]
 pub struct Config {
     /// RabbitMQ URL to consume from (`totaler dlq`: to read the dead letters
-    /// with) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// with), or a comma-separated list of the URLs of a cluster's nodes:
+    /// it connects to any that answers and, when that one is lost, to the
+    /// next [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(
         long,
         env = "AMQP_URL",
@@ -20,7 +22,7 @@ pub struct Config {
         hide_default_value = true,
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: proto::nodes::Nodes,
 
     /// Queue to consume; malformed messages are dead-lettered to `<queue>.dead`.
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]

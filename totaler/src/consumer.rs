@@ -22,7 +22,7 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::FieldTable,
 };
-use proto::{SumMessage, message::now_us};
+use proto::{SumMessage, message::now_us, nodes::Nodes};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -33,7 +33,7 @@ use crate::{
 
 /// What the consumer needs to run.
 pub struct Consumer {
-    pub amqp_url: String,
+    pub amqp_url: Nodes,
     pub queue: String,
     pub prefetch: u16,
     pub batch_size: usize,
@@ -52,6 +52,15 @@ pub struct Consumer {
 pub enum Fatal {
     #[error(transparent)]
     Ledger(#[from] ledger::Error),
+}
+
+/// Why no consumer could be started; logged, then retried.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Node(#[from] proto::nodes::ConnectError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
 }
 
 enum Stop {
@@ -85,10 +94,10 @@ impl Consumer {
         let mut backoff = BACKOFF_MIN;
         while !shutdown.is_cancelled() {
             match self.connect().await {
-                Ok((connection, channel, deliveries)) => {
+                Ok((connection, channel, deliveries, node)) => {
                     backoff = BACKOFF_MIN;
                     self.status.set_broker_ok(true);
-                    tracing::info!(queue = %self.queue, "consumer connected to the broker");
+                    tracing::info!(queue = %self.queue, %node, "consumer connected to the broker");
                     let result = self.consume(&channel, deliveries, &shutdown).await;
                     self.status.set_broker_ok(false);
                     let _ = tokio::time::timeout(
@@ -115,8 +124,14 @@ impl Consumer {
         Ok(())
     }
 
-    async fn connect(&self) -> lapin::Result<(Connection, Channel, AmqpConsumer)> {
-        let (connection, channel) = proto::topology::open(&self.amqp_url, &self.queue).await?;
+    /// Consumes on the first broker node that answers; returns the node's
+    /// address too.
+    async fn connect(&self) -> Result<(Connection, Channel, AmqpConsumer, String), ConnectError> {
+        let proto::nodes::Opened {
+            connection,
+            channel,
+            address,
+        } = self.amqp_url.open(&self.queue).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
@@ -128,7 +143,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        Ok((connection, channel, deliveries))
+        Ok((connection, channel, deliveries, address))
     }
 
     async fn consume(

@@ -25,7 +25,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use proto::SumMessage;
+use proto::{SumMessage, nodes::Nodes};
 
 use crate::{
     consumer::{Applied, apply_one},
@@ -77,7 +77,7 @@ pub struct ReplayArgs {
 /// and publish to the default exchange, and the queue they came from.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
-    pub amqp_url: &'a str,
+    pub amqp_url: &'a Nodes,
     pub queue: &'a str,
 }
 
@@ -151,9 +151,12 @@ pub async fn replay(target: Target<'_>, args: &ReplayArgs) -> anyhow::Result<Rep
 
 /// Connects and checks that the queue and its dead-letter queue exist.
 async fn open(target: Target<'_>) -> anyhow::Result<(lapin::Connection, Channel)> {
-    proto::topology::open(target.amqp_url, target.queue)
+    let opened = target
+        .amqp_url
+        .open(target.queue)
         .await
-        .with_context(|| format!("opening the broker and {}", target.queue))
+        .with_context(|| format!("opening the broker and {}", target.queue))?;
+    Ok((opened.connection, opened.channel))
 }
 
 /// Up to `limit` messages of `queue`, oldest first, unacked.

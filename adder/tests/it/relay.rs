@@ -1,7 +1,9 @@
 //! The relay: rows become messages, are marked only after the broker's
 //! confirm, survive a broker outage, are packed into parts of at most
 //! ADDER_RELAY_PACK rows (1: a message per row) with the documented AMQP
-//! properties, and two adders publish every row.
+//! properties, two adders publish every row, a lost broker node is left
+//! for the next one of the list, and through a fanout exchange every bound
+//! queue (a replica totaler's) gets every row.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -112,6 +114,89 @@ async fn broker_outage_keeps_adds_succeeding_and_the_backlog_arrives_packed() {
     );
     adder.stop().await;
     broker.delete().await;
+}
+
+#[tokio::test]
+async fn the_relay_moves_to_the_next_broker_node_when_its_node_is_lost() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("nodes");
+    let broker = Broker::connect(&queue).await;
+    // Two "nodes": two proxies to the one test broker.
+    let first = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let second = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let nodes = format!(
+        "{},{}",
+        first.url(&testkit::amqp_url()),
+        second.url(&testkit::amqp_url())
+    );
+    let adder = spawn_adder(config(&db, &nodes, &queue)).await;
+    let mut client = adder.client().await;
+    let outbox = pool(&db).await;
+    call(&mut client, 1, 0, "").await.expect("Add");
+    testkit::eventually(
+        Duration::from_secs(20),
+        "the first row to be confirmed through node 1",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    first.cut();
+    for i in 1..=20 {
+        call(&mut client, i, 1, "").await.expect("Add");
+    }
+    testkit::eventually(
+        Duration::from_secs(30),
+        "the rest to be confirmed through node 2 while node 1 stays lost",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    let mut seqs: Vec<i64> = rows(&drain_messages(&broker).await)
+        .map(|r| r.seq)
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs, (1..=21).collect::<Vec<_>>(), "every row arrived");
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn through_the_fanout_exchange_every_bound_queue_gets_every_row() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("fanout");
+    let replica = testkit::unique_queue("fanout-replica");
+    let exchange = format!("{queue}.fanout");
+    let broker = Broker::connect(&queue).await;
+    let replica_broker = Broker::connect(&replica).await;
+    broker.bind(&queue, &exchange).await;
+    broker.bind(&replica, &exchange).await;
+    let mut settings = config(&db, &testkit::amqp_url(), &queue);
+    settings.exchange = exchange.clone();
+    let adder = spawn_adder(settings).await;
+    let mut client = adder.client().await;
+    for i in 1..=30 {
+        call(&mut client, i, 1, "").await.expect("Add");
+    }
+    let outbox = pool(&db).await;
+    testkit::eventually(
+        Duration::from_secs(20),
+        "every row to be confirmed",
+        || async { (outbox_counts(&outbox).await.1 == 0).then_some(()) },
+    )
+    .await;
+    for broker in [&broker, &replica_broker] {
+        let mut seqs: Vec<i64> = rows(&drain_messages(broker).await).map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=30).collect::<Vec<_>>(),
+            "{} got every row once",
+            broker.queue
+        );
+    }
+    adder.stop().await;
+    broker.delete_exchange(&exchange).await;
+    broker.delete().await;
+    replica_broker.delete().await;
 }
 
 #[tokio::test]

@@ -21,8 +21,9 @@ pub struct TestAdder {
 pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
     Config {
         database_url: database_url.to_owned(),
-        amqp_url: amqp_url.to_owned(),
+        amqp_url: amqp_url.parse().expect("a valid AMQP URL"),
         queue: queue.to_owned(),
+        exchange: String::new(),
         grpc_addr: "127.0.0.1:0".parse().expect("an address"),
         http_addr: "127.0.0.1:0".parse().expect("an address"),
         db_pool: 4,

@@ -1,7 +1,8 @@
 //! `rabbitmq/definitions.json` (imported by the compose broker and by
 //! `scripts/services`) must create what `proto::topology` declares: the same
 //! queues with the same arguments (or RabbitMQ refuses a service's
-//! redeclaration), the delivery-limit policy, and the services' permissions.
+//! redeclaration), the delivery-limit policy, the services' permissions, and
+//! the fanout exchange replica totalers' queues are bound to.
 
 use proto::topology::{
     self, Argument, DEAD_LETTER_LIMIT_POLICY, DEFAULT_QUEUE, DELIVERY_LIMIT, DELIVERY_LIMIT_POLICY,
@@ -35,6 +36,7 @@ fn definitions_declare_the_queues_of_the_topology() {
                 let value = match value {
                     Argument::Text(text) => json!(text),
                     Argument::Integer(n) => json!(n),
+                    Argument::Boolean(b) => json!(b),
                 };
                 ((*name).to_owned(), value)
             })
@@ -109,4 +111,30 @@ fn definitions_give_the_services_exactly_their_rights() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn definitions_bind_the_queue_to_the_fanout_exchange_for_replicas() {
+    let definitions = definitions();
+    let exchanges = definitions["exchanges"]
+        .as_array()
+        .expect("an exchanges list");
+    let exchange = exchanges
+        .iter()
+        .find(|e| e["name"] == topology::FANOUT_EXCHANGE)
+        .expect("the fanout exchange is declared");
+    assert_eq!(
+        (&exchange["type"], &exchange["durable"]),
+        (&json!("fanout"), &json!(true))
+    );
+    let bindings = definitions["bindings"].as_array().expect("a bindings list");
+    assert!(
+        bindings
+            .iter()
+            .any(|b| b["source"] == topology::FANOUT_EXCHANGE
+                && b["destination"] == DEFAULT_QUEUE
+                && b["destination_type"] == "queue"),
+        "{DEFAULT_QUEUE} is bound to {}: {bindings:?}",
+        topology::FANOUT_EXCHANGE
+    );
 }

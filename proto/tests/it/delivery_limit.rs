@@ -2,7 +2,7 @@
 //! delivery limit (20) must stay queued, never be dead-lettered: a totaler
 //! that cannot write its ledger crash-loops and returns it every time. Each
 //! return is either a consumer whose channel closes without an ack, or a
-//! `basic.get` answered with a nack and requeue.
+//! nack with requeue.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use lapin::{
     Connection,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
         QueueDeclareOptions,
     },
     types::FieldTable,
@@ -128,7 +128,7 @@ async fn dead_letter_stays_after_returns(connection: &Connection, queue: &str) {
     );
     let channel = connection.create_channel().await.expect("channel");
     assert!(
-        get_and_nack(&channel, &dead).await,
+        take_and_nack(&channel, &dead).await,
         "the dead letter is still there"
     );
 }
@@ -165,17 +165,11 @@ async fn publish_and_check_after_returns(connection: &Connection, queue: &str) {
         0,
         "nothing dead-lettered"
     );
-    let message = channel
-        .basic_get(queue.into(), BasicGetOptions::default())
+    let delivery = take_one(&channel, queue)
         .await
-        .expect("basic.get")
         .expect("the sum is still queued");
-    assert_eq!(message.delivery.data, BODY);
-    message
-        .delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .expect("ack");
+    assert_eq!(delivery.data, BODY);
+    delivery.ack(BasicAckOptions::default()).await.expect("ack");
 }
 
 /// Takes the queue's one message and returns it, up to [`RETURNS`] times;
@@ -184,24 +178,11 @@ async fn return_repeatedly(connection: &Connection, queue: &str) -> usize {
     for taken in 0..RETURNS {
         let channel = connection.create_channel().await.expect("channel");
         if taken % 2 == 0 {
-            channel
-                .basic_qos(1, BasicQosOptions::default())
-                .await
-                .expect("qos");
-            let mut consumer = channel
-                .basic_consume(
-                    queue.into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("consume");
-            match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-                Ok(Some(delivery)) => drop(delivery.expect("delivery")),
-                _ => return taken,
+            // Taken and held unacked: the close below returns it.
+            if take_one(&channel, queue).await.is_none() {
+                return taken;
             }
-        } else if !get_and_nack(&channel, queue).await {
+        } else if !take_and_nack(&channel, queue).await {
             return taken;
         }
         // Closing the channel returns what it holds unacked.
@@ -210,25 +191,41 @@ async fn return_repeatedly(connection: &Connection, queue: &str) -> usize {
     RETURNS
 }
 
-/// `basic.get` and nack with requeue, waiting for a return in flight.
-async fn get_and_nack(channel: &lapin::Channel, queue: &str) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline {
-        let got = channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .expect("basic.get");
-        if let Some(message) = got {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            message.delivery.nack(requeue).await.expect("nack");
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Takes one message through a consumer (RabbitMQ refuses `basic.get` on
+/// a queue with a single active consumer) and nacks it with requeue,
+/// waiting up to 5 s for a return in flight.
+async fn take_and_nack(channel: &lapin::Channel, queue: &str) -> bool {
+    let Some(delivery) = take_one(channel, queue).await else {
+        return false;
+    };
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    delivery.nack(requeue).await.expect("nack");
+    true
+}
+
+/// The next message of `queue` through a consumer with prefetch 1, or
+/// `None` after 5 s.
+async fn take_one(channel: &lapin::Channel, queue: &str) -> Option<lapin::message::Delivery> {
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+        Ok(Some(delivery)) => Some(delivery.expect("delivery")),
+        _ => None,
     }
-    false
 }
 
 /// Declares `queue` as `topology` did before `x-delivery-limit`.

@@ -2,6 +2,7 @@
 //! per test) and real files in a temporary directory.
 
 mod alerts;
+mod cluster;
 mod consuming;
 mod crashes;
 mod dlq;

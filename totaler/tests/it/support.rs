@@ -31,7 +31,7 @@ pub fn temp_dir(test: &str) -> PathBuf {
 /// A config for tests: everything explicit, nothing from the environment.
 pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
     Config {
-        amqp_url: amqp_url.to_owned(),
+        amqp_url: amqp_url.parse().expect("a valid AMQP URL"),
         queue: queue.to_owned(),
         sum_file: sum_file.to_path_buf(),
         http_addr: "127.0.0.1:0".parse().expect("an address"),

@@ -1,0 +1,216 @@
+//! The broker as a service knows it: `AMQP_URL` is one URL or a
+//! comma-separated list of them, one per node of a RabbitMQ cluster. A
+//! connection goes to one node; the next connection attempt starts at the
+//! node after the one last reached, so a service that lost its node moves to
+//! another instead of waiting for the lost one, and a dead node costs at
+//! most one connect timeout per reconnect. Every URL is checked when the
+//! list is parsed (at start, before anything is bound); what is shown of a
+//! node (logs, errors) is its host and port, never its credentials.
+//!
+//! Nothing here retries: a connection attempt walks the list once and the
+//! caller's reconnect loop (with its backoff) walks it again.
+
+use std::{
+    fmt,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use lapin::{Channel, Connection, uri::AMQPUri};
+
+use crate::topology;
+
+/// The broker's nodes, in the order given, and where the next connection
+/// attempt starts. Clones share that position.
+#[derive(Clone)]
+pub struct Nodes {
+    nodes: Arc<[Node]>,
+    next: Arc<AtomicUsize>,
+}
+
+/// A node's URL (with credentials) and what may be shown of it.
+struct Node {
+    url: String,
+    /// `host:port`.
+    address: String,
+}
+
+/// Why `AMQP_URL` was refused; names the node by position, not by its URL
+/// (which holds a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("AMQP_URL lists no broker node")]
+    Empty,
+    #[error(
+        "node {position} of AMQP_URL is not an AMQP URL (amqp://user:password@host:port/vhost)"
+    )]
+    NotAnAmqpUrl { position: usize },
+}
+
+/// The node a connection was opened to.
+pub struct Opened {
+    pub connection: Connection,
+    pub channel: Channel,
+    /// `host:port` of the node, for logs.
+    pub address: String,
+}
+
+impl Nodes {
+    /// Connects to the first node that answers, starting after the one last
+    /// reached, and opens a channel on which `queue`'s topology exists
+    /// ([`topology::open`]). Every node is tried once; the error is the last
+    /// node's, named by its address.
+    pub async fn open(&self, queue: &str) -> Result<Opened, ConnectError> {
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last = None;
+        for step in 0..self.nodes.len() {
+            let index = (start + step) % self.nodes.len();
+            let node = &self.nodes[index];
+            match topology::open(&node.url, queue).await {
+                Ok((connection, channel)) => {
+                    self.next.store(index + 1, Ordering::Relaxed);
+                    return Ok(Opened {
+                        connection,
+                        channel,
+                        address: node.address.clone(),
+                    });
+                }
+                Err(error) => {
+                    last = Some(ConnectError {
+                        address: node.address.clone(),
+                        tried: self.nodes.len(),
+                        error,
+                    })
+                }
+            }
+        }
+        self.next.store(start + 1, Ordering::Relaxed);
+        Err(last.expect("a parsed list has at least one node"))
+    }
+
+    /// How many nodes are listed.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: parsing refuses an empty list.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The nodes' `host:port`, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|node| node.address.as_str())
+    }
+}
+
+/// No node could be opened: the last one's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{tried} broker node(s) tried, the last ({address}): {error}")]
+pub struct ConnectError {
+    pub address: String,
+    pub tried: usize,
+    #[source]
+    pub error: lapin::Error,
+}
+
+impl ConnectError {
+    /// Whether the broker refused for a missing right (see
+    /// [`topology::is_access_refused`]).
+    pub fn is_access_refused(&self) -> bool {
+        topology::is_access_refused(&self.error)
+    }
+}
+
+impl FromStr for Nodes {
+    type Err = ParseError;
+
+    fn from_str(list: &str) -> Result<Self, ParseError> {
+        let nodes = list
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .enumerate()
+            .map(|(index, url)| Node::parse(url, index + 1))
+            .collect::<Result<Arc<[Node]>, _>>()?;
+        if nodes.is_empty() {
+            return Err(ParseError::Empty);
+        }
+        Ok(Self {
+            nodes,
+            next: Arc::default(),
+        })
+    }
+}
+
+impl Node {
+    fn parse(url: &str, position: usize) -> Result<Self, ParseError> {
+        let uri = AMQPUri::from_str(url).map_err(|_| ParseError::NotAnAmqpUrl { position })?;
+        Ok(Self {
+            url: url.to_owned(),
+            address: format!("{}:{}", uri.authority.host, uri.authority.port),
+        })
+    }
+}
+
+/// Shows the addresses only: `Nodes(10.0.0.1:5672, 10.0.0.2:5672)`.
+impl fmt::Debug for Nodes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Nodes({})",
+            self.addresses().collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_gives_every_node_in_order() {
+        let nodes: Nodes = "amqp://u:secret@a:5672/%2f, amqp://u:secret@b:5673/%2f,"
+            .parse()
+            .expect("two valid URLs");
+        assert_eq!(nodes.addresses().collect::<Vec<_>>(), ["a:5672", "b:5673"]);
+    }
+
+    #[test]
+    fn a_bad_node_is_named_by_position_without_its_password() {
+        let error = "amqp://u:secret@a:5672/%2f,http://u:secret@b/"
+            .parse::<Nodes>()
+            .expect_err("http is not AMQP");
+        assert_eq!(error, ParseError::NotAnAmqpUrl { position: 2 });
+        assert!(!error.to_string().contains("secret"));
+        assert_eq!(" , ".parse::<Nodes>().err(), Some(ParseError::Empty));
+    }
+
+    #[test]
+    fn debug_output_holds_no_credentials() {
+        let nodes: Nodes = "amqp://u:secret@a:5672/%2f".parse().expect("a valid URL");
+        assert_eq!(format!("{nodes:?}"), "Nodes(a:5672)");
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_is_passed_over_and_the_next_attempt_starts_after_it() {
+        // Two ports nothing listens on: both fail, each tried once, and the
+        // next attempt starts one further along the list.
+        let nodes: Nodes = format!(
+            "amqp://u:p@127.0.0.1:{}/%2f,amqp://u:p@127.0.0.1:{}/%2f",
+            1, 2
+        )
+        .parse()
+        .expect("valid URLs");
+        let error = nodes.open("q").await.err().expect("nothing listens");
+        assert_eq!((error.tried, error.address.as_str()), (2, "127.0.0.1:2"));
+        let error = nodes.open("q").await.err().expect("nothing listens");
+        assert_eq!(
+            error.address, "127.0.0.1:1",
+            "the second attempt began at node 2"
+        );
+    }
+}
