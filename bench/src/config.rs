@@ -116,6 +116,12 @@ pub struct Config {
     #[arg(long, env = "BENCH_SKIP_LIMITS")]
     pub skip_limits: bool,
 
+    /// Instead of the usual run: saturate one adder directly, then one, two
+    /// and three adders behind HAProxy (one database, one totaler), and
+    /// print each part's cores and µs per Add per layout.
+    #[arg(long, env = "BENCH_SCALE_OUT")]
+    pub scale_out: bool,
+
     /// A smoke check: one round of one-second windows and small backlogs.
     #[arg(long, env = "BENCH_QUICK")]
     pub quick: bool,

@@ -15,6 +15,7 @@ pub const PARTS: &[(&str, &str)] = &[
     ("postgres", "postgres"),
     ("rabbitmq", "beam.smp"),
     ("bench", "bench"),
+    ("haproxy", "haproxy"),
 ];
 
 /// The figures of each part's share, at saturation and at the fixed rate.

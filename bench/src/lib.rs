@@ -19,6 +19,7 @@
 //!   (fresh databases, queue names, ports and child processes come from
 //!   `testkit`).
 //! - `cpu`: who used the cores during a load.
+//! - `scale`: `--scale-out`, one to three adders behind HAProxy.
 //! - `stages`: the services' own histograms, split into stages.
 //! - `report`: medians, ratios, targets, the table and the JSON.
 //! - `chart`: the SVG charts.
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod process;
 pub mod report;
 pub mod round;
+pub mod scale;
 pub mod stages;
 pub mod tally;
 
@@ -63,6 +65,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "{} is missing: build it with `cargo build --release -p adder -p totaler`",
             path.display()
         );
+    }
+    if config.scale_out {
+        return scale::run(&config, &run_dir).await;
     }
     let loadavg_before = loadavg();
     let started = Instant::now();
@@ -151,7 +156,7 @@ async fn drop_database(db: testkit::database::Fresh) {
     }
 }
 
-fn progress(line: &str) {
+pub(crate) fn progress(line: &str) {
     eprintln!("bench: {line}");
 }
 

@@ -28,8 +28,10 @@ pub const LEDGER_ERRORS: &str = "totaler_ledger_errors_total";
 pub const PUBLISHED_ROWS: &str = "adder_relay_published_total";
 pub const PUBLISHED_MESSAGES: &str = "adder_relay_messages_total";
 pub const GRPC_ADDS_OK: &str = "adder_requests_total{code=\"ok\",method=\"grpc_add\"}";
+/// A gauge: 1 while the adder's relay is the active one.
+pub const RELAY_ACTIVE: &str = "adder_relay_active";
 
-const SERIES: [&str; 8] = [
+const SERIES: [&str; 9] = [
     DUPLICATE_ROWS,
     APPLIED_ROWS,
     CONSUMED,
@@ -38,6 +40,7 @@ const SERIES: [&str; 8] = [
     PUBLISHED_ROWS,
     PUBLISHED_MESSAGES,
     GRPC_ADDS_OK,
+    RELAY_ACTIVE,
 ];
 
 /// One process's counters, keyed by series.

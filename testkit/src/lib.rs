@@ -2,7 +2,8 @@
 //! per test, a unique RabbitMQ queue per test with helpers to publish and
 //! read raw messages, a TCP proxy that a test can cut to simulate an outage,
 //! an OTLP/gRPC receiver that collects the spans the real binaries export,
-//! and polling with a deadline. Everything talks to real servers; nothing is
+//! HAProxy as a gRPC balancer before several adders, and polling with a
+//! deadline. Everything talks to real servers; nothing is
 //! mocked. Used by the tests of each crate, by the fault suite and by the
 //! benchmark harness (which uses the fallible forms: `database::Fresh`,
 //! `free_addr`, `queue_name`, `process::Logged`).
@@ -13,6 +14,7 @@
 //! `scripts/services` sets them up.
 //!
 //! # Layout
+//! - `balancer`: HAProxy before several adders (gRPC, per request).
 //! - `broker`: queues and raw messages.
 //! - `database`: fresh databases.
 //! - `http`: a raw HTTP/1.1 client.
@@ -24,6 +26,7 @@
 //! - `replicas`: private PostgreSQL servers: a primary, streaming standbys,
 //!   restored base backups; crashed and promoted by the test.
 
+pub mod balancer;
 pub mod broker;
 pub mod database;
 pub mod http;

@@ -25,3 +25,4 @@ pub use connections::{Connections, PerConnection};
 pub use latency::Latency;
 pub use saturation::Saturation;
 pub use stack::Stack;
+pub(crate) use stack::wait_total;

@@ -221,7 +221,11 @@ impl Stack {
 
 /// Polls `GET /sum` until the total is `target`; fails if it passes it or
 /// `timeout` elapses. Connection errors (a totaler starting) are retried.
-async fn wait_total(addr: SocketAddr, target: i128, timeout: Duration) -> anyhow::Result<Instant> {
+pub(crate) async fn wait_total(
+    addr: SocketAddr,
+    target: i128,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
     let started = Instant::now();
     let mut connection = None;
     let mut last = None;

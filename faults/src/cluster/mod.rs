@@ -10,11 +10,10 @@
 //! `report` checks the total on every totaler, the outbox and `verify`.
 //!
 //! # Layout
-//! - `brokers`: the three-node cluster, its leader, its queues.
-//! - `balancer`: HAProxy in front of the adders.
+//! - `brokers`: the three-node cluster, its leader, its queues (HAProxy
+//!   is `testkit::balancer`, which `bench` shares).
 //! - `report`: the final checks and their report.
 
-pub mod balancer;
 pub mod brokers;
 pub mod report;
 
@@ -22,22 +21,24 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use testkit::free_port;
+use testkit::{
+    balancer::{Backend, Balancer},
+    free_port,
+};
 
 use crate::{
     Options,
     load::{Load, Shape, Tally},
-    metrics::{CONSUMED, Sampler, scrape, value},
+    metrics::{CONSUMED, RELAY_ACTIVE, Sampler, scrape, value},
     process::{Service, binary},
     rng::Rng,
     servers::Postgres,
 };
-use balancer::{Backend, Balancer};
 use brokers::Brokers;
 pub use report::ClusterReport;
 
@@ -53,7 +54,7 @@ pub enum ClusterFault {
     StopLeader,
     /// SIGKILL a node that does not lead it.
     KillFollower,
-    /// SIGKILL one adder behind the balancer.
+    /// SIGKILL the adder (behind the balancer) whose relay is active.
     KillAdder,
     /// SIGKILL the totaler that is consuming.
     KillActiveTotaler,
@@ -86,8 +87,16 @@ pub struct Cluster {
     pub takeovers: u32,
     /// The slowest standby takeover seen.
     pub slowest_takeover: Duration,
+    /// Kills of the active relay's adder after which the other's took over,
+    /// and the slowest of those takeovers.
+    pub relay_takeovers: u32,
+    pub slowest_relay_takeover: Duration,
     /// Node losses during which deliveries were still consumed.
     pub flowing_without_a_node: u32,
+    /// Add calls acknowledged and failed from a node's loss to its return.
+    pub node_loss_adds: (u64, u64),
+    /// What the load has had acknowledged, and its failed calls.
+    pub tally: Arc<Tally>,
     pub failures: Vec<String>,
 }
 
@@ -114,7 +123,7 @@ pub async fn run(options: Options) -> anyhow::Result<ClusterReport> {
         idless_rate: options.idless_rate,
     };
     let mut rng = cluster.rng.fork();
-    let tally = Arc::new(Tally::default());
+    let tally = cluster.tally.clone();
     let load = Load::start(&cluster.balancer.grpc(), shape, &mut rng, "cluster", tally)?;
     let faulting = Instant::now();
     let injected = cluster
@@ -215,6 +224,10 @@ impl Cluster {
             takeovers: 0,
             slowest_takeover: Duration::ZERO,
             flowing_without_a_node: 0,
+            relay_takeovers: 0,
+            slowest_relay_takeover: Duration::ZERO,
+            node_loss_adds: (0, 0),
+            tally: Arc::default(),
             failures: Vec::new(),
         };
         // The first adder migrates the schema; then the rest start.
@@ -267,6 +280,7 @@ impl Cluster {
     /// lead it while the load goes on, then restarts the node.
     async fn lose_leader(&mut self, crash: bool) -> anyhow::Result<()> {
         let leader = tokio::task::block_in_place(|| self.brokers.leader(QUEUE))?;
+        let calls = self.calls();
         let node = &mut self.brokers.nodes[leader];
         let lost = Instant::now();
         tokio::task::block_in_place(|| if crash { node.crash() } else { node.stop() });
@@ -299,7 +313,24 @@ impl Cluster {
         }
         self.require_flow(leader).await;
         self.pause(1000, 3000).await;
-        self.restart_node(leader).await
+        self.restart_node(leader).await?;
+        self.count_calls_since(calls);
+        Ok(())
+    }
+
+    /// Add calls acknowledged and failed so far (retried or uncertain).
+    fn calls(&self) -> (u64, u64) {
+        let acknowledged = self.tally.acknowledged.load(Ordering::Relaxed);
+        let failed = self.tally.retries.load(Ordering::Relaxed)
+            + self.tally.uncertain.lock().expect("tally lock").len() as u64;
+        (acknowledged, failed)
+    }
+
+    /// Adds the calls since `before` to those seen during node losses.
+    fn count_calls_since(&mut self, before: (u64, u64)) {
+        let now = self.calls();
+        self.node_loss_adds.0 += now.0 - before.0;
+        self.node_loss_adds.1 += now.1 - before.1;
     }
 
     /// Requires deliveries to be consumed while node `down` is lost: the
@@ -346,19 +377,53 @@ impl Cluster {
     async fn kill_follower(&mut self) -> anyhow::Result<()> {
         let leader = tokio::task::block_in_place(|| self.brokers.leader(QUEUE))?;
         let follower = (leader + 1 + self.rng.range(0, 2) as usize) % brokers::NODES;
+        let calls = self.calls();
         tokio::task::block_in_place(|| self.brokers.nodes[follower].crash());
         self.require_flow(follower).await;
         self.pause(1000, 2000).await;
-        self.restart_node(follower).await
+        self.restart_node(follower).await?;
+        self.count_calls_since(calls);
+        Ok(())
     }
 
-    /// Kills one adder: HAProxy's health check takes it out, the load's
-    /// failed calls are retried (through the other), then it comes back.
+    /// Kills the adder whose relay is active: HAProxy's health check takes
+    /// it out, the load's failed calls are retried (through the other), the
+    /// other's relay must take over; then it comes back.
     async fn kill_adder(&mut self) -> anyhow::Result<()> {
-        let i = self.rng.range(0, 2) as usize;
+        let active = self.active_relay().await;
+        let i = active.unwrap_or_else(|| self.rng.range(0, 2) as usize);
         self.adders[i].kill();
+        let killed = Instant::now();
+        if active.is_some() {
+            let other = self.adders[1 - i].http;
+            let deadline = killed + Duration::from_secs(30);
+            while value(&scrape(other).await, RELAY_ACTIVE) < 1.0 {
+                if Instant::now() > deadline {
+                    self.fail(format!(
+                        "no relay took over 30 s after adder-{} was killed",
+                        i + 1
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if Instant::now() <= deadline {
+                self.relay_takeovers += 1;
+                self.slowest_relay_takeover = self.slowest_relay_takeover.max(killed.elapsed());
+            }
+        }
         self.pause(1000, 3000).await;
         self.adders[i].start().await
+    }
+
+    /// The adder whose relay is the active one, if one is.
+    async fn active_relay(&self) -> Option<usize> {
+        for (i, adder) in self.adders.iter().enumerate() {
+            if value(&scrape(adder.http).await, RELAY_ACTIVE) >= 1.0 {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Kills the totaler that is consuming; the standby must consume next.

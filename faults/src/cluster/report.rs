@@ -32,6 +32,10 @@ pub struct ClusterReport {
     pub takeovers: u32,
     pub slowest_takeover: Duration,
     pub flowing_without_a_node: u32,
+    pub relay_takeovers: u32,
+    pub slowest_relay_takeover: Duration,
+    /// Add calls acknowledged and failed while a broker node was lost.
+    pub node_loss_adds: (u64, u64),
     pub acknowledged: u64,
     pub retries: u64,
     pub uncertain: usize,
@@ -117,6 +121,9 @@ async fn gather(
         takeovers: cluster.takeovers,
         slowest_takeover: cluster.slowest_takeover,
         flowing_without_a_node: cluster.flowing_without_a_node,
+        relay_takeovers: cluster.relay_takeovers,
+        slowest_relay_takeover: cluster.slowest_relay_takeover,
+        node_loss_adds: cluster.node_loss_adds,
         acknowledged: tally.acknowledged.load(Ordering::Relaxed),
         retries: tally.retries.load(Ordering::Relaxed),
         uncertain: uncertain.len(),
@@ -221,8 +228,13 @@ impl fmt::Display for ClusterReport {
         writeln!(f, "  faults run: {:?}", self.runs)?;
         writeln!(
             f,
-            "  queue leader moved {} times; sums flowed during {} node losses; standby takeovers {} (slowest {:.1?})",
-            self.leader_moves, self.flowing_without_a_node, self.takeovers, self.slowest_takeover
+            "  queue leader moved {} times; sums flowed during {} node losses; standby totaler takeovers {} (slowest {:.1?}); relay takeovers {} (slowest {:.1?})",
+            self.leader_moves,
+            self.flowing_without_a_node,
+            self.takeovers,
+            self.slowest_takeover,
+            self.relay_takeovers,
+            self.slowest_relay_takeover
         )?;
         writeln!(
             f,
@@ -232,6 +244,11 @@ impl fmt::Display for ClusterReport {
             self.uncertain,
             self.uncertain_committed,
             self.expected
+        )?;
+        writeln!(
+            f,
+            "  while a broker node was lost: {} Adds acknowledged, {} calls failed",
+            self.node_loss_adds.0, self.node_loss_adds.1
         )?;
         writeln!(f, "  GET /sum: {:?}; sum.txt {:?}", self.served, self.file)?;
         writeln!(f, "  Adds by adder: {:?}", self.adds_by_adder)?;

@@ -1,8 +1,10 @@
 //! The totaler's integration tests, against a real RabbitMQ (a unique queue
-//! per test) and real files in a temporary directory.
+//! per test) and real files in a temporary directory; `cluster_script` runs
+//! `scripts/cluster`, whose three private broker nodes it starts itself.
 
 mod alerts;
 mod cluster;
+mod cluster_script;
 mod consuming;
 mod crashes;
 mod dlq;

@@ -1,22 +1,21 @@
-//! The cluster mode's gRPC balancer: Debian's HAProxy in front of the
-//! adders, spreading requests (not connections) over them over h2c, taking
-//! an adder out when its `/readyz` fails. It retries a request on another
+//! A gRPC balancer for tests and benchmarks (the fault suite's cluster
+//! mode, `bench --scale-out`): Debian's HAProxy in front of the adders,
+//! spreading requests (not connections) over them over h2c, taking an
+//! adder out when its `/readyz` fails. It retries a request on another
 //! adder only when its connection could not be made (`retry-on
 //! conn-failure`): a request that reached an adder may have been committed,
 //! and an id-less Add sent twice would be counted twice.
 
 use std::{
     net::SocketAddr,
-    os::unix::process::CommandExt,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use testkit::free_port;
 
-use crate::process::kill_group;
+use crate::free_port;
 
 /// A running HAProxy.
 pub struct Balancer {
@@ -40,7 +39,6 @@ impl Balancer {
         let child = Command::new(haproxy())
             .args(["-db", "-f"])
             .arg(&config)
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -68,7 +66,7 @@ impl Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        kill_group(self.child.id(), "KILL");
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

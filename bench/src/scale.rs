@@ -1,0 +1,232 @@
+//! The scale-out measurement (`bench --scale-out`): the same saturating
+//! load on one database and one totaler, to one adder directly (the
+//! baseline) and through HAProxy to one, two and three adders; per layout,
+//! durable Adds/s and the cores and µs per Add each part spent, medians of
+//! `repeats` rounds with the layouts interleaved. On two cores the absolute
+//! figures are bound by the machine: what it shows is whether the cost per
+//! Add of each part stays flat as adders are added. It replaces the usual
+//! run; the table goes to stdout and `<work dir>/scale.md`.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use testkit::{
+    balancer::{Backend, Balancer},
+    database::Fresh,
+    free_addr, queue_name,
+};
+
+use crate::{
+    broker::Broker, config::Config, cpu, grpc, grpc::Clients, process::Process, progress,
+    tally::wait_total,
+};
+
+/// Adders, and whether the load goes through HAProxy.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    adders: usize,
+    balanced: bool,
+}
+
+const LAYOUTS: [Layout; 4] = [
+    Layout {
+        adders: 1,
+        balanced: false,
+    },
+    Layout {
+        adders: 1,
+        balanced: true,
+    },
+    Layout {
+        adders: 2,
+        balanced: true,
+    },
+    Layout {
+        adders: 3,
+        balanced: true,
+    },
+];
+
+/// The parts a row shows, as `cpu::PARTS` names them.
+const PARTS: [&str; 6] = [
+    "adder", "postgres", "rabbitmq", "totaler", "haproxy", "bench",
+];
+
+/// One layout's round: durable Adds/s and each part's cores.
+#[derive(Debug, Clone)]
+struct Measured {
+    durable_per_s: f64,
+    cores: Vec<(&'static str, f64)>,
+}
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Runs every layout `config.repeats` times and prints the table.
+pub async fn run(config: &Config, run_dir: &Path) -> anyhow::Result<()> {
+    let mut rounds: Vec<Vec<Measured>> = vec![Vec::new(); LAYOUTS.len()];
+    for round in 1..=config.repeats {
+        for (i, layout) in LAYOUTS.iter().enumerate() {
+            progress(&format!("scale-out round {round}: {layout:?}"));
+            let dir = run_dir.join(format!("scale-{round}-{i}"));
+            std::fs::create_dir_all(dir.join("data"))?;
+            rounds[i].push(measure(config, *layout, &dir).await?);
+        }
+    }
+    let table = table(&rounds);
+    print!("{table}");
+    let path = config.work_dir.join("scale.md");
+    std::fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Starts the layout, warms it up, saturates it once and stops it.
+async fn measure(config: &Config, layout: Layout, dir: &Path) -> anyhow::Result<Measured> {
+    let db = Fresh::create(config.database_url(), "tally_bench_scale").await?;
+    let queue = queue_name("bench", "scale");
+    let broker = Broker::connect(config.amqp_url()).await?;
+    broker.declare(&queue).await?;
+    let log = dir.join("services.log");
+    let mut adders = Vec::new();
+    let mut backends = Vec::new();
+    for i in 0..layout.adders {
+        let (grpc, http) = (free_addr()?, free_addr()?);
+        let env = [
+            ("DATABASE_URL", db.url.clone()),
+            ("AMQP_URL", config.amqp_url().to_owned()),
+            ("TALLY_QUEUE", queue.clone()),
+            ("ADDER_GRPC_ADDR", grpc.to_string()),
+            ("ADDER_HTTP_ADDR", http.to_string()),
+            ("ADDER_DB_POOL", config.db_pool.to_string()),
+            ("ADDER_RELAY_PACK", config.pack.to_string()),
+            ("RUST_LOG", "warn".into()),
+        ];
+        let mut adder = Process::start(
+            &format!("adder-{}", i + 1),
+            &config.bin_dir.join("adder"),
+            &[],
+            &env,
+            &log,
+        )?;
+        adder.wait_ready(http, "/readyz", READY).await?;
+        adders.push(adder);
+        backends.push(Backend { grpc, http });
+    }
+    let totaler_http = free_addr()?;
+    let mut totaler = Process::start(
+        "totaler",
+        &config.bin_dir.join("totaler"),
+        &[],
+        &[
+            ("AMQP_URL", config.amqp_url().to_owned()),
+            ("TALLY_QUEUE", queue.clone()),
+            ("SUM_FILE", dir.join("data/sum.txt").display().to_string()),
+            ("TOTALER_HTTP_ADDR", totaler_http.to_string()),
+            ("TOTALER_PREFETCH", config.prefetch.to_string()),
+            ("TOTALER_BATCH_SIZE", config.batch_size.to_string()),
+            ("RUST_LOG", "warn".into()),
+        ],
+        &log,
+    )?;
+    totaler.wait_ready(totaler_http, "/readyz", READY).await?;
+    let balancer = match layout.balanced {
+        true => Some(Balancer::start(dir, &backends).await?),
+        false => None,
+    };
+    let target: SocketAddr = match &balancer {
+        Some(balancer) => balancer.grpc().parse()?,
+        None => backends[0].grpc,
+    };
+    let measured = saturate(config, target, totaler_http).await;
+    drop(balancer);
+    totaler.stop().await?;
+    for adder in adders {
+        adder.stop().await?;
+    }
+    broker.delete(&queue).await;
+    crate::drop_database(db).await;
+    measured
+}
+
+/// A warm-up, then the saturating window; durable Adds/s is timed to the
+/// moment `GET /sum` counts every acknowledged Add.
+async fn saturate(
+    config: &Config,
+    target: SocketAddr,
+    totaler: SocketAddr,
+) -> anyhow::Result<Measured> {
+    let clients = Clients::connect(target, config.grpc_connections).await?;
+    let warm = grpc::saturate(&clients, 16, READY, 500, |_| (1, 0)).await;
+    anyhow::ensure!(
+        warm.failed == 0,
+        "warm-up Adds failed: {:?}",
+        warm.first_error
+    );
+    wait_total(totaler, warm.acked_sum, config.settle()).await?;
+    let before = cpu::Sample::take();
+    let done = grpc::saturate(
+        &clients,
+        config.concurrency,
+        config.duration(),
+        50_000_000,
+        |i| ((i % 100) as i64, 1),
+    )
+    .await;
+    let cores = cpu::Sample::take().cores_since(&before);
+    anyhow::ensure!(
+        done.failed == 0,
+        "{} Adds failed: {:?}",
+        done.failed,
+        done.first_error
+    );
+    let started = Instant::now() - done.elapsed;
+    let counted = wait_total(totaler, warm.acked_sum + done.acked_sum, config.settle()).await?;
+    Ok(Measured {
+        durable_per_s: done.ok as f64 / (counted - started).as_secs_f64(),
+        cores,
+    })
+}
+
+/// The Markdown table: per layout the medians of Adds/s, and per part its
+/// cores and µs per Add.
+fn table(rounds: &[Vec<Measured>]) -> String {
+    let mut text = String::from("| layout | durable Adds/s |");
+    for part in PARTS {
+        text.push_str(&format!(" {part} cores (µs/Add) |"));
+    }
+    text.push_str("\n|---|---|");
+    text.push_str(&"---|".repeat(PARTS.len()));
+    text.push('\n');
+    for (layout, measured) in LAYOUTS.iter().zip(rounds) {
+        let rate = median(measured.iter().map(|m| m.durable_per_s).collect());
+        let name = match layout.balanced {
+            true => format!("{} adder(s) behind HAProxy", layout.adders),
+            false => "1 adder, direct".to_owned(),
+        };
+        text.push_str(&format!("| {name} | {rate:.0} |"));
+        for part in PARTS {
+            let cores = median(
+                measured
+                    .iter()
+                    .map(|m| {
+                        m.cores
+                            .iter()
+                            .find(|(p, _)| *p == part)
+                            .map_or(0.0, |c| c.1)
+                    })
+                    .collect(),
+            );
+            text.push_str(&format!(" {cores:.2} ({:.1}) |", cores / rate * 1e6));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
