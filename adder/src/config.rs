@@ -11,7 +11,11 @@ use clap::{Args, Parser, ValueEnum};
 #[derive(Clone, Parser)]
 #[command(name = "adder", version)]
 pub struct Config {
-    /// PostgreSQL URL of the outbox database, migrated at start [default: postgres://tally:tally@127.0.0.1:5432/tally].
+    /// PostgreSQL URL of the outbox database, migrated at start; a database
+    /// on several servers in libpq's multi-host form
+    /// (postgres://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write):
+    /// only the writable primary is used, and followed after a failover
+    /// [default: postgres://tally:tally@127.0.0.1:5432/tally].
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -3,6 +3,19 @@
 //! and `totaler verify` audits it by (it recomputes the parts of a partly
 //! applied batch from the same rows). Text only: this crate runs no query
 //! and knows no database driver.
+//!
+//! Also what an outbox URL names: one database, possibly on several servers
+//! (libpq's multi-host form, `servers`), of which the writable primary is
+//! the one to use (`IS_PRIMARY`).
+
+mod servers;
+
+pub use servers::{Servers, split_urls};
+
+/// `true` on a writable primary, `false` on a standby (hot standby or one
+/// still recovering): what the adder and `totaler verify` ask a server
+/// before they use it.
+pub const IS_PRIMARY: &str = "SELECT NOT pg_is_in_recovery()";
 
 /// The SQL condition on `outbox` rows that selects the snapshot pair `$1`
 /// (lo) to `$2` (hi), both `pg_snapshot` text: rows inserted by a

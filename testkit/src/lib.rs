@@ -23,6 +23,8 @@
 //! - `process`: child processes with a log file, stopped with a grace
 //!   period; waiting for a real binary with a deadline.
 //! - `proxy`: the cuttable TCP proxy.
+//! - `replicas`: private PostgreSQL servers: a primary, streaming standbys,
+//!   restored base backups; crashed and promoted by the test.
 
 pub mod balancer;
 pub mod broker;
@@ -32,6 +34,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod proxy;
+pub mod replicas;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 

@@ -2,6 +2,11 @@
 //! `sum.txt` (without the lock) and each outbox database, and compares them
 //! batch by batch, then the total.
 //!
+//! - **rewound**: the ledger counts batches of a source beyond the newest
+//!   one its outbox holds: the database went back in time (a standby
+//!   promoted after asynchronous replication, a restored backup) and lost
+//!   batches that were published and counted, so Adds acknowledged after
+//!   the newest batch it still holds may be lost from the outbox.
 //! - **extra**: the ledger counts a batch (or part) the outbox never cut.
 //! - **missing**: the outbox has a batch the broker confirmed more than
 //!   `--in-flight-secs` ago that the ledger has not (wholly) applied.
@@ -33,13 +38,15 @@ pub struct Args {
     /// The ledger to check.
     #[arg(long, env = "SUM_FILE", default_value = "data/sum.txt")]
     pub sum_file: PathBuf,
-    /// An outbox database (repeat for several); every source in the ledger
-    /// must be in one of them for the total to be checked.
+    /// An outbox database (repeat for several, or separate them with
+    /// commas); every source in the ledger must be in one of them for the
+    /// total to be checked. A database on several servers is one libpq
+    /// multi-host URL (`postgres://u:p@h1:5432,h2:5433/db`): it is read on
+    /// its writable primary.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
         required = true,
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub database_urls: Vec<String>,
@@ -95,8 +102,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Findings> {
     ));
     let mut covered = BTreeSet::new();
     let mut expected: i128 = 0;
-    for (n, url) in args.database_urls.iter().enumerate() {
-        let mut db = PgConnection::connect(url)
+    let urls = args
+        .database_urls
+        .iter()
+        .flat_map(|list| proto::outbox::split_urls(list));
+    for (n, url) in urls.enumerate() {
+        let mut db = connect_primary(&url)
             .await
             .with_context(|| format!("connecting to outbox database {}", n + 1))?;
         let sources: Vec<(Uuid, i64, i64, String)> = sqlx::query_as(
@@ -144,6 +155,35 @@ pub async fn run(args: &Args) -> anyhow::Result<Findings> {
     Ok(findings)
 }
 
+/// A connection to `url`'s writable primary: its only server, or the first
+/// of its servers (a multi-host URL) not in recovery. A standby may lag, and
+/// would show batches the ledger counted as lost.
+async fn connect_primary(url: &str) -> anyhow::Result<PgConnection> {
+    let servers = proto::outbox::Servers::parse(url);
+    let mut last = None;
+    for (n, server) in servers.urls.iter().enumerate() {
+        match PgConnection::connect(server).await {
+            Ok(mut db) => {
+                let primary: bool = sqlx::query_scalar(proto::outbox::IS_PRIMARY)
+                    .fetch_one(&mut db)
+                    .await?;
+                if primary {
+                    return Ok(db);
+                }
+                last = Some(anyhow::anyhow!(
+                    "server {} of {} is a standby",
+                    n + 1,
+                    servers.urls.len()
+                ));
+            }
+            Err(e) => last = Some(e.into()),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| anyhow::anyhow!("the URL names no server"))
+        .context("no server of the database is a writable primary"))
+}
+
 /// Compares one source's batches; returns the sum of what the ledger applied
 /// of the batches still in the outbox.
 async fn check_source(
@@ -170,7 +210,11 @@ async fn check_source(
     let newest = cuts.last().map_or(purged_through, |c| c.id);
     if horizon > newest {
         findings.discrepancy(format!(
-            "EXTRA source {source}: the ledger has every batch up to {horizon}, the outbox only up to {newest}"
+            "REWOUND source {source}: the ledger counted every batch up to {horizon}, the outbox holds only up to \
+             {newest}: the database lost batches {}..={horizon} that were published and counted (a standby promoted \
+             after asynchronous replication, or a restored backup). Adds acknowledged after batch {newest}'s rows \
+             may be missing from the outbox; those never published are counted nowhere",
+            newest + 1
         ));
     }
     for (batch, parts, spans) in &open {

@@ -24,7 +24,7 @@ use proto::outbox_in_pair as in_pair;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Error, Outbox, identity};
+use super::{Error, Outbox, identity, primary};
 
 /// The relay lock's key: one active relay per outbox database.
 const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
@@ -109,7 +109,7 @@ impl Active {
         let pool = &outbox.pool;
         let mut connection = match standby.connection.take() {
             Some(connection) => connection,
-            None => PgConnection::connect_with(&pool.connect_options()).await?,
+            None => primary::connect(&pool.connect_options()).await?,
         };
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK)

@@ -3,8 +3,9 @@
 //! relay per database cut them into snapshot batches and confirm them
 //! (`batches`), hands the relay the rows from before batches existed and
 //! marks them published (`legacy`),
-//! keeps the database's identity (`identity`) and purges what retention
-//! allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
+//! keeps the database's identity (`identity`), uses only the writable
+//! primary of the database's servers and follows it to a new one
+//! (`primary`) and purges what retention allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
 //! callers hold an [`Outbox`], the relay lock ([`Active`]) and claims
 //! ([`Claim`], [`LegacyClaim`]), the only values that can mark what the
 //! broker confirmed.
@@ -13,8 +14,9 @@ mod batches;
 mod group;
 mod identity;
 mod legacy;
+mod primary;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +30,8 @@ pub use legacy::LegacyClaim;
 pub struct Outbox {
     pool: PgPool,
     group: mpsc::Sender<group::Queued>,
+    /// Keeps the pool on the primary while any clone lives (several servers).
+    _follower: Option<Arc<primary::Follower>>,
 }
 
 /// A recorded Add.
@@ -69,17 +73,27 @@ pub enum Error {
     /// nothing to the batches it holds. Fatal.
     #[error("{0}")]
     Copied(String),
+    /// None of the servers `DATABASE_URL` names is a writable primary now
+    /// (a failover in progress, or all down).
+    #[error("no server of the outbox database is a writable primary")]
+    NoPrimary,
+    /// `DATABASE_URL` asks for something the adder cannot do. Fatal.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Error {
     /// Whether retrying cannot help (the adder must stop).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Copied(_))
+        matches!(self, Error::Copied(_) | Error::Config(_))
     }
 }
 
 impl Outbox {
-    /// Connects to `url` with a pool of at most `max_connections` (each
+    /// Connects to `url` (one server, or several in libpq's multi-host form:
+    /// then to the first writable primary, followed to a new one after a
+    /// failover; never to a standby) with a pool of at most
+    /// `max_connections` (each
     /// waited for at most 3 s, so Adds fail with `UNAVAILABLE` rather than
     /// hang while PostgreSQL is down), runs the migrations (serialised
     /// across adders by sqlx's advisory lock), checks the database's
@@ -88,14 +102,27 @@ impl Outbox {
     /// so fewer WAL flushes, at the price of an Add sometimes waiting for the
     /// commit before its own).
     pub async fn open(url: &str, max_connections: u32, writers: usize) -> Result<Self, Error> {
+        let servers = primary::Servers::parse(url)?;
+        let options = if servers.len() > 1 {
+            servers.find_primary().await?
+        } else {
+            servers.first()
+        };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(url)?;
+            .after_connect(|connection, _| Box::pin(primary::require(connection)))
+            .connect_lazy_with(options);
         sqlx::migrate!("./migrations").run(&pool).await?;
         identity::check(&pool).await?;
+        let follower =
+            (servers.len() > 1).then(|| Arc::new(primary::follow(pool.clone(), servers)));
         let group = group::spawn_writers(&pool, writers.max(1));
-        Ok(Self { pool, group })
+        Ok(Self {
+            pool,
+            group,
+            _follower: follower,
+        })
     }
 
     /// The source new batches are cut under.

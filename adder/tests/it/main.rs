@@ -3,6 +3,7 @@
 
 mod adds;
 mod batches;
+mod failover;
 mod grouping;
 mod grpcurl;
 mod http_api;

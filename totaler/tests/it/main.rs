@@ -12,6 +12,7 @@ mod exactness;
 mod http_limits;
 mod metrics;
 mod monitoring;
+mod rewind;
 mod shutdown;
 mod startup;
 mod sum_range;
