@@ -75,3 +75,19 @@ async fn insert(pool: &sqlx::PgPool, a: i64) -> anyhow::Result<i64> {
             .await?,
     )
 }
+
+/// Transactions committed so far in the database of `url`
+/// (`pg_stat_database.xact_commit`; the statistics lag up to half a second).
+pub async fn commits(url: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(url)
+        .await
+        .context("connecting for pg_stat_database")?;
+    let commits: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    let _ = connection.close().await;
+    Ok(commits)
+}

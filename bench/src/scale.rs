@@ -1,6 +1,8 @@
 //! The scale-out measurement (`bench --scale-out`): the same saturating
 //! load on one database and one totaler, to one adder directly (the
-//! baseline) and through HAProxy to one, two and three adders; per layout,
+//! baseline) and through HAProxy to one, two and three adders (each with
+//! its default group-commit writers, then with the writers of one adder
+//! split among them); per layout,
 //! durable Adds/s and the cores and µs per Add each part spent, medians of
 //! `repeats` rounds with the layouts interleaved. On two cores the absolute
 //! figures are bound by the machine: what it shows is whether the cost per
@@ -25,30 +27,32 @@ use crate::{
     tally::wait_total,
 };
 
-/// Adders, and whether the load goes through HAProxy.
+/// Adders, whether the load goes through HAProxy, and whether the
+/// deployment's group-commit writers are split among the adders (each
+/// gets `ADDER_COMMIT_WRITERS` = a quarter of its pool / adders) rather
+/// than each adder having its own default share.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     adders: usize,
     balanced: bool,
+    split_writers: bool,
 }
 
-const LAYOUTS: [Layout; 4] = [
+const fn layout(adders: usize, balanced: bool, split_writers: bool) -> Layout {
     Layout {
-        adders: 1,
-        balanced: false,
-    },
-    Layout {
-        adders: 1,
-        balanced: true,
-    },
-    Layout {
-        adders: 2,
-        balanced: true,
-    },
-    Layout {
-        adders: 3,
-        balanced: true,
-    },
+        adders,
+        balanced,
+        split_writers,
+    }
+}
+
+const LAYOUTS: [Layout; 6] = [
+    layout(1, false, false),
+    layout(1, true, false),
+    layout(2, true, false),
+    layout(3, true, false),
+    layout(2, true, true),
+    layout(3, true, true),
 ];
 
 /// The parts a row shows, as `cpu::PARTS` names them.
@@ -60,6 +64,8 @@ const PARTS: [&str; 6] = [
 #[derive(Debug, Clone)]
 struct Measured {
     durable_per_s: f64,
+    /// PostgreSQL commits per acknowledged Add (group commits and the relay's).
+    commits_per_add: f64,
     cores: Vec<(&'static str, f64)>,
 }
 
@@ -92,9 +98,15 @@ async fn measure(config: &Config, layout: Layout, dir: &Path) -> anyhow::Result<
     let log = dir.join("services.log");
     let mut adders = Vec::new();
     let mut backends = Vec::new();
+    let writers = (config.db_pool as usize / 4).max(1);
+    let writers = match layout.split_writers {
+        true => (writers / layout.adders).max(1),
+        false => writers,
+    };
     for i in 0..layout.adders {
         let (grpc, http) = (free_addr()?, free_addr()?);
         let env = [
+            ("ADDER_COMMIT_WRITERS", writers.to_string()),
             ("DATABASE_URL", db.url.clone()),
             ("AMQP_URL", config.amqp_url().to_owned()),
             ("TALLY_QUEUE", queue.clone()),
@@ -140,7 +152,7 @@ async fn measure(config: &Config, layout: Layout, dir: &Path) -> anyhow::Result<
         Some(balancer) => balancer.grpc().parse()?,
         None => backends[0].grpc,
     };
-    let measured = saturate(config, target, totaler_http).await;
+    let measured = saturate(config, target, totaler_http, &db.url).await;
     drop(balancer);
     totaler.stop().await?;
     for adder in adders {
@@ -157,6 +169,7 @@ async fn saturate(
     config: &Config,
     target: SocketAddr,
     totaler: SocketAddr,
+    database: &str,
 ) -> anyhow::Result<Measured> {
     let clients = Clients::connect(target, config.grpc_connections).await?;
     let warm = grpc::saturate(&clients, 16, READY, 500, |_| (1, 0)).await;
@@ -166,6 +179,8 @@ async fn saturate(
         warm.first_error
     );
     wait_total(totaler, warm.acked_sum, config.settle()).await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let commits_before = crate::database::commits(database).await?;
     let before = cpu::Sample::take();
     let done = grpc::saturate(
         &clients,
@@ -184,8 +199,12 @@ async fn saturate(
     );
     let started = Instant::now() - done.elapsed;
     let counted = wait_total(totaler, warm.acked_sum + done.acked_sum, config.settle()).await?;
+    // The statistics collector reports at most every 500 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let commits = crate::database::commits(database).await? - commits_before;
     Ok(Measured {
         durable_per_s: done.ok as f64 / (counted - started).as_secs_f64(),
+        commits_per_add: commits as f64 / done.ok.max(1) as f64,
         cores,
     })
 }
@@ -193,20 +212,25 @@ async fn saturate(
 /// The Markdown table: per layout the medians of Adds/s, and per part its
 /// cores and µs per Add.
 fn table(rounds: &[Vec<Measured>]) -> String {
-    let mut text = String::from("| layout | durable Adds/s |");
+    let mut text = String::from("| layout | durable Adds/s | commits per Add |");
     for part in PARTS {
         text.push_str(&format!(" {part} cores (µs/Add) |"));
     }
-    text.push_str("\n|---|---|");
+    text.push_str("\n|---|---|---|");
     text.push_str(&"---|".repeat(PARTS.len()));
     text.push('\n');
     for (layout, measured) in LAYOUTS.iter().zip(rounds) {
         let rate = median(measured.iter().map(|m| m.durable_per_s).collect());
-        let name = match layout.balanced {
-            true => format!("{} adder(s) behind HAProxy", layout.adders),
-            false => "1 adder, direct".to_owned(),
+        let name = match (layout.balanced, layout.split_writers) {
+            (false, _) => "1 adder, direct".to_owned(),
+            (true, false) => format!("{} adder(s) behind HAProxy", layout.adders),
+            (true, true) => format!(
+                "{} adders behind HAProxy, commit writers split",
+                layout.adders
+            ),
         };
-        text.push_str(&format!("| {name} | {rate:.0} |"));
+        let commits = median(measured.iter().map(|m| m.commits_per_add).collect());
+        text.push_str(&format!("| {name} | {rate:.0} | {commits:.3} |"));
         for part in PARTS {
             let cores = median(
                 measured
