@@ -177,6 +177,20 @@ impl Rabbit {
         })
     }
 
+    /// The admin step: declares `queue`'s topology once, before any service
+    /// starts. Services that find a queue missing declare it themselves; two
+    /// doing so at once made RabbitMQ 3.10 give `tally.sums` two Raft
+    /// servers, and after a crash seconds later the queue never had a
+    /// leader again (seed 17494462230635224366: "leader not known").
+    pub async fn declare_topology(&self, queue: &str) -> anyhow::Result<()> {
+        let connection =
+            lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        proto::topology::declare(&channel, queue).await?;
+        let _ = connection.close(200, "declared".into()).await;
+        Ok(())
+    }
+
     /// The Erlang node name (`name@localhost`).
     pub fn node(&self) -> &str {
         &self.node

@@ -59,6 +59,10 @@ impl Stack {
         let postgres =
             tokio::task::block_in_place(|| Postgres::start(root)).context("private PostgreSQL")?;
         let rabbit = Rabbit::start(root).await.context("private RabbitMQ")?;
+        rabbit
+            .declare_topology("tally.sums")
+            .await
+            .context("declaring the queues")?;
         let proxy = Proxy::start(target_of(&rabbit.url())).await;
         let sum_file = data.sum_file();
         let totaler_env = |http: u16| {

@@ -100,7 +100,8 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
         .await
         .expect("remove it");
 
-    // Broken 3: the ledger claims batches the outbox never cut.
+    // Broken 3: the ledger claims batches the outbox never cut (or lost:
+    // a rewound database).
     let source: String = sqlx::query_scalar("SELECT source::text FROM outbox_source")
         .fetch_one(&outbox)
         .await
@@ -120,6 +121,6 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
     std::fs::write(&sum_file, &forged).expect("a ledger ahead of its outbox");
     let (ok, report) = verify(&sum_file, &database);
     assert!(!ok);
-    assert!(report.contains("EXTRA"), "{report}");
+    assert!(report.contains("REWOUND"), "{report}");
     broker.delete().await;
 }
