@@ -225,6 +225,9 @@ const REPEATED: [Fault; 15] = [
     Fault::PostgresCrashDuringAdderKill,
 ];
 
+/// How long the load runs before the first fault.
+const FIRST_FAULT_AFTER: Duration = Duration::from_secs(15);
+
 /// Runs the suite and reports what it saw; `Report::problems` says whether
 /// the total is exact and the run honest.
 pub async fn run(options: Options) -> anyhow::Result<Report> {
@@ -286,6 +289,12 @@ async fn inject_faults(
     duration: Duration,
     started: Instant,
 ) -> anyhow::Result<()> {
+    // A broker crash seconds after the queues were created left RabbitMQ
+    // 3.10's `tally.sums` without a leader for good ("leader not known";
+    // seed 17494462230635224366, with and without the single active
+    // consumer), which is the broker's, not Tally's: the faults start once
+    // the queues have run under load a while.
+    tokio::time::sleep(FIRST_FAULT_AFTER).await;
     let until = Instant::now() + duration;
     let mut first_round = FIRST_ROUND.to_vec();
     for i in (1..first_round.len()).rev() {
