@@ -406,20 +406,10 @@ pub(crate) async fn settle_and_check(
 }
 
 async fn gather(stack: &Stack, tally: &Tally, options: &Options) -> anyhow::Result<Report> {
-    let served = match http_get(stack.totaler.http, "/sum").await {
-        Some((200, body)) => exact_sum(&body).ok_or_else(|| format!("body {body:?}")),
-        Some((status, body)) => Err(format!("{status} {body:?}")),
-        None => Err("no answer".to_owned()),
-    };
-    let file = std::fs::read_to_string(stack.data.sum_file())
-        .ok()
-        .and_then(|text| text.lines().next().and_then(|line| line.parse().ok()));
+    let served = served(stack.totaler.http).await;
+    let file = file_total(&stack.data.sum_file());
     let url = stack.postgres.url();
-    let uncertain = tally.uncertain.lock().expect("tally lock").clone();
-    let committed = outbox::committed_of(&url, &uncertain)
-        .await
-        .unwrap_or_default();
-    let expected = tally.sum() + committed.iter().map(|(_, s)| i128::from(*s)).sum::<i128>();
+    let (uncertain, committed, expected) = expected(tally, &url).await;
     let (ready, dead_letters) = queues(&stack.rabbit.url())
         .await
         .unwrap_or((u32::MAX, u32::MAX));
@@ -454,6 +444,33 @@ async fn gather(stack: &Stack, tally: &Tally, options: &Options) -> anyhow::Resu
         settle: Duration::ZERO,
         elapsed: Duration::ZERO,
     })
+}
+
+/// `GET /sum` of the totaler at `addr`, parsed as an exact integer.
+pub async fn served(addr: std::net::SocketAddr) -> Result<i128, String> {
+    match http_get(addr, "/sum").await {
+        Some((200, body)) => exact_sum(&body).ok_or_else(|| format!("body {body:?}")),
+        Some((status, body)) => Err(format!("{status} {body:?}")),
+        None => Err("no answer".to_owned()),
+    }
+}
+
+/// The total on the first line of the ledger at `path`.
+pub fn file_total(path: &Path) -> Option<i128> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.lines().next().and_then(|line| line.parse().ok()))
+}
+
+/// The uncertain Adds, those of them the outbox at `url` committed, and
+/// the total they and the acknowledged ones make.
+pub async fn expected(tally: &Tally, url: &str) -> (Vec<(i64, i64)>, Vec<(i64, i64)>, i128) {
+    let uncertain = tally.uncertain.lock().expect("tally lock").clone();
+    let committed = outbox::committed_of(url, &uncertain)
+        .await
+        .unwrap_or_default();
+    let expected = tally.sum() + committed.iter().map(|(_, s)| i128::from(*s)).sum::<i128>();
+    (uncertain, committed, expected)
 }
 
 /// The dead-letter queue must hold exactly the hostile messages, body for body.

@@ -15,12 +15,10 @@ use std::{
 use super::{CLUSTER_FAULTS, Cluster};
 use crate::{
     Options,
-    inputs::exact_sum,
     load::Tally,
     metrics::{CONSUMED, GRPC_ADDS_OK},
     outbox::{self, Outbox},
-    process::http_get,
-    report::{queues, run_verify},
+    report::{self, queues, run_verify},
 };
 
 /// What a cluster run did and what it found.
@@ -88,22 +86,11 @@ async fn gather(
 ) -> anyhow::Result<ClusterReport> {
     let mut served = Vec::new();
     for totaler in &cluster.totalers {
-        let sum = match http_get(totaler.http, "/sum").await {
-            Some((200, body)) => exact_sum(&body).ok_or_else(|| format!("body {body:?}")),
-            Some((status, body)) => Err(format!("{status} {body:?}")),
-            None => Err("no answer".to_owned()),
-        };
-        served.push((totaler.name.clone(), sum));
+        served.push((totaler.name.clone(), report::served(totaler.http).await));
     }
-    let file = std::fs::read_to_string(&cluster.sum_file)
-        .ok()
-        .and_then(|text| text.lines().next().and_then(|line| line.parse().ok()));
+    let file = report::file_total(&cluster.sum_file);
     let url = cluster.postgres.url();
-    let uncertain = tally.uncertain.lock().expect("tally lock").clone();
-    let committed = outbox::committed_of(&url, &uncertain)
-        .await
-        .unwrap_or_default();
-    let expected = tally.sum() + committed.iter().map(|(_, s)| i128::from(*s)).sum::<i128>();
+    let (uncertain, committed, expected) = report::expected(tally, &url).await;
     let (ready, dead_letters) = match cluster.brokers.any_url() {
         Ok(url) => queues(&url).await.unwrap_or((u32::MAX, u32::MAX)),
         Err(_) => (u32::MAX, u32::MAX),
