@@ -29,9 +29,12 @@
 //!
 //! A cluster mode (`cluster::run`, its own test) runs the same binaries on
 //! a three-node RabbitMQ cluster behind HAProxy and loses a node at a time.
+//! A failover mode (`failover::run`, its own test) puts the outbox on three
+//! PostgreSQL members under Patroni and loses the primary again and again.
 //!
 //! # Layout
 //! - `cluster`: the cluster mode (three broker nodes, HAProxy, standbys).
+//! - `failover`: the failover mode (Patroni promotes, the adders follow).
 //! - `servers`: the private PostgreSQL cluster and RabbitMQ node.
 //! - `process`: the service binaries as child processes.
 //! - `stack`: everything a run holds, started and stopped together.
@@ -49,6 +52,7 @@
 pub mod cluster;
 pub mod crashes;
 pub mod disk;
+pub mod failover;
 pub mod hostile;
 pub mod inputs;
 pub mod load;
