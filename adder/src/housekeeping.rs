@@ -1,7 +1,8 @@
 //! Periodic outbox upkeep: refreshes `adder_outbox_pending` every second and
 //! purges rows of confirmed batches past retention, whole batches at a
 //! time in rounds of about `PURGE_BATCH` rows, every minute: off the hot
-//! path, in its own transactions.
+//! path, in its own transactions. Work waiting on a primary the adder has
+//! left (a hung one) is given up at the move.
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,7 +28,11 @@ pub async fn run(
             _ = interval.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Ok(pending) = outbox.pending().await {
+        let pending = tokio::select! {
+            pending = outbox.pending() => pending.ok(),
+            () = outbox.moved() => None,
+        };
+        if let Some(pending) = pending {
             metrics.outbox_pending.set(pending);
         }
         ticks += 1;
@@ -40,7 +45,11 @@ pub async fn run(
 async fn purge(outbox: &Outbox, retention: Duration, shutdown: &CancellationToken) {
     let mut total = 0;
     while !shutdown.is_cancelled() {
-        match outbox.purge(retention, PURGE_BATCH).await {
+        let purged = tokio::select! {
+            purged = outbox.purge(retention, PURGE_BATCH) => purged,
+            () = outbox.moved() => Err(crate::outbox::Error::Moved),
+        };
+        match purged {
             Ok(deleted) => {
                 total += deleted;
                 if deleted == 0 {

@@ -12,8 +12,8 @@
 //! confirmed. Up to `WINDOW` batches await their confirms while the next is
 //! cut and published.
 //!
-//! A nack, a return, a confirm timeout or a lost channel ends the active
-//! period: the lock is released and every unconfirmed batch is published
+//! A nack, a return, a confirm timeout, a lost channel or the adder's move
+//! to a new primary of the outbox database ends the active period: the lock is released and every unconfirmed batch is published
 //! again on the next one, which the ledger counts once. It never marks a
 //! batch before all its confirms, and stops only between batches.
 
@@ -148,7 +148,16 @@ impl Relay {
             if !channel.status().connected() {
                 return Err(Error::Disconnected);
             }
-            match Active::try_acquire(&self.outbox, &mut waiting).await {
+            // A try on a primary that hangs would never end: a move to a
+            // new one ends it (and drops the connection kept for tries).
+            let tried = tokio::select! {
+                tried = Active::try_acquire(&self.outbox, &mut waiting) => tried,
+                () = self.outbox.moved() => {
+                    waiting = outbox::Standby::default();
+                    Err(outbox::Error::Moved)
+                }
+            };
+            match tried {
                 Ok(Some(active)) => break active,
                 Ok(None) => {}
                 Err(e) if e.is_fatal() => {
@@ -163,9 +172,15 @@ impl Relay {
         };
         tracing::info!("relay is the active relay of this outbox");
         self.metrics.relay_active.set(1);
-        let result = self.publish_all(&mut active, channel, shutdown).await;
+        // The lock lives on the old primary: once the adder moved to a new
+        // one, this period ends (the old one may hang rather than fail) and
+        // the next takes the lock there, publishing what is unconfirmed.
+        let result = tokio::select! {
+            result = self.publish_all(&mut active, channel, shutdown) => result,
+            () = self.outbox.moved() => Err(Error::Outbox(outbox::Error::Moved)),
+        };
         self.metrics.relay_active.set(0);
-        active.release().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, active.release()).await;
         result
     }
 

@@ -3,7 +3,8 @@
 //! with SIGTERM and a grace period, and SIGKILLed when dropped (so an
 //! aborted test or run leaves nothing behind); and waiting for a child with
 //! a deadline: a test that waits on a child process must fail, not hang,
-//! when the process does not exit in time.
+//! when the process does not exit in time; and [`Frozen`] processes
+//! (SIGSTOP), a server that hangs with its connections open.
 
 use std::{
     fs::OpenOptions,
@@ -117,6 +118,65 @@ pub fn signal(pid: u32, name: &str) -> io::Result<()> {
     } else {
         Err(io::Error::other(format!("kill -{name} {pid}: {status}")))
     }
+}
+
+/// Processes stopped with SIGSTOP, as a machine that hangs: their sockets
+/// stay open and the kernel still accepts connections, but nothing is
+/// answered. SIGCONT at [`Frozen::thaw`] or on drop.
+#[derive(Debug)]
+pub struct Frozen {
+    pids: Vec<u32>,
+}
+
+impl Frozen {
+    /// SIGSTOP to each of `pids`, in order.
+    pub fn stop(pids: Vec<u32>) -> io::Result<Self> {
+        for &pid in &pids {
+            signal(pid, "STOP")?;
+        }
+        Ok(Self { pids })
+    }
+
+    /// SIGCONT to each, in reverse order.
+    pub fn thaw(mut self) -> io::Result<()> {
+        self.cont()
+    }
+
+    fn cont(&mut self) -> io::Result<()> {
+        let mut result = Ok(());
+        for pid in self.pids.drain(..).rev() {
+            if let Err(e) = signal(pid, "CONT") {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = self.cont();
+    }
+}
+
+/// The processes whose parent is `parent` (from `/proc`).
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The fields after the command name, which is in parentheses.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// Waits for `child` to exit within `limit`; past it, kills the child and

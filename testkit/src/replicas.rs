@@ -1,8 +1,8 @@
 //! Private PostgreSQL servers for replication tests: a primary made with
 //! `initdb` in a temporary directory on a free port, standbys streaming
 //! from it (`pg_basebackup -R`), base backups restored as servers of their
-//! own; each crashed (`pg_ctl -m immediate`), promoted or stopped by the
-//! test alone, so nothing else is disturbed. When the tests run as root the
+//! own; each crashed (`pg_ctl -m immediate`), frozen (SIGSTOP), promoted or
+//! stopped by the test alone, so nothing else is disturbed. When the tests run as root the
 //! server commands run as the `postgres` user (PostgreSQL refuses root).
 //! Role `tally`, trust authentication, database `postgres`.
 
@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::free_port;
+use crate::{
+    free_port,
+    process::{Frozen, children},
+};
 
 /// One private PostgreSQL server and its data directory.
 pub struct Server {
@@ -194,6 +197,18 @@ impl Server {
     /// Stops the server cleanly (`-m fast`).
     pub fn stop(&self) -> anyhow::Result<()> {
         self.pg_ctl("stop", &["-m", "fast"])
+    }
+
+    /// Stops the postmaster and every backend with SIGSTOP: a server that
+    /// hangs with its connections open; SIGCONT when the guard drops.
+    pub fn freeze(&self) -> anyhow::Result<Frozen> {
+        let pid_file = self.data().join("postmaster.pid");
+        let text = fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?;
+        let postmaster: u32 = text.lines().next().unwrap_or_default().trim().parse()?;
+        let mut pids = vec![postmaster];
+        pids.extend(children(postmaster));
+        Ok(Frozen::stop(pids)?)
     }
 
     /// Promotes a standby to primary (a new timeline) and waits for it.

@@ -109,7 +109,7 @@ impl Active {
         let pool = &outbox.pool;
         let mut connection = match standby.connection.take() {
             Some(connection) => connection,
-            None => primary::connect(&pool.connect_options()).await?,
+            None => primary::connect_within(&pool.connect_options()).await?,
         };
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(RELAY_LOCK)

@@ -10,6 +10,10 @@
 //! NOTHING`), and those are looked up after it. An id repeated within one
 //! group is inserted once; its repeats are answered from that row.
 //!
+//! A writer waiting on a primary that the adder has since left (a hung
+//! server: nothing fails, nothing answers) gives its group up with
+//! `Error::Moved` and goes on with the next group on the new primary.
+//!
 //! One caller's data never fails another: a group whose statement PostgreSQL
 //! refuses for its data (an SQLSTATE of class 22 or 23) is retried row by
 //! row, so only the offending Add fails, with `Error::Refused`. A group whose
@@ -25,7 +29,7 @@ use std::{
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Error, Recorded};
+use super::{Error, Recorded, primary};
 
 /// An Add waiting for a group commit.
 pub(super) struct Queued {
@@ -60,18 +64,27 @@ const INSERT_TRACED: &str = "INSERT INTO outbox (a, b, sum, request_id, tracepar
 
 /// Starts the group-commit writers; they stop when every `Outbox` clone
 /// (every sender) is gone and the queue is empty.
-pub(super) fn spawn_writers(pool: &PgPool, writers: usize) -> mpsc::Sender<Queued> {
+pub(super) fn spawn_writers(
+    pool: &PgPool,
+    writers: usize,
+    moves: Option<primary::Moves>,
+) -> mpsc::Sender<Queued> {
     let (sender, receiver) = mpsc::channel(GROUP_QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..writers {
-        tokio::spawn(write_groups(pool.clone(), receiver.clone()));
+        tokio::spawn(write_groups(pool.clone(), receiver.clone(), moves.clone()));
     }
     sender
 }
 
 /// One writer: takes everything queued (one Add at least), commits it as one
-/// statement, answers each caller, repeats.
-async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
+/// statement, answers each caller, repeats; gives a group up when the adder
+/// moves to a new primary before the old one answered.
+async fn write_groups(
+    pool: PgPool,
+    queue: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    moves: Option<primary::Moves>,
+) {
     let mut group = Vec::with_capacity(GROUP_MAX_ROWS);
     loop {
         {
@@ -80,21 +93,32 @@ async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
                 return;
             }
         }
-        let answers = match commit_group(&pool, &group).await {
-            Err(e) if group.len() > 1 && is_data_error(&e) => {
-                tracing::warn!(error = %e, adds = group.len(), "a group commit was refused for its data; retrying its Adds one by one");
-                one_by_one(&pool, &group).await
+        let answers = tokio::select! {
+            answers = answer_group(&pool, &group) => answers,
+            () = primary::moved(moves.as_ref()) => {
+                tracing::warn!(adds = group.len(), "the outbox moved to a new primary before the old one answered a group commit; its Adds get UNAVAILABLE");
+                group.iter().map(|_| Err(Error::Moved)).collect()
             }
-            Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
-            Err(e) => {
-                let e = Arc::new(e);
-                group.iter().map(|_| Err(Error::Group(e.clone()))).collect()
-            }
-            Ok(answers) => answers,
         };
         for (queued, answer) in group.drain(..).zip(answers) {
             let _ = queued.committed.send(answer);
         }
+    }
+}
+
+/// Commits `group` and answers each of its Adds, in order.
+async fn answer_group(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Error>> {
+    match commit_group(pool, group).await {
+        Err(e) if group.len() > 1 && is_data_error(&e) => {
+            tracing::warn!(error = %e, adds = group.len(), "a group commit was refused for its data; retrying its Adds one by one");
+            one_by_one(pool, group).await
+        }
+        Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
+        Err(e) => {
+            let e = Arc::new(e);
+            group.iter().map(|_| Err(Error::Group(e.clone()))).collect()
+        }
+        Ok(answers) => answers,
     }
 }
 

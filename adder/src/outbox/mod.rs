@@ -32,6 +32,8 @@ pub struct Outbox {
     group: mpsc::Sender<group::Queued>,
     /// Keeps the pool on the primary while any clone lives (several servers).
     _follower: Option<Arc<primary::Follower>>,
+    /// The follower's moves to a new primary (several servers).
+    moves: Option<primary::Moves>,
 }
 
 /// A recorded Add.
@@ -77,6 +79,11 @@ pub enum Error {
     /// (a failover in progress, or all down).
     #[error("no server of the outbox database is a writable primary")]
     NoPrimary,
+    /// The adder moved to a new primary while this work waited on the old
+    /// one for an answer; a group commit so cut short may or may not have
+    /// been committed.
+    #[error("the outbox database's primary changed before it answered")]
+    Moved,
     /// `DATABASE_URL` asks for something the adder cannot do. Fatal.
     #[error("{0}")]
     Config(String),
@@ -115,14 +122,26 @@ impl Outbox {
             .connect_lazy_with(options);
         sqlx::migrate!("./migrations").run(&pool).await?;
         identity::check(&pool).await?;
-        let follower =
-            (servers.len() > 1).then(|| Arc::new(primary::follow(pool.clone(), servers)));
-        let group = group::spawn_writers(&pool, writers.max(1));
+        let (follower, moves) = if servers.len() > 1 {
+            let (follower, moves) = primary::follow(pool.clone(), servers);
+            (Some(Arc::new(follower)), Some(moves))
+        } else {
+            (None, None)
+        };
+        let group = group::spawn_writers(&pool, writers.max(1), moves.clone());
         Ok(Self {
             pool,
             group,
             _follower: follower,
+            moves,
         })
+    }
+
+    /// Resolves when the adder moves to another server of the database (a
+    /// new primary): work still waiting on the old one will get no answer
+    /// if that one hangs, and must start again. Never, with one server.
+    pub async fn moved(&self) {
+        primary::moved(self.moves.as_ref()).await;
     }
 
     /// The source new batches are cut under.

@@ -12,7 +12,7 @@
 use std::{io, str::FromStr, time::Duration};
 
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
 use super::Error;
 
@@ -29,6 +29,24 @@ pub struct Servers {
 
 /// The follower task; dropping it (with the last `Outbox`) stops it.
 pub struct Follower(JoinHandle<()>);
+
+/// The follower's announcements: the count of moves to another server.
+pub type Moves = watch::Receiver<u64>;
+
+/// Resolves at the next move to another server after the call (never,
+/// without a follower: one server).
+pub async fn moved(moves: Option<&Moves>) {
+    match moves {
+        Some(moves) => {
+            let mut moves = moves.clone();
+            moves.borrow_and_update();
+            if moves.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
 
 /// A server that answered but is a standby.
 #[derive(Debug, thiserror::Error)]
@@ -97,25 +115,31 @@ pub async fn connect(options: &PgConnectOptions) -> Result<PgConnection, sqlx::E
     Ok(connection)
 }
 
-/// [`connect`], bounded by [`CONNECT_TIMEOUT`].
-async fn connect_within(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+/// [`connect`], bounded by [`CONNECT_TIMEOUT`] (a hung server accepts the
+/// TCP connection and then says nothing).
+pub async fn connect_within(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
     tokio::time::timeout(CONNECT_TIMEOUT, connect(options))
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
-/// Starts the follower of `pool` (see the module docs).
-pub fn follow(pool: PgPool, servers: Servers) -> Follower {
-    Follower(tokio::spawn(run(pool, servers)))
+/// Starts the follower of `pool` (see the module docs), and what it
+/// announces.
+pub fn follow(pool: PgPool, servers: Servers) -> (Follower, Moves) {
+    let (moves, announced) = watch::channel(0);
+    (Follower(tokio::spawn(run(pool, servers, moves))), announced)
 }
 
-async fn run(pool: PgPool, servers: Servers) {
+async fn run(pool: PgPool, servers: Servers, moves: watch::Sender<u64>) {
     let mut watch: Option<PgConnection> = None;
     let mut lost = false;
     loop {
         tokio::time::sleep(CHECK).await;
         if let Some(connection) = watch.as_mut()
-            && matches!(require(connection).await, Ok(()))
+            && matches!(
+                tokio::time::timeout(CONNECT_TIMEOUT, require(connection)).await,
+                Ok(Ok(()))
+            )
         {
             continue;
         }
@@ -132,6 +156,7 @@ async fn run(pool: PgPool, servers: Servers) {
                         "the outbox database has a new primary; new connections go to it"
                     );
                     pool.set_connect_options(options);
+                    moves.send_modify(|count| *count += 1);
                 } else if lost {
                     tracing::info!("the outbox database's primary answers again");
                 }

@@ -3,7 +3,8 @@
 //! primary crashes, the standby is promoted, and the adder moves to it by
 //! itself. Adds in between fail with UNAVAILABLE only, retries with their
 //! request ids are recognised, and the relay publishes every acknowledged
-//! Add from the new primary.
+//! Add from the new primary; and the same when the primary does not crash
+//! but hangs (SIGSTOP), its connections open and silent.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -131,6 +132,63 @@ async fn the_adder_follows_a_promoted_standby_and_every_acknowledged_add_is_publ
         2,
         "the promoted standby cuts under a new source"
     );
+    adder.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adder_leaves_a_primary_that_hangs_for_the_promoted_standby() {
+    let mut servers = Servers::new("failover-hang").expect("a directory for the servers");
+    let (primary, standby, url) = synchronous_pair(&mut servers);
+    let queue = unique_queue("failover-hang");
+    let broker = Broker::connect(&queue).await;
+    let adder = spawn_adder(config(&url, &amqp_url(), &queue)).await;
+    let mut client = adder.client().await;
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..10 {
+        acknowledged.insert(
+            add_until_ok(&mut client, i, &format!("before-{i}"))
+                .await
+                .outbox_id,
+        );
+    }
+    let mut seen = Published::default();
+    wait_published(&broker, &mut seen, &acknowledged).await;
+
+    // The primary hangs: its connections stay open and nothing answers, so
+    // nothing the adder waits on there fails by itself.
+    let frozen = tokio::task::block_in_place(|| primary.freeze()).expect("freeze the primary");
+    let mut stuck_client = client.clone();
+    let stuck = tokio::spawn(async move { call(&mut stuck_client, 100, 1, "stuck").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| standby.promote()).expect("promote the standby");
+
+    // While the old primary is still frozen, Adds must succeed on the new one.
+    for i in 0..10 {
+        acknowledged.insert(
+            add_until_ok(&mut client, i, &format!("after-{i}"))
+                .await
+                .outbox_id,
+        );
+    }
+    let stuck = tokio::time::timeout(Duration::from_secs(30), stuck)
+        .await
+        .expect("the Add waiting on the hung primary is answered once the adder moved")
+        .expect("join");
+    match stuck {
+        Ok(response) => {
+            acknowledged.insert(response.outbox_id);
+        }
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+    }
+    // Its retry is answered by the new primary, once.
+    acknowledged.insert(add_until_ok(&mut client, 100, "stuck").await.outbox_id);
+    wait_published(&broker, &mut seen, &acknowledged).await;
+    assert_eq!(
+        seen.rows, acknowledged,
+        "nothing but acknowledged Adds is published"
+    );
+    frozen.thaw().expect("thaw the old primary");
     adder.stop().await;
     broker.delete().await;
 }

@@ -4,8 +4,11 @@
 //! retrying load (and id-less Adds) it loses the primary, by SIGKILL of its
 //! machine and by `pg_ctl -m immediate` under a dead Patroni, lets Patroni
 //! promote the synchronous standby, starts the old primary again and waits
-//! for it to rejoin as a replica (pg_rewind); it also kills the synchronous
-//! standby and crashes the primary under a live Patroni. Each promotion
+//! for it to rejoin as a replica (pg_rewind); it freezes the primary
+//! (SIGSTOP: a hung machine, its connections open and silent) and requires
+//! the adders to leave it for the promoted standby while it is frozen; it
+//! also kills the synchronous standby and crashes the primary under a live
+//! Patroni. Each promotion
 //! must be followed by Adds and the relay resuming on the new primary, and
 //! at the end `report` requires the total to equal the acknowledged Adds,
 //! the outbox to reconcile and `totaler verify` to agree across every
@@ -66,15 +69,21 @@ pub enum DbFault {
     /// `pg_ctl -m immediate` on the primary while its Patroni lives:
     /// Patroni restarts it or fails over, whichever it decides.
     CrashInPlace,
+    /// SIGSTOP of the primary's Patroni and PostgreSQL (a hung machine,
+    /// its connections open and silent): the standby is promoted, and Adds
+    /// must resume on it while the old primary is still frozen; then
+    /// SIGCONT, and the old primary must step down and rejoin.
+    FreezePrimary,
     /// SIGKILL of the synchronous standby's machine: strict replication
     /// must move to the other replica, and commits go on.
     KillSyncStandby,
 }
 
 /// Every kind, in the order of the first round.
-pub const DB_FAULTS: [DbFault; 4] = [
+pub const DB_FAULTS: [DbFault; 5] = [
     DbFault::KillPrimary,
     DbFault::KillSyncStandby,
+    DbFault::FreezePrimary,
     DbFault::CrashPrimary,
     DbFault::CrashInPlace,
 ];
@@ -314,6 +323,22 @@ impl Failover {
                 }
                 self.await_promotion(fault, primary, at, &mut timing).await;
                 primary
+            }
+            DbFault::FreezePrimary => {
+                let at = Instant::now();
+                let frozen = self.blocking(|p| p.freeze(primary))?;
+                self.await_promotion(fault, primary, at, &mut timing).await;
+                frozen.thaw()?;
+                let thawed = Instant::now();
+                if self.patroni.wait_replica(primary, REJOIN_LIMIT).await {
+                    timing.rejoined_after = Some(thawed.elapsed());
+                } else {
+                    self.fail(format!(
+                        "{fault:?}: {} did not step down and rejoin as a replica {REJOIN_LIMIT:?} after it thawed",
+                        Patroni::name(primary)
+                    ));
+                }
+                return Ok(timing);
             }
             DbFault::CrashInPlace => {
                 // pg_ctl returns once the server is gone: Adds acknowledged

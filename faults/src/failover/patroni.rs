@@ -4,7 +4,8 @@
 //! Members are asked through Patroni's REST API what they are (`/primary`,
 //! `/replica`, `/sync`), and lost the ways a database server is lost:
 //! SIGKILL of the machine (Patroni and postmaster), a crash of PostgreSQL
-//! under a dead Patroni (`pg_ctl -m immediate`), a crash under a live one.
+//! under a dead Patroni (`pg_ctl -m immediate`), a crash under a live one,
+//! a machine that hangs (SIGSTOP) with its connections open.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -14,6 +15,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+
+use testkit::process::{Frozen, children};
 
 use crate::process::{http_get, run};
 
@@ -90,7 +93,14 @@ impl Patroni {
     /// What member `i` says it is.
     pub async fn role(&self, i: usize) -> Role {
         let rest: SocketAddr = ([127, 0, 0, 1], self.rest + i as u16).into();
-        let answers = async |path: &str| http_get(rest, path).await.is_some_and(|(s, _)| s == 200);
+        // A frozen member's REST API accepts and never answers: bound it.
+        let answers = async |path: &str| {
+            tokio::time::timeout(Duration::from_secs(1), http_get(rest, path))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(s, _)| s == 200)
+        };
         if answers("/primary").await {
             Role::Primary
         } else if answers("/replica").await {
@@ -161,6 +171,24 @@ impl Patroni {
         run(Command::new("kill").args(["-KILL", pid.trim()]))?;
         std::fs::remove_file(&pid_file)?;
         self.crash(i)
+    }
+
+    /// SIGSTOP to member `i`'s Patroni, postmaster and every backend: a
+    /// machine that hangs with its connections open (nothing is refused or
+    /// reset; queries just get no answer). SIGCONT when the guard drops.
+    pub fn freeze(&self, i: usize) -> anyhow::Result<Frozen> {
+        let mut pids = Vec::new();
+        let pid_file = self.dir.join(format!("{}.pid", Self::name(i)));
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            pids.push(pid.trim().parse()?);
+        }
+        let postmaster = self.dir.join(Self::name(i)).join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&postmaster)
+            .with_context(|| format!("reading {}", postmaster.display()))?;
+        let postmaster: u32 = text.lines().next().unwrap_or_default().trim().parse()?;
+        pids.push(postmaster);
+        pids.extend(children(postmaster));
+        Ok(Frozen::stop(pids)?)
     }
 
     /// `pg_ctl -m immediate` on member `i`'s PostgreSQL; Patroni stays.

@@ -135,7 +135,12 @@ impl FailoverReport {
         let lost_primaries = self
             .timings
             .iter()
-            .filter(|t| matches!(t.fault, DbFault::KillPrimary | DbFault::CrashPrimary))
+            .filter(|t| {
+                matches!(
+                    t.fault,
+                    DbFault::KillPrimary | DbFault::CrashPrimary | DbFault::FreezePrimary
+                )
+            })
             .count();
         let resumed = self
             .timings
