@@ -96,6 +96,15 @@ impl Error {
     }
 }
 
+/// Opens a connection for each writer before the first Add, all at once:
+/// on a loaded machine opening one took 2-3 s, and the first Adds, each
+/// waiting for one, timed out (the pool's acquire limit) as UNAVAILABLE. A
+/// connection that cannot be opened now is simply opened later.
+async fn warm(pool: &PgPool, writers: usize) {
+    let opened = futures_util::future::join_all((0..writers).map(|_| pool.acquire())).await;
+    drop(opened);
+}
+
 impl Outbox {
     /// Connects to `url` (one server, or several in libpq's multi-host form:
     /// then to the first writable primary, followed to a new one after a
@@ -128,6 +137,7 @@ impl Outbox {
         } else {
             (None, None)
         };
+        warm(&pool, writers.max(1)).await;
         let group = group::spawn_writers(&pool, writers.max(1), moves.clone());
         Ok(Self {
             pool,

@@ -270,7 +270,7 @@ impl Failover {
                 }
                 None => return Ok(()),
             };
-            self.pause(2000, 4000).await;
+            self.pause(1000, 2000).await;
             eprintln!(
                 "faults failover: t={:>6.1}s {fault:?}",
                 started.elapsed().as_secs_f64()
@@ -357,7 +357,7 @@ impl Failover {
                 return Ok(timing);
             }
         };
-        self.pause(1000, 3000).await;
+        self.pause(500, 1500).await;
         let start = Instant::now();
         self.blocking(|p| p.start_member(lost))?;
         if self.patroni.wait_replica(lost, REJOIN_LIMIT).await {
