@@ -15,9 +15,11 @@
 //! source (each promotion starts a new timeline, so a new source).
 //!
 //! # Layout
+//! - `inject`: each fault and what must follow it.
 //! - `patroni`: the Patroni cluster, its members' roles, their faults.
 //! - `report`: the final checks and their report.
 
+mod inject;
 pub mod patroni;
 pub mod report;
 
@@ -25,10 +27,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -41,12 +40,12 @@ use testkit::{
 use crate::{
     Options,
     load::{Load, Shape, Tally},
-    metrics::{PUBLISHED_ROWS, Sampler, scrape, value},
+    metrics::Sampler,
     process::{Service, binary},
     rng::Rng,
     servers::Rabbit,
 };
-use patroni::{MEMBERS, Patroni, Role};
+use patroni::Patroni;
 pub use report::FailoverReport;
 
 /// The queue of the run.
@@ -256,275 +255,5 @@ impl Failover {
         }
         failover.totaler.start().await?;
         Ok(failover)
-    }
-
-    /// Every kind once (the first round), then random kinds until `duration`.
-    async fn inject_faults(&mut self, duration: Duration, started: Instant) -> anyhow::Result<()> {
-        let until = Instant::now() + duration;
-        let mut first = DB_FAULTS.iter().copied();
-        loop {
-            let fault = match first.next() {
-                Some(fault) => fault,
-                None if Instant::now() < until => {
-                    DB_FAULTS[self.rng.range(0, DB_FAULTS.len() as u64) as usize]
-                }
-                None => return Ok(()),
-            };
-            self.pause(1000, 2000).await;
-            eprintln!(
-                "faults failover: t={:>6.1}s {fault:?}",
-                started.elapsed().as_secs_f64()
-            );
-            let at = Instant::now();
-            let gap = GapWatch::start(self.tally.clone());
-            let mut timing = self.inject(fault).await?;
-            self.wait_whole().await;
-            timing.add_gap = gap.stop().await;
-            eprintln!(
-                "faults failover:          {fault:?} took {:.1?}: {timing:?}",
-                at.elapsed()
-            );
-            *self.runs.entry(format!("{fault:?}")).or_default() += 1;
-            self.timings.push(timing);
-        }
-    }
-
-    async fn inject(&mut self, fault: DbFault) -> anyhow::Result<Timing> {
-        let mut timing = Timing {
-            fault,
-            add_gap: Duration::ZERO,
-            promoted_after: None,
-            adds_resumed_after: None,
-            relay_resumed_after: None,
-            rejoined_after: None,
-        };
-        let Some(primary) = self.patroni.primary().await else {
-            self.fail(format!("{fault:?}: no single primary before the fault"));
-            return Ok(timing);
-        };
-        let lost = match fault {
-            DbFault::KillSyncStandby => {
-                let Some(standby) = self.patroni.sync_standby().await else {
-                    self.fail(format!(
-                        "{fault:?}: no synchronous standby before the fault"
-                    ));
-                    return Ok(timing);
-                };
-                self.blocking(|p| p.kill(standby))?;
-                timing.adds_resumed_after = self.require_commits(fault).await;
-                standby
-            }
-            DbFault::KillPrimary | DbFault::CrashPrimary => {
-                let at = Instant::now();
-                if fault == DbFault::KillPrimary {
-                    self.blocking(|p| p.kill(primary))?;
-                } else {
-                    self.blocking(|p| p.crash_unmanaged(primary))?;
-                }
-                self.await_promotion(fault, primary, at, &mut timing).await;
-                primary
-            }
-            DbFault::FreezePrimary => {
-                let at = Instant::now();
-                let frozen = self.blocking(|p| p.freeze(primary))?;
-                self.await_promotion(fault, primary, at, &mut timing).await;
-                frozen.thaw()?;
-                let thawed = Instant::now();
-                if self.patroni.wait_replica(primary, REJOIN_LIMIT).await {
-                    timing.rejoined_after = Some(thawed.elapsed());
-                } else {
-                    self.fail(format!(
-                        "{fault:?}: {} did not step down and rejoin as a replica {REJOIN_LIMIT:?} after it thawed",
-                        Patroni::name(primary)
-                    ));
-                }
-                return Ok(timing);
-            }
-            DbFault::CrashInPlace => {
-                // pg_ctl returns once the server is gone: Adds acknowledged
-                // after that were committed by whichever server Patroni
-                // brought up (its REST API may still say "primary" meanwhile).
-                self.blocking(|p| p.crash(primary))?;
-                timing.adds_resumed_after = self.require_commits(fault).await;
-                if self
-                    .patroni
-                    .wait_primary(None, PROMOTION_LIMIT)
-                    .await
-                    .is_some_and(|now| now != primary)
-                {
-                    self.promotions += 1;
-                }
-                return Ok(timing);
-            }
-        };
-        self.pause(500, 1500).await;
-        let start = Instant::now();
-        self.blocking(|p| p.start_member(lost))?;
-        if self.patroni.wait_replica(lost, REJOIN_LIMIT).await {
-            timing.rejoined_after = Some(start.elapsed());
-        } else {
-            self.fail(format!(
-                "{fault:?}: {} did not rejoin as a replica {REJOIN_LIMIT:?} after its start",
-                Patroni::name(lost)
-            ));
-        }
-        Ok(timing)
-    }
-
-    /// After the primary was lost at `at`: another member must be promoted,
-    /// and the relays must publish again from it.
-    async fn await_promotion(
-        &mut self,
-        fault: DbFault,
-        old: usize,
-        at: Instant,
-        timing: &mut Timing,
-    ) {
-        let Some(new) = self.patroni.wait_primary(Some(old), PROMOTION_LIMIT).await else {
-            self.fail(format!(
-                "{fault:?}: no other member was promoted {PROMOTION_LIMIT:?} after {} was lost",
-                Patroni::name(old)
-            ));
-            return;
-        };
-        self.promotions += 1;
-        timing.promoted_after = Some(at.elapsed());
-        eprintln!(
-            "faults failover:          {} promoted after {:.1?}",
-            Patroni::name(new),
-            at.elapsed()
-        );
-        let promoted = Instant::now();
-        let acknowledged = self.tally.acknowledged.load(Ordering::Relaxed);
-        while self.tally.acknowledged.load(Ordering::Relaxed) <= acknowledged {
-            if promoted.elapsed() > RESUME_LIMIT {
-                self.fail(format!(
-                    "{fault:?}: no Add was acknowledged {RESUME_LIMIT:?} after {} was promoted",
-                    Patroni::name(new)
-                ));
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        timing.adds_resumed_after = Some(promoted.elapsed());
-        // Rows committed on the new primary must be published from it.
-        let first_add = Instant::now();
-        let published = self.published().await;
-        while self.published().await <= published {
-            if first_add.elapsed() > RESUME_LIMIT {
-                self.fail(format!(
-                    "{fault:?}: no relay published {RESUME_LIMIT:?} after Adds resumed on {}",
-                    Patroni::name(new)
-                ));
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        timing.relay_resumed_after = Some(first_add.elapsed());
-    }
-
-    /// After `fault`, Adds must be acknowledged again (while the
-    /// synchronous standby is lost: the other replica becomes synchronous;
-    /// after a crash in place: once Patroni restarted the server); how long
-    /// that took.
-    async fn require_commits(&mut self, fault: DbFault) -> Option<Duration> {
-        let before = self.tally.acknowledged.load(Ordering::Relaxed);
-        let lost = Instant::now();
-        while lost.elapsed() < PROMOTION_LIMIT {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            // A few answers to commits made before the fault may still arrive.
-            if self.tally.acknowledged.load(Ordering::Relaxed) > before + 10 {
-                return Some(lost.elapsed());
-            }
-        }
-        self.fail(format!(
-            "{fault:?}: no Add was acknowledged in the {PROMOTION_LIMIT:?} after the fault"
-        ));
-        None
-    }
-
-    /// Waits until every member runs again, one primary and two replicas,
-    /// one of them synchronous: the state the next fault needs.
-    async fn wait_whole(&mut self) {
-        let deadline = Instant::now() + REJOIN_LIMIT;
-        loop {
-            let mut roles = Vec::new();
-            for i in 0..MEMBERS {
-                roles.push(self.patroni.role(i).await);
-            }
-            let primaries = roles.iter().filter(|r| **r == Role::Primary).count();
-            let sync = roles.contains(&Role::Replica { sync: true });
-            let replicas = roles
-                .iter()
-                .filter(|r| matches!(r, Role::Replica { .. }))
-                .count();
-            if primaries == 1 && replicas == MEMBERS - 1 && sync {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(format!(
-                    "the cluster was not whole again {REJOIN_LIMIT:?} after a fault: {roles:?}"
-                ));
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Rows the adders' relays published so far (neither adder restarts).
-    async fn published(&self) -> f64 {
-        let mut sum = 0.0;
-        for adder in &self.adders {
-            sum += value(&scrape(adder.http).await, PUBLISHED_ROWS);
-        }
-        sum
-    }
-
-    fn blocking<T>(&self, f: impl FnOnce(&Patroni) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        tokio::task::block_in_place(|| f(&self.patroni))
-    }
-
-    fn fail(&mut self, problem: String) {
-        eprintln!("faults failover:          PROBLEM: {problem}");
-        self.failures.push(problem);
-    }
-
-    async fn pause(&mut self, low_ms: u64, high_ms: u64) {
-        tokio::time::sleep(Duration::from_millis(self.rng.range(low_ms, high_ms + 1))).await;
-    }
-}
-
-/// Watches the load's acknowledged count and keeps the longest time it
-/// stood still.
-struct GapWatch {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Duration>,
-}
-
-impl GapWatch {
-    fn start(tally: Arc<Tally>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut last = tally.acknowledged.load(Ordering::Relaxed);
-            let mut since = Instant::now();
-            let mut longest = Duration::ZERO;
-            while !stopping.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let now = tally.acknowledged.load(Ordering::Relaxed);
-                if now != last {
-                    last = now;
-                    since = Instant::now();
-                }
-                longest = longest.max(since.elapsed());
-            }
-            longest
-        });
-        Self { stop, task }
-    }
-
-    async fn stop(self) -> Duration {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
     }
 }
