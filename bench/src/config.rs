@@ -98,7 +98,7 @@ pub struct Config {
     /// keep-alive to the totaler (after one GET /sum each). The harness and
     /// each service need as many file descriptors; the services' connection
     /// limits (ADDER_GRPC_MAX_CONNECTIONS, TOTALER_HTTP_MAX_CONNECTIONS) must
-    /// allow them.
+    /// allow them. 0 skips the phase (its figures read "not measured").
     #[arg(long, env = "BENCH_IDLE_CONNECTIONS", default_value_t = 2000)]
     pub idle_connections: usize,
 
@@ -193,7 +193,6 @@ impl Config {
         self.concurrency = self.concurrency.max(1);
         self.grpc_connections = self.grpc_connections.max(1);
         self.http_connections = self.http_connections.max(1);
-        self.idle_connections = self.idle_connections.max(1);
         self.drain_rows = self.drain_rows.max(1);
         self.confirm_window = self.confirm_window.max(1);
         self.batch_size = self.batch_size.max(1);

@@ -84,7 +84,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rounds.push(measured.round);
     }
     let peaks = stack.peak_mb;
-    if let Some(last) = rounds.last_mut() {
+    // --idle-connections 0 skips the phase: its figures read "not measured"
+    // (a rise over zero connections would be noise, not a figure).
+    if let Some(last) = rounds.last_mut()
+        && config.idle_connections > 0
+    {
         let label = format!("{}/{}", config.repeats, config.repeats);
         round::measure_connections(&mut stack, &label, last).await;
     }
