@@ -71,6 +71,11 @@ pub struct ReplayArgs {
     /// (`<source>/<batch>.<part>`); the others stay, in their order.
     #[arg(long)]
     pub id: Option<String>,
+    /// Test hook: abort right after the first message's copy is confirmed
+    /// and before its dead copy is acked, to prove a replay killed there
+    /// still counts the message once.
+    #[arg(long, env = "TOTALER_DLQ_CRASH_AFTER_CONFIRM", hide = true)]
+    pub crash_after_confirm: bool,
 }
 
 /// Where the dead letters are: a broker user that may read `<queue>.dead`
@@ -138,6 +143,12 @@ pub async fn replay(target: Target<'_>, args: &ReplayArgs) -> anyhow::Result<Rep
             continue;
         }
         republish(&channel, target.queue, &delivery).await?;
+        if args.crash_after_confirm {
+            eprintln!(
+                "TOTALER_DLQ_CRASH_AFTER_CONFIRM: aborting between the confirmed copy and the ack of the dead one"
+            );
+            std::process::abort();
+        }
         channel
             .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
             .await

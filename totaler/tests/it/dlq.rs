@@ -177,17 +177,56 @@ async fn replay_moves_only_the_limit_or_the_id_asked_for() {
     broker.delete().await;
 }
 
+#[tokio::test]
+async fn a_replay_killed_between_the_confirm_and_the_ack_still_counts_the_message_once() {
+    let queue = testkit::unique_queue("dlq_killed");
+    let broker = Broker::connect(&queue).await;
+    let dead = proto::topology::dead_letter_queue(&queue);
+    let path = temp_dir("dlq_killed").join("sum.txt");
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let source = Uuid::new_v4();
+    broker.publish(&message(source, 1, 5)).await;
+    settle(&broker, "the first part applied", async || {
+        totaler.sum().await == 5
+    })
+    .await;
+    publish_with_id(
+        &broker,
+        &dead,
+        &message(source, 2, 7),
+        &format!("{source}/2.0"),
+    )
+    .await;
+
+    // The copy is in the queue, confirmed; the dead copy was never acked.
+    let killed = run_dlq(
+        &queue,
+        &["replay"],
+        &[("TOTALER_DLQ_CRASH_AFTER_CONFIRM", "true")],
+    );
+    assert!(
+        !killed.status.success()
+            && String::from_utf8_lossy(&killed.stderr).contains("TOTALER_DLQ_CRASH_AFTER_CONFIRM"),
+        "the hook aborts the replay after the confirm: {killed:?}"
+    );
+    wait_for_consumed(&broker, &totaler, 2).await;
+    wait_for(&broker, &dead, 1, "the unacked dead copy back in its queue").await;
+    assert_eq!(totaler.sum().await, 12);
+
+    // Replayed again, the same part is recognised and counted once.
+    let replayed = dlq(&queue, &["replay"]);
+    assert!(replayed.contains("replayed 1 message(s)"), "{replayed}");
+    wait_for_consumed(&broker, &totaler, 3).await;
+    wait_for(&broker, &dead, 0, "the dead-letter queue empty").await;
+    assert_eq!((totaler.sum().await, file_total(&path)), (12, 12));
+    totaler.stop().await;
+    broker.delete().await;
+}
+
 /// Runs `totaler --queue <queue> dlq <args…>` (the real binary) and returns
 /// its stdout, asserting it succeeded.
 fn dlq(queue: &str, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_totaler"))
-        .env("AMQP_URL", testkit::amqp_url())
-        .env("RUST_LOG", "warn")
-        .args(["--queue", queue, "dlq"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run totaler dlq");
+    let output = run_dlq(queue, args, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -196,6 +235,19 @@ fn dlq(queue: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// Runs `totaler --queue <queue> dlq <args…>` with `env` added; its output.
+fn run_dlq(queue: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_totaler"))
+        .env("AMQP_URL", testkit::amqp_url())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .args(["--queue", queue, "dlq"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run totaler dlq")
 }
 
 async fn publish_with_id(broker: &Broker, queue: &str, body: &[u8], id: &str) {
