@@ -26,16 +26,19 @@ fn the_compose_members_replicate_as_scripts_pg_cluster_does() {
     let script = flatten(&pg_cluster_config(&read(&root.join("scripts/pg-cluster"))));
     let compose = flatten(&read(&root.join("patroni/patroni.yml")));
     for (key, value) in ESSENTIAL {
-        for (file, entries) in [("scripts/pg-cluster", &script), ("patroni/patroni.yml", &compose)] {
+        for (file, entries) in [
+            ("scripts/pg-cluster", &script),
+            ("patroni/patroni.yml", &compose),
+        ] {
             assert!(
                 entries.contains(&(key.to_owned(), value.to_owned())),
                 "{file} lacks {key}: {value}"
             );
         }
     }
-    let replication = script
-        .iter()
-        .filter(|(key, _)| key.starts_with("bootstrap.dcs.") || key.starts_with("bootstrap.initdb"));
+    let replication = script.iter().filter(|(key, _)| {
+        key.starts_with("bootstrap.dcs.") || key.starts_with("bootstrap.initdb")
+    });
     for entry in replication {
         assert!(
             compose.contains(entry),
@@ -59,19 +62,30 @@ fn every_compose_member_names_itself_and_reads_the_shared_patroni_config() {
             ("PATRONI_RESTAPI_CONNECT_ADDRESS", 8008),
             ("PATRONI_POSTGRESQL_CONNECT_ADDRESS", 5432),
         ] {
-            assert!(has(&format!("environment.{key}"), &format!("{member}:{port}")), "{member}: {key}");
+            assert!(
+                has(&format!("environment.{key}"), &format!("{member}:{port}")),
+                "{member}: {key}"
+            );
         }
         assert!(
-            has("volumes[]", "./patroni/patroni.yml:/etc/patroni/patroni.yml:ro"),
+            has(
+                "volumes[]",
+                "./patroni/patroni.yml:/etc/patroni/patroni.yml:ro"
+            ),
             "{member} does not mount patroni/patroni.yml"
         );
         assert!(
-            has("volumes[]", &format!("{member}-data:/var/lib/postgresql/patroni")),
+            has(
+                "volumes[]",
+                &format!("{member}-data:/var/lib/postgresql/patroni")
+            ),
             "{member} keeps its data outside its own named volume"
         );
     }
     assert!(
-        compose.iter().any(|(key, _)| key == "services.postgres.profiles"),
+        compose
+            .iter()
+            .any(|(key, _)| key == "services.postgres.profiles"),
         "compose.yml's single postgres would start beside the cluster"
     );
 }
@@ -85,17 +99,30 @@ fn the_compose_adder_names_every_member_and_only_takes_the_writable_primary() {
         .map(|(_, url)| defaults(url))
         .expect("compose.pg-ha.yml sets the adder's DATABASE_URL");
     let servers = proto::outbox::Servers::parse(&url);
-    assert_eq!(servers.target_session_attrs.as_deref(), Some("read-write"), "{url}");
+    assert_eq!(
+        servers.target_session_attrs.as_deref(),
+        Some("read-write"),
+        "{url}"
+    );
     let hosts: BTreeSet<String> = servers
         .urls
         .iter()
         .map(|server| {
-            let authority = server.split('@').nth(1).and_then(|rest| rest.split('/').next());
+            let authority = server
+                .split('@')
+                .nth(1)
+                .and_then(|rest| rest.split('/').next());
             authority.unwrap_or_default().to_owned()
         })
         .collect();
-    let expected: BTreeSet<String> = members(&compose).iter().map(|m| format!("{m}:5432")).collect();
-    assert_eq!(hosts, expected, "the adder's servers are not the members: {url}");
+    let expected: BTreeSet<String> = members(&compose)
+        .iter()
+        .map(|m| format!("{m}:5432"))
+        .collect();
+    assert_eq!(
+        hosts, expected,
+        "the adder's servers are not the members: {url}"
+    );
 }
 
 /// The services that are Patroni members: those setting `PATRONI_NAME`,
