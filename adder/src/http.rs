@@ -142,7 +142,8 @@ async fn post_add(
 }
 
 async fn readyz(adder: Adder) -> warp::reply::Response {
-    let database = adder.database_up().await;
+    let databases = adder.databases_up().await;
+    let database = databases.contains(&true);
     let broker = adder.broker_up();
     let status = if database && broker {
         StatusCode::OK
@@ -150,7 +151,7 @@ async fn readyz(adder: Adder) -> warp::reply::Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     reply::with_status(
-        reply::json(&json!({"database": database, "broker": broker})),
+        reply::json(&json!({"database": database, "databases": databases, "broker": broker})),
         status,
     )
     .into_response()

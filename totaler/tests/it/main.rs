@@ -12,6 +12,7 @@ mod exactness;
 mod http_limits;
 mod metrics;
 mod monitoring;
+mod outboxes;
 mod rewind;
 mod shutdown;
 mod startup;
