@@ -24,14 +24,22 @@ pub struct Config {
     /// position and K on first use, and an adder whose list differs refuses
     /// to start. Adds without one go round robin to the databases that answer
     /// [default: postgres://tally:tally@127.0.0.1:5432/tally].
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://tally:tally@127.0.0.1:5432/tally",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub database_url: String,
 
     /// Resharding: record this adder's list as every listed database's new
     /// position and count, instead of refusing a list that places a
     /// database elsewhere. Only with every adder stopped and no client still
     /// retrying an Add sent before: a retried request id may now map to
-    /// another database and be counted twice (README: "Adding an outbox
-    /// database"). Start one adder with it, then the others without.
+    /// another database and be counted twice (README: "Several outbox
+    /// databases", adding a database). Start one adder with it, then the
+    /// others without.
     #[arg(long, env = "ADDER_OUTBOX_RESHARD", default_value_t = false)]
     pub outbox_reshard: bool,
 
@@ -225,5 +233,29 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_lists_databases_separated_by_whitespace() {
+        let config = Config::parse_from([
+            "adder",
+            "--database-url",
+            "postgres://u@a:1,b:2/x  postgres://u@c/y",
+        ]);
+        assert_eq!(
+            config.database_urls(),
+            ["postgres://u@a:1,b:2/x", "postgres://u@c/y"]
+        );
+        assert!(!config.outbox_reshard);
+        let one = Config::parse_from(["adder"]);
+        assert_eq!(
+            one.database_urls(),
+            ["postgres://tally:tally@127.0.0.1:5432/tally"]
+        );
     }
 }
