@@ -150,10 +150,11 @@ async fn readyz(adder: Adder) -> warp::reply::Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    reply::with_status(
-        reply::json(&json!({"database": database, "databases": databases, "broker": broker})),
-        status,
-    )
+    let mut body = json!({"database": database, "broker": broker});
+    if databases.len() > 1 {
+        body["databases"] = json!(databases);
+    }
+    reply::with_status(reply::json(&body), status)
     .into_response()
 }
 

@@ -10,8 +10,8 @@
 //! NOTHING`), and those are looked up after it. An id repeated within one
 //! group is inserted once; its repeats are answered from that row.
 //!
-//! A writer takes one connection for the group; when it cannot get one,
-//! nothing was sent and every Add of the group gets `Error::Unreached`.
+//! A group that could not get a connection (the pool timed out or is
+//! closed) sent nothing: its Adds get `Error::Unreached`.
 //!
 //! One caller's data never fails another: a group whose statement PostgreSQL
 //! refuses for its data (an SQLSTATE of class 22 or 23) is retried row by
@@ -25,7 +25,7 @@ use std::{
     sync::Arc,
 };
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Error, Recorded};
@@ -83,12 +83,23 @@ async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
                 return;
             }
         }
-        let answers = match pool.acquire().await {
+        let answers = match commit_group(&pool, &group).await {
+            Err(e) if group.len() > 1 && is_data_error(&e) => {
+                tracing::warn!(error = %e, adds = group.len(), "a group commit was refused for its data; retrying its Adds one by one");
+                one_by_one(&pool, &group).await
+            }
+            Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
             Err(e) => {
                 let e = Arc::new(e);
-                group.iter().map(|_| Err(Error::Unreached(e.clone()))).collect()
+                let failed = |e: &Arc<sqlx::Error>| match e.as_ref() {
+                    sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                        Error::Unreached(e.clone())
+                    }
+                    _ => Error::Group(e.clone()),
+                };
+                group.iter().map(|_| Err(failed(&e))).collect()
             }
-            Ok(mut connection) => commit_or_split(&mut connection, &group).await,
+            Ok(answers) => answers,
         };
         for (queued, answer) in group.drain(..).zip(answers) {
             let _ = queued.committed.send(answer);
@@ -96,36 +107,13 @@ async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
     }
 }
 
-/// Commits `group` on `connection`; a group refused for its data is
-/// committed again Add by Add.
-async fn commit_or_split(
-    connection: &mut PgConnection,
-    group: &[Queued],
-) -> Vec<Result<Recorded, Error>> {
-    match commit_group(connection, group).await {
-            Err(e) if group.len() > 1 && is_data_error(&e) => {
-                tracing::warn!(error = %e, adds = group.len(), "a group commit was refused for its data; retrying its Adds one by one");
-                one_by_one(connection, group).await
-            }
-            Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
-            Err(e) => {
-                let e = Arc::new(e);
-                group.iter().map(|_| Err(Error::Group(e.clone()))).collect()
-            }
-            Ok(answers) => answers,
-    }
-}
-
 /// Commits each Add of `group` on its own, so only an Add whose own data
 /// PostgreSQL refuses fails.
-async fn one_by_one(
-    connection: &mut PgConnection,
-    group: &[Queued],
-) -> Vec<Result<Recorded, Error>> {
+async fn one_by_one(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Error>> {
     let mut answers = Vec::with_capacity(group.len());
     for queued in group {
         let alone = std::slice::from_ref(queued);
-        answers.push(match commit_group(connection, alone).await {
+        answers.push(match commit_group(pool, alone).await {
             Ok(mut answer) => answer
                 .pop()
                 .expect("commit_group answers every Add of its group"),
@@ -158,7 +146,7 @@ fn refused(error: &sqlx::Error) -> Error {
 /// returns Ok: an Add whose id raced another adder and could not be looked
 /// up afterwards gets its own error (it wrote nothing, so a retry is safe).
 async fn commit_group(
-    connection: &mut PgConnection,
+    pool: &PgPool,
     group: &[Queued],
 ) -> Result<Vec<Result<Recorded, Error>>, sqlx::Error> {
     let ids: Vec<&str> = group
@@ -168,7 +156,7 @@ async fn commit_group(
     let mut found = if ids.is_empty() {
         HashMap::new()
     } else {
-        find_all(connection, &ids).await?
+        find_all(pool, &ids).await?
     };
     // Every id-less Add, and the first Add of each request id not found.
     let mut first_of: HashMap<&str, usize> = HashMap::new();
@@ -183,7 +171,7 @@ async fn commit_group(
             Some(_) => {}
         }
     }
-    let inserted = insert_group(connection, group, &to_insert).await?;
+    let inserted = insert_group(pool, group, &to_insert).await?;
     // From here on the group's rows are committed: nothing below may fail it.
     let raced: Vec<&str> = to_insert
         .iter()
@@ -192,7 +180,7 @@ async fn commit_group(
         .collect();
     let mut lookup_failed = None;
     if !raced.is_empty() {
-        match find_all(connection, &raced).await {
+        match find_all(pool, &raced).await {
             Ok(rows) => found.extend(rows),
             Err(e) => lookup_failed = Some(Arc::new(e)),
         }
@@ -229,13 +217,13 @@ async fn commit_group(
 
 /// The rows of these request ids, by request id.
 async fn find_all(
-    connection: &mut PgConnection,
+    pool: &PgPool,
     request_ids: &[&str],
 ) -> Result<HashMap<String, Found>, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64)> =
         sqlx::query_as("SELECT request_id, id, a, b, sum FROM outbox WHERE request_id = ANY($1)")
             .bind(request_ids)
-            .fetch_all(connection)
+            .fetch_all(pool)
             .await?;
     Ok(rows
         .into_iter()
@@ -250,7 +238,7 @@ async fn find_all(
 /// within a statement, so the sorted ids of the inserted rows follow that
 /// order, whatever order RETURNING uses.
 async fn insert_group(
-    connection: &mut PgConnection,
+    pool: &PgPool,
     group: &[Queued],
     to_insert: &[usize],
 ) -> Result<HashMap<usize, i64>, sqlx::Error> {
@@ -283,7 +271,7 @@ async fn insert_group(
     if traced {
         query = query.bind(&traceparent);
     }
-    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(connection).await?;
+    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(pool).await?;
     rows.sort_unstable_by_key(|(id, _)| *id);
     let returned: HashSet<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
     let kept: Vec<usize> = to_insert
