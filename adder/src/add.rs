@@ -1,24 +1,22 @@
 //! The Add operation both front ends share: check the sum fits in int64,
-//! commit it to the outbox, wake the relay. Its `Error` is what gRPC and HTTP
-//! translate to their wire codes; it never exposes SQL.
+//! commit it to an outbox database (`outboxes` picks which), wake that
+//! database's relay. Its `Error` is what gRPC and HTTP translate to their
+//! wire codes; it never exposes SQL.
 
 use std::sync::Arc;
 
-use tokio::sync::{Notify, OnceCell};
-
 use crate::{
-    outbox::{self, Outbox, Recorded},
+    outbox::{self, Recorded},
+    outboxes::{self, Outboxes},
     status::Status,
 };
 
 /// Everything an Add needs, shared by the gRPC and HTTP servers.
 #[derive(Clone)]
 pub struct Adder {
-    /// Set once the outbox is migrated and its identity checked; until then
-    /// every Add is `Unavailable`.
-    pub outbox: Arc<OnceCell<Outbox>>,
-    /// Wakes the relay once a row is committed.
-    pub relay_wake: Arc<Notify>,
+    /// The outbox databases; each takes Adds once it is migrated and its
+    /// identity and place checked (until then its Adds are `Unavailable`).
+    pub outboxes: Arc<Outboxes>,
     /// What the relay reports: whether it holds a broker channel.
     pub status: Arc<Status>,
     /// Whether traces are exported: then each row stores its Add's context.
@@ -67,38 +65,43 @@ impl Adder {
         let sum = a.checked_add(b).ok_or(Error::Overflow { a, b })?;
         check_request_id(request_id)?;
         let request_id = (!request_id.is_empty()).then_some(request_id);
-        let outbox = self
-            .outbox
-            .get()
-            .ok_or(Error::Unavailable(outbox::Error::NotOpen))?;
         let traceparent = if self.tracing {
             otel::context::current()
         } else {
             None
         };
-        let recorded = outbox
-            .record_traced(a, b, sum, request_id, traceparent)
-            .await
-            .map_err(|e| match e {
-                outbox::Error::Conflict { request_id, a, b } => {
-                    Error::Conflict { request_id, a, b }
-                }
-                outbox::Error::Refused { reason } => Error::Refused(reason),
-                other => Error::Unavailable(other),
-            })?;
+        let add = outboxes::Add {
+            a,
+            b,
+            sum,
+            request_id,
+        };
+        let (recorded, slot) =
+            self.outboxes
+                .record(add, traceparent)
+                .await
+                .map_err(|e| match e {
+                    outbox::Error::Conflict { request_id, a, b } => {
+                        Error::Conflict { request_id, a, b }
+                    }
+                    outbox::Error::Refused { reason } => Error::Refused(reason),
+                    other => Error::Unavailable(other),
+                })?;
         tracing::Span::current().record("replayed", recorded.replayed);
         if !recorded.replayed {
-            self.relay_wake.notify_one();
+            slot.wake.notify_one();
         }
         Ok(recorded)
     }
 
-    /// Whether the outbox is open and PostgreSQL answers.
-    pub async fn database_up(&self) -> bool {
-        match self.outbox.get() {
-            Some(outbox) => outbox.ping().await,
-            None => false,
+    /// Whether each outbox database is open and answers, in `DATABASE_URL`
+    /// order.
+    pub async fn databases_up(&self) -> Vec<bool> {
+        let mut up = Vec::new();
+        for slot in self.outboxes.slots() {
+            up.push(slot.ping().await);
         }
+        up
     }
 
     /// Whether the relay currently holds a broker channel.

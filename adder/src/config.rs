@@ -14,7 +14,15 @@ pub struct Config {
     /// PostgreSQL URL of the outbox database, migrated at start; a database
     /// on several servers in libpq's multi-host form
     /// (postgres://u:p@h1:5432,h2:5433/db?target_session_attrs=read-write):
-    /// only the writable primary is used, and followed after a failover
+    /// only the writable primary is used, and followed after a failover.
+    /// Several outbox databases (write scale): their URLs separated by
+    /// whitespace, since a URL has none and commas already separate one
+    /// database's servers (a comma directly followed by postgres:// also
+    /// starts a new URL, as for `totaler verify`). Adds with a request id
+    /// go to the database at FNV-1a-64(id) mod K, so every adder must list
+    /// the same databases in the same order: each database records its
+    /// position and K on first use, and an adder whose list differs refuses
+    /// to start. Adds without one go round robin to the databases that answer
     /// [default: postgres://tally:tally@127.0.0.1:5432/tally].
     #[arg(
         long,
@@ -24,6 +32,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: String,
+
+    /// Resharding: record this adder's list as every listed database's new
+    /// position and count, instead of refusing a list that places a
+    /// database elsewhere. Only with every adder stopped and no client still
+    /// retrying an Add sent before: a retried request id may now map to
+    /// another database and be counted twice (README: "Several outbox
+    /// databases", adding a database). Start one adder with it, then the
+    /// others without.
+    #[arg(long, env = "ADDER_OUTBOX_RESHARD", default_value_t = false)]
+    pub outbox_reshard: bool,
 
     /// RabbitMQ URL the relay publishes to, or a comma-separated list of
     /// the URLs of a cluster's nodes: it connects to any that answers and,
@@ -186,6 +204,11 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The outbox databases `database_url` lists, in order.
+    pub fn database_urls(&self) -> Vec<String> {
+        proto::outbox::split_urls(&self.database_url)
+    }
+
     pub fn relay_poll(&self) -> Duration {
         Duration::from_millis(self.relay_poll_ms)
     }
@@ -210,5 +233,29 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_lists_databases_separated_by_whitespace() {
+        let config = Config::parse_from([
+            "adder",
+            "--database-url",
+            "postgres://u@a:1,b:2/x  postgres://u@c/y",
+        ]);
+        assert_eq!(
+            config.database_urls(),
+            ["postgres://u@a:1,b:2/x", "postgres://u@c/y"]
+        );
+        assert!(!config.outbox_reshard);
+        let one = Config::parse_from(["adder"]);
+        assert_eq!(
+            one.database_urls(),
+            ["postgres://tally:tally@127.0.0.1:5432/tally"]
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! Periodic outbox upkeep: refreshes `adder_outbox_pending` every second and
-//! purges rows of confirmed batches past retention, whole batches at a
+//! Periodic upkeep of one outbox database: refreshes its pending gauge
+//! (and the adder's `adder_outbox_pending`) every second, which is also the
+//! probe that marks the database up or down for Adds without a request id,
+//! and purges rows of confirmed batches past retention, whole batches at a
 //! time in rounds of about `PURGE_BATCH` rows, every minute: off the hot
 //! path, in its own transactions. Work waiting on a primary the adder has
 //! left (a hung one) is given up at the move.
@@ -8,19 +10,25 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, outbox::Outbox};
+use crate::{metrics::Metrics, outbox::Outbox, outboxes::Outboxes};
 
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
 const PURGE_EVERY: u32 = 60;
 const PURGE_BATCH: i64 = 10_000;
 
-/// Runs until `shutdown`.
+/// Runs until `shutdown`, for the database at `index` of `outboxes`, which
+/// is open.
 pub async fn run(
-    outbox: Outbox,
+    outboxes: Arc<Outboxes>,
+    index: usize,
     retention: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let slot = &outboxes.slots()[index];
+    let Some(outbox) = slot.outbox.get() else {
+        return;
+    };
     let mut ticks = 0u32;
     let mut interval = tokio::time::interval(GAUGE_EVERY);
     loop {
@@ -29,15 +37,21 @@ pub async fn run(
             () = shutdown.cancelled() => return,
         }
         let pending = tokio::select! {
-            pending = outbox.pending() => pending.ok(),
+            pending = outbox.pending() => Some(pending),
+            // Moved to a new primary: the next tick asks that one.
             () = outbox.moved() => None,
         };
-        if let Some(pending) = pending {
-            metrics.outbox_pending.set(pending);
+        match pending {
+            Some(Ok(pending)) => {
+                metrics.set_pending(index, pending);
+                slot.set_up(true);
+            }
+            Some(Err(_)) => slot.set_up(false),
+            None => {}
         }
         ticks += 1;
         if ticks.is_multiple_of(PURGE_EVERY) {
-            purge(&outbox, retention, &shutdown).await;
+            purge(outbox, retention, &shutdown).await;
         }
     }
 }

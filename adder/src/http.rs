@@ -142,18 +142,19 @@ async fn post_add(
 }
 
 async fn readyz(adder: Adder) -> warp::reply::Response {
-    let database = adder.database_up().await;
+    let databases = adder.databases_up().await;
+    let database = databases.contains(&true);
     let broker = adder.broker_up();
     let status = if database && broker {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    reply::with_status(
-        reply::json(&json!({"database": database, "broker": broker})),
-        status,
-    )
-    .into_response()
+    let mut body = json!({"database": database, "broker": broker});
+    if databases.len() > 1 {
+        body["databases"] = json!(databases);
+    }
+    reply::with_status(reply::json(&body), status).into_response()
 }
 
 /// The reply to a request that took longer than its limit.

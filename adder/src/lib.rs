@@ -6,11 +6,14 @@
 //! - `config`: flags and environment ([`Config`]).
 //! - `add`: the Add operation shared by both front ends.
 //! - `grpc`, `http`: the front ends; the only modules that know tonic / warp.
-//! - `outbox`: every SQL statement.
+//! - `outbox`: every SQL statement, of one outbox database.
+//! - `outboxes`: the K outbox databases and which one an Add goes to
+//!   (a request id's hash, else round robin over those that answer).
 //! - `relay`: outbox -> broker: one active relay per database, snapshot
 //!   batches published in parts with pipelined confirms.
-//! - `status`: what `/readyz` reports of the relay (its broker channel).
-//! - `housekeeping`: pending gauge and retention purge.
+//! - `status`: what `/readyz` reports of the relays (their broker channels).
+//! - `housekeeping`: per database: pending gauge, up/down probe, retention
+//!   purge.
 //! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
 //! - `trace`: the Add's request span and the relay's publish span (on only
 //!   while tracing is).
@@ -22,6 +25,7 @@ pub mod housekeeping;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod outboxes;
 pub mod relay;
 pub mod status;
 pub mod telemetry;
@@ -30,14 +34,21 @@ pub mod trace;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
 /// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
 pub use listen::shutdown::signal as shutdown_signal;
 
-use crate::{add::Adder, metrics::Metrics, outbox::Outbox, relay::Relay, status::Status};
+use crate::{
+    add::Adder,
+    metrics::Metrics,
+    outbox::{Outbox, Place},
+    outboxes::Outboxes,
+    relay::Relay,
+    status::Status,
+};
 
 /// The sockets the adder serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -60,21 +71,22 @@ impl Listeners {
 }
 
 /// Runs the adder until `shutdown` resolves, then stops accepting, finishes
-/// in-flight Adds and the relay's batch, within the configured grace period.
+/// in-flight Adds and the relays' batches, within the configured grace period.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let urls = config.database_urls();
+    anyhow::ensure!(!urls.is_empty(), "DATABASE_URL names no outbox database");
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let metrics = Arc::new(Metrics::new());
-    // The servers answer from the start: health at once, Adds UNAVAILABLE
-    // until the outbox is migrated and its identity checked.
+    let metrics = Arc::new(Metrics::with_databases(urls.len()));
+    // The servers answer from the start: health at once, Adds to a database
+    // UNAVAILABLE until it is migrated and its identity and place checked.
     let adder = Adder {
-        outbox: Arc::new(tokio::sync::OnceCell::new()),
-        relay_wake: Arc::new(Notify::new()),
-        status: Arc::new(Status::new(metrics.broker_up.clone())),
+        outboxes: Arc::new(Outboxes::new(metrics.databases.clone())),
+        status: Arc::new(Status::new(metrics.broker_up.clone(), urls.len())),
         tracing: config.otel.enabled(),
     };
     tracker.spawn(http::serve(
@@ -93,17 +105,25 @@ pub async fn run(
     ));
     tokio::pin!(shutdown, grpc);
     let served = async {
-        let outbox = tokio::select! {
-            outbox = open_outbox(&config) => outbox?,
-            () = &mut shutdown => return Ok(()),
-        };
-        start_relay(&config, outbox, &adder, &metrics, &tracker, &token).await;
-        tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
-        tokio::select! {
-            () = &mut shutdown => Ok(()),
-            result = &mut grpc => result
-                .context("gRPC server task")?
-                .context("gRPC server failed"),
+        let mut opening = tokio::task::JoinSet::new();
+        for (index, url) in urls.into_iter().enumerate() {
+            let (config, place) = (config.clone(), adder.outboxes.slots()[index].place);
+            opening.spawn(async move { (index, open_outbox(&config, &url, place).await) });
+        }
+        loop {
+            tokio::select! {
+                Some(opened) = opening.join_next() => {
+                    let (index, outbox) = opened.context("opening an outbox database")?;
+                    start_database(&config, index, outbox?, &adder, &metrics, &tracker, &token).await;
+                    if opening.is_empty() {
+                        tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
+                    }
+                }
+                () = &mut shutdown => return Ok(()),
+                result = &mut grpc => return result
+                    .context("gRPC server task")?
+                    .context("gRPC server failed"),
+            }
         }
     }
     .await;
@@ -113,21 +133,25 @@ pub async fn run(
     served
 }
 
-/// Opens Adds to `outbox` and starts the tasks that work on it: the relay
-/// and the housekeeping.
-async fn start_relay(
+/// Opens Adds to database `index` and starts the tasks that work on it: its
+/// relay and its housekeeping.
+async fn start_database(
     config: &Config,
+    index: usize,
     outbox: Outbox,
     adder: &Adder,
     metrics: &Arc<Metrics>,
     tracker: &TaskTracker,
     token: &CancellationToken,
 ) {
-    let _ = adder.outbox.set(outbox.clone());
+    let slot = &adder.outboxes.slots()[index];
+    let _ = slot.outbox.set(outbox.clone());
+    slot.set_up(true);
     let source = outbox.source().await.unwrap_or_default();
-    tracing::info!(%source, "outbox ready");
+    tracing::info!(%source, database = %slot.place, "outbox ready");
     let relay = Relay {
-        outbox: outbox.clone(),
+        outbox,
+        database: index,
         amqp_url: config.amqp_url.clone(),
         queue: config.queue.clone(),
         exchange: config.exchange.clone(),
@@ -136,35 +160,40 @@ async fn start_relay(
         poll: config.relay_poll(),
         linger: config.relay_linger(),
         confirm_timeout: config.relay_confirm_timeout(),
-        wake: adder.relay_wake.clone(),
+        wake: slot.wake.clone(),
         status: adder.status.clone(),
         metrics: metrics.clone(),
         tracing: config.otel.enabled(),
     };
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(housekeeping::run(
-        outbox,
+        adder.outboxes.clone(),
+        index,
         config.retention(),
         metrics.clone(),
         token.clone(),
     ));
 }
 
-/// Connects and migrates, retrying with backoff while PostgreSQL is down; a
-/// database that must not be published from (a logical copy) is an error.
-async fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
+/// Connects to the database at `place` and migrates it, retrying with
+/// backoff while PostgreSQL is down; a database that must not be published
+/// from (a logical copy) or that another list placed elsewhere is an error.
+async fn open_outbox(config: &Config, url: &str, place: Place) -> anyhow::Result<Outbox> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match Outbox::open(
-            &config.database_url,
-            config.db_pool,
-            config.commit_writers(),
-        )
-        .await
-        {
+        let opened = async {
+            let outbox = Outbox::open(url, config.db_pool, config.commit_writers()).await?;
+            outbox.settle_place(place, config.outbox_reshard).await?;
+            Ok::<_, outbox::Error>(outbox)
+        };
+        match opened.await {
             Ok(outbox) => return Ok(outbox),
-            Err(e) if e.is_fatal() => return Err(e).context("opening the outbox"),
-            Err(e) => tracing::warn!(error = %e, "outbox database not ready, retrying"),
+            Err(e) if e.is_fatal() => {
+                return Err(e).with_context(|| format!("opening outbox {place}"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, database = %place, "outbox database not ready, retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -1,9 +1,12 @@
 //! The adder's Prometheus metrics on its own registry, passed around as
-//! `Arc<Metrics>`. Buckets are chosen for what they measure.
+//! `Arc<Metrics>`. Buckets are chosen for what they measure. The outbox
+//! gauges exist per database (`adder_database_*{database="<position>"}`)
+//! and as the adder's totals (`adder_outbox_pending`, `adder_relay_active`),
+//! which with one database are what they always were.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the adder exports.
@@ -17,6 +20,17 @@ pub struct Metrics {
     pub relay_batch_size: Histogram,
     pub relay_confirm: Histogram,
     pub broker_up: IntGauge,
+    /// Databases whose active relay is this adder's (0 or 1 with one).
+    pub relay_active: IntGauge,
+    /// Each database's gauges, in `DATABASE_URL` order.
+    pub databases: Vec<DatabaseGauges>,
+}
+
+/// The gauges of one outbox database, labelled with its position.
+#[derive(Clone)]
+pub struct DatabaseGauges {
+    pub up: IntGauge,
+    pub pending: IntGauge,
     pub relay_active: IntGauge,
 }
 
@@ -37,7 +51,13 @@ const BATCH_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    /// The metrics of an adder with one outbox database.
     pub fn new() -> Self {
+        Self::with_databases(1)
+    }
+
+    /// The metrics of an adder with `databases` outbox databases.
+    pub fn with_databases(databases: usize) -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("adder_requests_total", "Add calls by front end and outcome"),
@@ -55,7 +75,7 @@ impl Metrics {
         .expect("valid metric");
         let outbox_pending = IntGauge::new(
             "adder_outbox_pending",
-            "Outbox rows not yet confirmed by the broker",
+            "Outbox rows not yet confirmed by the broker, over all the adder's databases",
         )
         .expect("valid metric");
         let relay_published =
@@ -86,9 +106,36 @@ impl Metrics {
         .expect("valid metric");
         let relay_active = IntGauge::new(
             "adder_relay_active",
-            "1 while this adder's relay is its database's active relay (0: standby)",
+            "Outbox databases whose active relay is this adder's (one database: 1 active, 0 standby)",
         )
         .expect("valid metric");
+        let per_database = [
+            (
+                "adder_database_up",
+                "1 while the outbox database at this position answers",
+            ),
+            (
+                "adder_database_pending",
+                "Rows of the outbox database at this position not yet confirmed by the broker",
+            ),
+            (
+                "adder_database_relay_active",
+                "1 while this adder's relay is the active relay of the database at this position",
+            ),
+        ]
+        .map(|(name, help)| {
+            IntGaugeVec::new(Opts::new(name, help), &["database"]).expect("valid metric")
+        });
+        let gauges = (1..=databases.max(1))
+            .map(|position| {
+                let label = [position.to_string()];
+                DatabaseGauges {
+                    up: per_database[0].with_label_values(&label),
+                    pending: per_database[1].with_label_values(&label),
+                    relay_active: per_database[2].with_label_values(&label),
+                }
+            })
+            .collect();
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -99,6 +146,9 @@ impl Metrics {
             Box::new(relay_confirm.clone()),
             Box::new(broker_up.clone()),
             Box::new(relay_active.clone()),
+            Box::new(per_database[0].clone()),
+            Box::new(per_database[1].clone()),
+            Box::new(per_database[2].clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry
@@ -116,7 +166,27 @@ impl Metrics {
             relay_confirm,
             broker_up,
             relay_active,
+            databases: gauges,
         }
+    }
+
+    /// Sets database `index`'s pending rows, and the adder's total.
+    pub fn set_pending(&self, index: usize, rows: i64) {
+        if let Some(database) = self.databases.get(index) {
+            database.pending.set(rows);
+        }
+        let total = self.databases.iter().map(|d| d.pending.get()).sum();
+        self.outbox_pending.set(total);
+    }
+
+    /// Sets whether this adder's relay is database `index`'s active one,
+    /// and the adder's count of those.
+    pub fn set_relay_active(&self, index: usize, active: bool) {
+        if let Some(database) = self.databases.get(index) {
+            database.relay_active.set(i64::from(active));
+        }
+        let total = self.databases.iter().map(|d| d.relay_active.get()).sum();
+        self.relay_active.set(total);
     }
 
     /// The text exposition format.

@@ -1,4 +1,6 @@
-//! The relay: outbox -> broker, one active relay per outbox database.
+//! The relay: outbox -> broker, one active relay per outbox database (an
+//! adder runs one `Relay` per database it lists, each with its own broker
+//! connection; of several adders' relays of one database, one is active).
 //!
 //! Once connected to the broker, a relay takes the database's relay lock
 //! (`outbox::Active`); without it, it stands by and tries again every poll
@@ -40,6 +42,8 @@ use crate::{
 /// What the relay needs to run.
 pub struct Relay {
     pub outbox: Outbox,
+    /// The database's index in `DATABASE_URL` (its metrics and status).
+    pub database: usize,
     pub amqp_url: Nodes,
     pub queue: String,
     /// The exchange published through ("" the default one, to `queue`).
@@ -101,11 +105,11 @@ impl Relay {
             match self.connect().await {
                 Ok((connection, channel, node)) => {
                     backoff = BACKOFF_MIN;
-                    self.status.set_broker_up(true);
+                    self.status.set_broker_up(self.database, true);
                     tracing::info!(queue = %self.queue, %node, "relay connected to the broker");
                     let result = self.serve(&channel, &shutdown).await;
-                    self.status.set_broker_up(false);
-                    self.metrics.relay_active.set(0);
+                    self.status.set_broker_up(self.database, false);
+                    self.metrics.set_relay_active(self.database, false);
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
                         connection.close(200, "relay stopping".into()),
@@ -170,8 +174,11 @@ impl Relay {
                 () = shutdown.cancelled() => return Ok(()),
             }
         };
-        tracing::info!("relay is the active relay of this outbox");
-        self.metrics.relay_active.set(1);
+        tracing::info!(
+            database = self.database + 1,
+            "relay is the active relay of this outbox"
+        );
+        self.metrics.set_relay_active(self.database, true);
         // The lock lives on the old primary: once the adder moved to a new
         // one, this period ends (the old one may hang rather than fail) and
         // the next takes the lock there, publishing what is unconfirmed.
@@ -179,7 +186,7 @@ impl Relay {
             result = self.publish_all(&mut active, channel, shutdown) => result,
             () = self.outbox.moved() => Err(Error::Outbox(outbox::Error::Moved)),
         };
-        self.metrics.relay_active.set(0);
+        self.metrics.set_relay_active(self.database, false);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, active.release()).await;
         result
     }

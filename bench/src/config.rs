@@ -122,6 +122,12 @@ pub struct Config {
     #[arg(long, env = "BENCH_SCALE_OUT")]
     pub scale_out: bool,
 
+    /// With --scale-out: also run one adder directly and two behind HAProxy
+    /// on this many outbox databases (fresh ones on the same server, all in
+    /// each adder's DATABASE_URL), to compare K = 1 with K databases.
+    #[arg(long, env = "BENCH_OUTBOXES", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub outboxes: u16,
+
     /// A smoke check: one round of one-second windows and small backlogs.
     #[arg(long, env = "BENCH_QUICK")]
     pub quick: bool,

@@ -8,6 +8,12 @@
 //! figures are bound by the machine: what it shows is whether the cost per
 //! Add of each part stays flat as adders are added. It replaces the usual
 //! run; the table goes to stdout and `<work dir>/scale.md`.
+//!
+//! With `--outboxes K` (K > 1) it also runs one adder directly and two
+//! behind HAProxy on K fresh outbox databases (on the same server, the
+//! adders' `DATABASE_URL` listing all K): what K = 1 against K databases
+//! costs per Add in PostgreSQL CPU and commits, whose sum over the K
+//! databases is shown.
 
 use std::{
     net::SocketAddr,
@@ -27,7 +33,7 @@ use crate::{
     tally::wait_total,
 };
 
-/// Adders, whether the load goes through HAProxy, and whether the
+/// Adders, outbox databases, whether the load goes through HAProxy, and whether the
 /// deployment's group-commit writers are split among the adders (each
 /// gets `ADDER_COMMIT_WRITERS` = a quarter of its pool / adders) rather
 /// than each adder having its own default share.
@@ -36,6 +42,7 @@ struct Layout {
     adders: usize,
     balanced: bool,
     split_writers: bool,
+    databases: usize,
 }
 
 const fn layout(adders: usize, balanced: bool, split_writers: bool) -> Layout {
@@ -43,7 +50,23 @@ const fn layout(adders: usize, balanced: bool, split_writers: bool) -> Layout {
         adders,
         balanced,
         split_writers,
+        databases: 1,
     }
+}
+
+/// The layouts of this run: [`LAYOUTS`], then with `--outboxes` K > 1 one
+/// adder directly and two behind HAProxy on K databases.
+fn layouts(config: &Config) -> Vec<Layout> {
+    let mut layouts = LAYOUTS.to_vec();
+    if config.outboxes > 1 {
+        for base in [layout(1, false, false), layout(2, true, false)] {
+            layouts.push(Layout {
+                databases: usize::from(config.outboxes),
+                ..base
+            });
+        }
+    }
+    layouts
 }
 
 const LAYOUTS: [Layout; 6] = [
@@ -73,16 +96,17 @@ const READY: Duration = Duration::from_secs(60);
 
 /// Runs every layout `config.repeats` times and prints the table.
 pub async fn run(config: &Config, run_dir: &Path) -> anyhow::Result<()> {
-    let mut rounds: Vec<Vec<Measured>> = vec![Vec::new(); LAYOUTS.len()];
+    let layouts = layouts(config);
+    let mut rounds: Vec<Vec<Measured>> = vec![Vec::new(); layouts.len()];
     for round in 1..=config.repeats {
-        for (i, layout) in LAYOUTS.iter().enumerate() {
+        for (i, layout) in layouts.iter().enumerate() {
             progress(&format!("scale-out round {round}: {layout:?}"));
             let dir = run_dir.join(format!("scale-{round}-{i}"));
             std::fs::create_dir_all(dir.join("data"))?;
             rounds[i].push(measure(config, *layout, &dir).await?);
         }
     }
-    let table = table(&rounds);
+    let table = table(&layouts, &rounds);
     print!("{table}");
     let path = config.work_dir.join("scale.md");
     std::fs::write(&path, &table).with_context(|| format!("writing {}", path.display()))?;
@@ -91,7 +115,11 @@ pub async fn run(config: &Config, run_dir: &Path) -> anyhow::Result<()> {
 
 /// Starts the layout, warms it up, saturates it once and stops it.
 async fn measure(config: &Config, layout: Layout, dir: &Path) -> anyhow::Result<Measured> {
-    let db = Fresh::create(config.database_url(), "tally_bench_scale").await?;
+    let mut dbs = Vec::new();
+    for _ in 0..layout.databases {
+        dbs.push(Fresh::create(config.database_url(), "tally_bench_scale").await?);
+    }
+    let urls: Vec<String> = dbs.iter().map(|db| db.url.clone()).collect();
     let queue = queue_name("bench", "scale");
     let broker = Broker::connect(config.amqp_url()).await?;
     broker.declare(&queue).await?;
@@ -107,7 +135,7 @@ async fn measure(config: &Config, layout: Layout, dir: &Path) -> anyhow::Result<
         let (grpc, http) = (free_addr()?, free_addr()?);
         let env = [
             ("ADDER_COMMIT_WRITERS", writers.to_string()),
-            ("DATABASE_URL", db.url.clone()),
+            ("DATABASE_URL", urls.join(" ")),
             ("AMQP_URL", config.amqp_url().to_owned()),
             ("TALLY_QUEUE", queue.clone()),
             ("ADDER_GRPC_ADDR", grpc.to_string()),
@@ -152,14 +180,16 @@ async fn measure(config: &Config, layout: Layout, dir: &Path) -> anyhow::Result<
         Some(balancer) => balancer.grpc().parse()?,
         None => backends[0].grpc,
     };
-    let measured = saturate(config, target, totaler_http, &db.url).await;
+    let measured = saturate(config, target, totaler_http, &urls).await;
     drop(balancer);
     totaler.stop().await?;
     for adder in adders {
         adder.stop().await?;
     }
     broker.delete(&queue).await;
-    crate::drop_database(db).await;
+    for db in dbs {
+        crate::drop_database(db).await;
+    }
     measured
 }
 
@@ -169,7 +199,7 @@ async fn saturate(
     config: &Config,
     target: SocketAddr,
     totaler: SocketAddr,
-    database: &str,
+    databases: &[String],
 ) -> anyhow::Result<Measured> {
     let clients = Clients::connect(target, config.grpc_connections).await?;
     let warm = grpc::saturate(&clients, 16, READY, 500, |_| (1, 0)).await;
@@ -180,7 +210,7 @@ async fn saturate(
     );
     wait_total(totaler, warm.acked_sum, config.settle()).await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let commits_before = crate::database::commits(database).await?;
+    let commits_before = commits(databases).await?;
     let before = cpu::Sample::take();
     let done = grpc::saturate(
         &clients,
@@ -201,7 +231,7 @@ async fn saturate(
     let counted = wait_total(totaler, warm.acked_sum + done.acked_sum, config.settle()).await?;
     // The statistics collector reports at most every 500 ms.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let commits = crate::database::commits(database).await? - commits_before;
+    let commits = commits(databases).await? - commits_before;
     Ok(Measured {
         durable_per_s: done.ok as f64 / (counted - started).as_secs_f64(),
         commits_per_add: commits as f64 / done.ok.max(1) as f64,
@@ -209,9 +239,18 @@ async fn saturate(
     })
 }
 
+/// Transactions committed so far in all of `databases`.
+async fn commits(databases: &[String]) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for url in databases {
+        total += crate::database::commits(url).await?;
+    }
+    Ok(total)
+}
+
 /// The Markdown table: per layout the medians of Adds/s, and per part its
 /// cores and µs per Add.
-fn table(rounds: &[Vec<Measured>]) -> String {
+fn table(layouts: &[Layout], rounds: &[Vec<Measured>]) -> String {
     let mut text = String::from("| layout | durable Adds/s | commits per Add |");
     for part in PARTS {
         text.push_str(&format!(" {part} cores (µs/Add) |"));
@@ -219,7 +258,7 @@ fn table(rounds: &[Vec<Measured>]) -> String {
     text.push_str("\n|---|---|---|");
     text.push_str(&"---|".repeat(PARTS.len()));
     text.push('\n');
-    for (layout, measured) in LAYOUTS.iter().zip(rounds) {
+    for (layout, measured) in layouts.iter().zip(rounds) {
         let rate = median(measured.iter().map(|m| m.durable_per_s).collect());
         let name = match (layout.balanced, layout.split_writers) {
             (false, _) => "1 adder, direct".to_owned(),
@@ -228,6 +267,10 @@ fn table(rounds: &[Vec<Measured>]) -> String {
                 "{} adders behind HAProxy, commit writers split",
                 layout.adders
             ),
+        };
+        let name = match layout.databases {
+            1 => name,
+            k => format!("{name}, {k} outbox databases"),
         };
         let commits = median(measured.iter().map(|m| m.commits_per_add).collect());
         text.push_str(&format!("| {name} | {rate:.0} | {commits:.3} |"));

@@ -39,8 +39,9 @@ pub struct Args {
     #[arg(long, env = "SUM_FILE", default_value = "data/sum.txt")]
     pub sum_file: PathBuf,
     /// An outbox database (repeat for several, or separate them with
-    /// commas); every source in the ledger must be in one of them for the
-    /// total to be checked. A database on several servers is one libpq
+    /// whitespace as the adder's DATABASE_URL does, or with a comma before
+    /// postgres://); every source in the ledger must be in one of them for
+    /// the total to be checked. A database on several servers is one libpq
     /// multi-host URL (`postgres://u:p@h1:5432,h2:5433/db`): it is read on
     /// its writable primary.
     #[arg(

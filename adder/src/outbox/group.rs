@@ -14,6 +14,9 @@
 //! server: nothing fails, nothing answers) gives its group up with
 //! `Error::Moved` and goes on with the next group on the new primary.
 //!
+//! A group that could not get a connection (the pool timed out or is
+//! closed) sent nothing: its Adds get `Error::Unreached`.
+//!
 //! One caller's data never fails another: a group whose statement PostgreSQL
 //! refuses for its data (an SQLSTATE of class 22 or 23) is retried row by
 //! row, so only the offending Add fails, with `Error::Refused`. A group whose
@@ -116,7 +119,11 @@ async fn answer_group(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, E
         Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
         Err(e) => {
             let e = Arc::new(e);
-            group.iter().map(|_| Err(Error::Group(e.clone()))).collect()
+            let failed = |e: &Arc<sqlx::Error>| match e.as_ref() {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Error::Unreached(e.clone()),
+                _ => Error::Group(e.clone()),
+            };
+            group.iter().map(|_| Err(failed(&e))).collect()
         }
         Ok(answers) => answers,
     }

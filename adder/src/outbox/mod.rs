@@ -3,7 +3,8 @@
 //! relay per database cut them into snapshot batches and confirm them
 //! (`batches`), hands the relay the rows from before batches existed and
 //! marks them published (`legacy`),
-//! keeps the database's identity (`identity`), uses only the writable
+//! keeps the database's identity (`identity`) and its place in the adders'
+//! list of databases (`position`), uses only the writable
 //! primary of the database's servers and follows it to a new one
 //! (`primary`) and purges what retention allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
 //! callers hold an [`Outbox`], the relay lock ([`Active`]) and claims
@@ -14,6 +15,7 @@ mod batches;
 mod group;
 mod identity;
 mod legacy;
+mod position;
 mod primary;
 
 use std::{sync::Arc, time::Duration};
@@ -24,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use batches::{Active, Batch, Claim, Cut, Row, Standby};
 pub use identity::Identity;
 pub use legacy::LegacyClaim;
+pub use position::Place;
 
 /// The outbox of one PostgreSQL database.
 #[derive(Clone)]
@@ -58,6 +61,10 @@ pub enum Error {
     /// A group commit failed; every Add in it gets the same cause.
     #[error("the outbox database is unavailable")]
     Group(#[source] std::sync::Arc<sqlx::Error>),
+    /// No connection to the database could be had for the group: nothing
+    /// of it was sent, so none of its Adds was recorded.
+    #[error("the outbox database is unreachable")]
+    Unreached(#[source] std::sync::Arc<sqlx::Error>),
     /// The adder has not migrated and checked its outbox yet.
     #[error("the outbox database is not open yet")]
     NotOpen,
@@ -84,6 +91,10 @@ pub enum Error {
     /// been committed.
     #[error("the outbox database's primary changed before it answered")]
     Moved,
+    /// The database is recorded at another place in the adders' list of
+    /// outbox databases than this adder's list gives it. Fatal.
+    #[error("{0}")]
+    Misplaced(String),
     /// `DATABASE_URL` asks for something the adder cannot do. Fatal.
     #[error("{0}")]
     Config(String),
@@ -92,7 +103,17 @@ pub enum Error {
 impl Error {
     /// Whether retrying cannot help (the adder must stop).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Copied(_) | Error::Config(_))
+        matches!(
+            self,
+            Error::Copied(_) | Error::Misplaced(_) | Error::Config(_)
+        )
+    }
+
+    /// Whether the Add certainly was not recorded and the database is what
+    /// failed (not open yet, or no connection to it): an Add without a
+    /// request id may then be recorded on another database instead.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(self, Error::NotOpen | Error::Unreached(_))
     }
 }
 
@@ -152,6 +173,13 @@ impl Outbox {
     /// if that one hangs, and must start again. Never, with one server.
     pub async fn moved(&self) {
         primary::moved(self.moves.as_ref()).await;
+    }
+
+    /// Records this database's place in the adders' list, or checks it
+    /// against the one recorded (`Error::Misplaced`); `reshard` records the
+    /// new place instead of refusing it.
+    pub async fn settle_place(&self, place: Place, reshard: bool) -> Result<(), Error> {
+        position::settle(&self.pool, place, reshard).await
     }
 
     /// The source new batches are cut under.

@@ -9,6 +9,7 @@ mod grpcurl;
 mod http_api;
 mod limits;
 mod metrics;
+mod outboxes;
 mod relay;
 mod request_ids;
 mod shutdown;

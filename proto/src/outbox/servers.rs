@@ -43,10 +43,16 @@ impl Servers {
     }
 }
 
-/// Splits a list of outbox URLs, comma-separated, where each may itself be
-/// a multi-host URL: a comma starts a new URL only where `postgres://` or
-/// `postgresql://` follows it.
+/// Splits a list of outbox URLs, each of which may itself be a multi-host
+/// URL: they are separated by whitespace (a URL has none), or by a comma
+/// where `postgres://` or `postgresql://` follows it (a comma inside one
+/// URL separates its servers). Empty entries are dropped.
 pub fn split_urls(list: &str) -> Vec<String> {
+    list.split_whitespace().flat_map(split_commas).collect()
+}
+
+/// One whitespace-free entry, split where a comma starts a new URL.
+fn split_commas(list: &str) -> Vec<String> {
     let mut urls = Vec::new();
     let mut start = 0;
     for (comma, _) in list.match_indices(',') {
@@ -128,5 +134,21 @@ mod tests {
             ]
         );
         assert_eq!(split_urls("postgres://a/x"), ["postgres://a/x"]);
+    }
+
+    #[test]
+    fn a_list_of_urls_splits_at_whitespace_too_and_drops_empty_entries() {
+        assert_eq!(
+            split_urls(
+                " postgres://u@a:1,b:2/x\n\tpostgresql://u@c/y  postgres://d/z,postgres://e/w "
+            ),
+            [
+                "postgres://u@a:1,b:2/x",
+                "postgresql://u@c/y",
+                "postgres://d/z",
+                "postgres://e/w"
+            ]
+        );
+        assert!(split_urls("  ").is_empty());
     }
 }

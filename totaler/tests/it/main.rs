@@ -12,6 +12,7 @@ mod exactness;
 mod http_limits;
 mod metrics;
 mod monitoring;
+mod outboxes;
 mod pg_ha_compose;
 mod rewind;
 mod shutdown;

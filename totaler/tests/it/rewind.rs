@@ -4,74 +4,9 @@
 //! `DATABASE_URL` naming both servers), real totaler, private PostgreSQL
 //! servers (`testkit::replicas`).
 
-use std::{path::Path, time::Duration};
+use testkit::{Broker, amqp_url, free_port, replicas::Servers, unique_queue};
 
-use clap::Parser;
-use testkit::{Broker, amqp_url, eventually, free_port, replicas::Servers, unique_queue};
-use tokio::{net::TcpListener, sync::oneshot};
-
-use crate::support::{config, spawn_totaler, temp_dir};
-
-/// An adder in this process on `url`, publishing to `queue`; stopped by
-/// dropping the sender.
-async fn spawn_adder(url: &str, queue: &str) -> (String, oneshot::Sender<()>) {
-    let config = adder::Config::parse_from([
-        "adder",
-        "--database-url",
-        url,
-        "--amqp-url",
-        &amqp_url(),
-        "--queue",
-        queue,
-        "--db-pool",
-        "4",
-        "--relay-poll-ms",
-        "200",
-    ]);
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-    let endpoint = format!("http://{}", grpc.local_addr().expect("addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(adder::run(config, adder::Listeners { grpc, http }, async {
-        let _ = stopped.await;
-    }));
-    (endpoint, stop)
-}
-
-/// Sends Adds `a + 0` for each `a`, each retried (same request id) until
-/// acknowledged; returns their sum.
-async fn add_all(endpoint: &str, tag: &str, values: std::ops::Range<i64>) -> i128 {
-    let client = eventually(Duration::from_secs(30), "the adder's gRPC", || async {
-        proto::tally::v1::adder_client::AdderClient::connect(endpoint.to_owned())
-            .await
-            .ok()
-    })
-    .await;
-    let mut sum = 0;
-    for a in values {
-        let request = |a| proto::tally::v1::AddRequest {
-            a,
-            b: 0,
-            request_id: format!("{tag}-{a}"),
-        };
-        eventually(Duration::from_secs(60), "an Add acknowledged", || {
-            let mut client = client.clone();
-            async move { client.add(request(a)).await.ok() }
-        })
-        .await;
-        sum += i128::from(a);
-    }
-    sum
-}
-
-async fn verify(sum_file: &Path, url: &str) -> totaler::verify::Findings {
-    let args = totaler::verify::Args {
-        sum_file: sum_file.to_path_buf(),
-        database_urls: vec![url.to_owned()],
-        in_flight_secs: 0,
-    };
-    totaler::verify::run(&args).await.expect("verify runs")
-}
+use crate::support::{add_all, config, spawn_adder, spawn_totaler, temp_dir, verify, wait_total};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_the_batches_an_asynchronously_promoted_standby_lost() {
@@ -150,13 +85,4 @@ async fn verify_reports_the_batches_a_restored_base_backup_lost() {
     drop(stop);
     totaler.stop().await;
     broker.delete().await;
-}
-
-async fn wait_total(totaler: &crate::support::TestTotaler, total: i128) {
-    eventually(
-        Duration::from_secs(30),
-        "the totaler to count every acknowledged Add",
-        || async { (totaler.sum().await == total).then_some(()) },
-    )
-    .await;
 }

@@ -1,5 +1,6 @@
 //! Starts totalers for tests, in-process on `127.0.0.1:0` via
-//! `totaler::run` or as the real binary, and builds queue messages.
+//! `totaler::run` or as the real binary, and builds queue messages; starts
+//! real adders in-process for them to count, and runs `totaler verify`.
 
 use std::{
     net::SocketAddr,
@@ -8,7 +9,9 @@ use std::{
     time::Duration,
 };
 
+use clap::Parser;
 use proto::{Sum, SumMessage, message::now_us};
+use testkit::{amqp_url, eventually};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use totaler::{Config, config::LogFormat};
 use uuid::Uuid;
@@ -199,5 +202,76 @@ pub async fn settle(broker: &testkit::Broker, what: &str, check: impl AsyncFn() 
     testkit::eventually(Duration::from_secs(30), what, || async {
         (broker.count(&broker.queue).await == 0 && check().await).then_some(())
     })
+    .await;
+}
+
+/// An adder in this process on `url`, publishing to `queue`; stopped by
+/// dropping the sender.
+pub async fn spawn_adder(url: &str, queue: &str) -> (String, oneshot::Sender<()>) {
+    let config = adder::Config::parse_from([
+        "adder",
+        "--database-url",
+        url,
+        "--amqp-url",
+        &amqp_url(),
+        "--queue",
+        queue,
+        "--db-pool",
+        "4",
+        "--relay-poll-ms",
+        "200",
+    ]);
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+    let endpoint = format!("http://{}", grpc.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(adder::run(config, adder::Listeners { grpc, http }, async {
+        let _ = stopped.await;
+    }));
+    (endpoint, stop)
+}
+
+/// Sends Adds `a + 0` for each `a`, each retried (same request id) until
+/// acknowledged; returns their sum.
+pub async fn add_all(endpoint: &str, tag: &str, values: std::ops::Range<i64>) -> i128 {
+    let client = eventually(Duration::from_secs(30), "the adder's gRPC", || async {
+        proto::tally::v1::adder_client::AdderClient::connect(endpoint.to_owned())
+            .await
+            .ok()
+    })
+    .await;
+    let mut sum = 0;
+    for a in values {
+        let request = |a| proto::tally::v1::AddRequest {
+            a,
+            b: 0,
+            request_id: format!("{tag}-{a}"),
+        };
+        eventually(Duration::from_secs(60), "an Add acknowledged", || {
+            let mut client = client.clone();
+            async move { client.add(request(a)).await.ok() }
+        })
+        .await;
+        sum += i128::from(a);
+    }
+    sum
+}
+
+pub async fn verify(sum_file: &Path, url: &str) -> totaler::verify::Findings {
+    let args = totaler::verify::Args {
+        sum_file: sum_file.to_path_buf(),
+        database_urls: vec![url.to_owned()],
+        in_flight_secs: 0,
+    };
+    totaler::verify::run(&args).await.expect("verify runs")
+}
+
+/// Waits until the totaler's total is `total`.
+pub async fn wait_total(totaler: &TestTotaler, total: i128) {
+    eventually(
+        Duration::from_secs(30),
+        "the totaler to count every acknowledged Add",
+        || async { (totaler.sum().await == total).then_some(()) },
+    )
     .await;
 }
