@@ -151,6 +151,40 @@ impl Service {
     }
 }
 
+/// What every service of a run gets: its broker, queue, logging and name.
+pub fn service_env(name: &str, amqp_url: &str, queue: &str) -> Vec<(String, String)> {
+    vec![
+        ("AMQP_URL".to_owned(), amqp_url.to_owned()),
+        ("TALLY_QUEUE".to_owned(), queue.to_owned()),
+        ("RUST_LOG".to_owned(), "info".to_owned()),
+        ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
+        ("OTEL_SERVICE_NAME".to_owned(), name.to_owned()),
+    ]
+}
+
+/// An adder's additions to [`service_env`]: its outbox, its addresses, and
+/// the run's commit writers and confirm timeout.
+pub fn adder_env(
+    database_url: &str,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    options: &crate::Options,
+) -> [(String, String); 5] {
+    [
+        ("DATABASE_URL".to_owned(), database_url.to_owned()),
+        ("ADDER_GRPC_ADDR".to_owned(), grpc.to_string()),
+        ("ADDER_HTTP_ADDR".to_owned(), http.to_string()),
+        (
+            "ADDER_COMMIT_WRITERS".to_owned(),
+            options.commit_writers.to_string(),
+        ),
+        (
+            "ADDER_RELAY_CONFIRM_TIMEOUT_MS".to_owned(),
+            (options.confirm_timeout_seconds * 1000).to_string(),
+        ),
+    ]
+}
+
 /// The path of a workspace binary built next to the running executable.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

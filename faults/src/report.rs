@@ -455,6 +455,60 @@ pub async fn served(addr: std::net::SocketAddr) -> Result<i128, String> {
     }
 }
 
+/// What a settled cluster or failover run is checked against: each
+/// totaler's `GET /sum`, `sum.txt`, the outbox and the queues.
+pub struct Settled<'a> {
+    /// `GET /sum` of each totaler, by name.
+    pub served: &'a [(String, Result<i128, String>)],
+    pub file: Option<i128>,
+    pub expected: i128,
+    pub outbox: Option<Outbox>,
+    /// The Adds acknowledged, plus the uncertain ones the outbox committed.
+    pub rows: i64,
+    pub ready: u32,
+    pub dead_letters: u32,
+}
+
+impl Settled<'_> {
+    /// Whether the total is exact and everything drained.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, served) in self.served {
+            match served {
+                Ok(sum) if *sum == self.expected => {}
+                Ok(sum) => problems.push(format!(
+                    "{name}: GET /sum is {sum}, acknowledged Adds sum to {} (off by {})",
+                    self.expected,
+                    sum - self.expected
+                )),
+                Err(e) => problems.push(format!("{name}: GET /sum gave no exact total ({e})")),
+            }
+        }
+        if self.file != Some(self.expected) {
+            problems.push(format!(
+                "sum.txt says {:?}, expected {}",
+                self.file, self.expected
+            ));
+        }
+        let rows = self.rows;
+        match self.outbox {
+            Some(o) if o.sum == self.expected && o.rows == rows && o.unpublished == 0 => {}
+            Some(o) => problems.push(format!(
+                "the outbox holds {} rows summing to {} ({} unpublished); {rows} Adds summing to {} were acknowledged or committed",
+                o.rows, o.sum, o.unpublished, self.expected
+            )),
+            None => problems.push("the outbox could not be read".to_owned()),
+        }
+        if self.ready != 0 || self.dead_letters != 0 {
+            problems.push(format!(
+                "{} messages left in the queue, {} dead-lettered",
+                self.ready, self.dead_letters
+            ));
+        }
+        problems
+    }
+}
+
 /// The total on the first line of the ledger at `path`.
 pub fn file_total(path: &Path) -> Option<i128> {
     std::fs::read_to_string(path)

@@ -35,7 +35,7 @@ use crate::{
     Options,
     load::{Load, Shape, Tally},
     metrics::{CONSUMED, RELAY_ACTIVE, Sampler, scrape, value},
-    process::{Service, binary},
+    process::{Service, adder_env, binary, service_env},
     rng::Rng,
     servers::Postgres,
 };
@@ -160,34 +160,14 @@ impl Cluster {
                 .parse()
                 .expect("a socket address")
         };
-        let common = |name: &str| {
-            vec![
-                ("AMQP_URL".to_owned(), nodes.clone()),
-                ("TALLY_QUEUE".to_owned(), QUEUE.to_owned()),
-                ("RUST_LOG".to_owned(), "info".to_owned()),
-                ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
-                ("OTEL_SERVICE_NAME".to_owned(), name.to_owned()),
-            ]
-        };
+        let common = |name: &str| service_env(name, &nodes, QUEUE);
         let mut adders = Vec::new();
         let mut backends = Vec::new();
         for i in 1..=2 {
             let (grpc, http) = (local(free_port()), local(free_port()));
             let name = format!("adder-{i}");
             let mut env = common(&name);
-            env.extend([
-                ("DATABASE_URL".to_owned(), postgres.url()),
-                ("ADDER_GRPC_ADDR".to_owned(), grpc.to_string()),
-                ("ADDER_HTTP_ADDR".to_owned(), http.to_string()),
-                (
-                    "ADDER_COMMIT_WRITERS".to_owned(),
-                    options.commit_writers.to_string(),
-                ),
-                (
-                    "ADDER_RELAY_CONFIRM_TIMEOUT_MS".to_owned(),
-                    (options.confirm_timeout_seconds * 1000).to_string(),
-                ),
-            ]);
+            env.extend(adder_env(&postgres.url(), grpc, http, options));
             adders.push(Service::new(&name, binary("adder")?, env, root, http));
             backends.push(Backend { grpc, http });
         }

@@ -168,40 +168,16 @@ impl ClusterReport {
     /// Whether the total is exact and everything drained (what settling
     /// waits for).
     fn total_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (name, served) in &self.served {
-            match served {
-                Ok(sum) if *sum == self.expected => {}
-                Ok(sum) => problems.push(format!(
-                    "{name}: GET /sum is {sum}, acknowledged Adds sum to {} (off by {})",
-                    self.expected,
-                    sum - self.expected
-                )),
-                Err(e) => problems.push(format!("{name}: GET /sum gave no exact total ({e})")),
-            }
+        report::Settled {
+            served: &self.served,
+            file: self.file,
+            expected: self.expected,
+            outbox: self.outbox,
+            rows: self.acknowledged as i64 + self.uncertain_committed as i64,
+            ready: self.ready,
+            dead_letters: self.dead_letters,
         }
-        if self.file != Some(self.expected) {
-            problems.push(format!(
-                "sum.txt says {:?}, expected {}",
-                self.file, self.expected
-            ));
-        }
-        let rows = self.acknowledged as i64 + self.uncertain_committed as i64;
-        match self.outbox {
-            Some(o) if o.sum == self.expected && o.rows == rows && o.unpublished == 0 => {}
-            Some(o) => problems.push(format!(
-                "the outbox holds {} rows summing to {} ({} unpublished); {rows} Adds summing to {} were acknowledged or committed",
-                o.rows, o.sum, o.unpublished, self.expected
-            )),
-            None => problems.push("the outbox could not be read".to_owned()),
-        }
-        if self.ready != 0 || self.dead_letters != 0 {
-            problems.push(format!(
-                "{} messages left in the queue, {} dead-lettered",
-                self.ready, self.dead_letters
-            ));
-        }
-        problems
+        .problems()
     }
 }
 

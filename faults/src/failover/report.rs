@@ -36,7 +36,8 @@ pub struct FailoverReport {
     pub uncertain: usize,
     pub uncertain_committed: usize,
     pub expected: i128,
-    pub served: Result<i128, String>,
+    /// `GET /sum` of the totaler, by name.
+    pub served: Vec<(String, Result<i128, String>)>,
     pub file: Option<i128>,
     /// Sources in the ledger: one per timeline the outbox published from.
     pub sources: usize,
@@ -100,7 +101,10 @@ async fn gather(failover: &Failover, tally: &Tally, options: &Options) -> Failov
         uncertain: uncertain.len(),
         uncertain_committed: committed.len(),
         expected,
-        served: report::served(failover.totaler.http).await,
+        served: vec![(
+            failover.totaler.name.clone(),
+            report::served(failover.totaler.http).await,
+        )],
         file: report::file_total(&failover.sum_file),
         sources,
         outbox,
@@ -168,38 +172,16 @@ impl FailoverReport {
     /// Whether the total is exact and everything drained (what settling
     /// waits for).
     fn total_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        match &self.served {
-            Ok(sum) if *sum == self.expected => {}
-            Ok(sum) => problems.push(format!(
-                "GET /sum is {sum}, acknowledged Adds sum to {} (off by {})",
-                self.expected,
-                sum - self.expected
-            )),
-            Err(e) => problems.push(format!("GET /sum gave no exact total ({e})")),
+        report::Settled {
+            served: &self.served,
+            file: self.file,
+            expected: self.expected,
+            outbox: self.outbox,
+            rows: self.acknowledged as i64 + self.uncertain_committed as i64,
+            ready: self.ready,
+            dead_letters: self.dead_letters,
         }
-        if self.file != Some(self.expected) {
-            problems.push(format!(
-                "sum.txt says {:?}, expected {}",
-                self.file, self.expected
-            ));
-        }
-        let rows = self.acknowledged as i64 + self.uncertain_committed as i64;
-        match self.outbox {
-            Some(o) if o.sum == self.expected && o.rows == rows && o.unpublished == 0 => {}
-            Some(o) => problems.push(format!(
-                "the outbox holds {} rows summing to {} ({} unpublished); {rows} Adds summing to {} were acknowledged or committed",
-                o.rows, o.sum, o.unpublished, self.expected
-            )),
-            None => problems.push("the outbox could not be read on a primary".to_owned()),
-        }
-        if self.ready != 0 || self.dead_letters != 0 {
-            problems.push(format!(
-                "{} messages left in the queue, {} dead-lettered",
-                self.ready, self.dead_letters
-            ));
-        }
-        problems
+        .problems()
     }
 }
 
