@@ -104,6 +104,25 @@ pub struct Options {
 }
 
 impl Options {
+    /// The load the run drives: its retrying and id-less workers and rates.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            workers: self.workers,
+            rate: self.rate,
+            idless_workers: self.idless_workers,
+            idless_rate: self.idless_rate,
+        }
+    }
+
+    /// A new directory for a run's servers, files and logs:
+    /// `<temp>/<prefix>-<seed>-<pid>`.
+    pub fn run_dir(&self, prefix: &str) -> std::io::Result<std::path::PathBuf> {
+        let root =
+            std::env::temp_dir().join(format!("{prefix}-{}-{}", self.seed, std::process::id()));
+        std::fs::create_dir_all(&root)?;
+        Ok(root)
+    }
+
     /// The CI defaults, overridden by the `TALLY_FAULTS_*` variables.
     pub fn from_env() -> Self {
         let number = |name: &str, default: u64| {
@@ -240,12 +259,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         options.seed, options.seed
     );
     let started = Instant::now();
-    let root = std::env::temp_dir().join(format!(
-        "tally-faults-{}-{}",
-        options.seed,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&root)?;
+    let root = options.run_dir("tally-faults")?;
     let mut stack = Stack::start(&root, &options).await?;
     eprintln!(
         "faults: servers and services up in {:.1?}; logs in {}",
@@ -253,12 +267,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         root.display()
     );
     let mut rng = stack.rng.fork();
-    let shape = Shape {
-        workers: options.workers,
-        rate: options.rate,
-        idless_workers: options.idless_workers,
-        idless_rate: options.idless_rate,
-    };
+    let shape = options.shape();
     let load = Load::start(
         &stack.adder_grpc(),
         shape,

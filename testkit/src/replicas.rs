@@ -202,13 +202,7 @@ impl Server {
     /// Stops the postmaster and every backend with SIGSTOP: a server that
     /// hangs with its connections open; SIGCONT when the guard drops.
     pub fn freeze(&self) -> anyhow::Result<Frozen> {
-        let pid_file = self.data().join("postmaster.pid");
-        let text = fs::read_to_string(&pid_file)
-            .with_context(|| format!("reading {}", pid_file.display()))?;
-        let postmaster: u32 = text.lines().next().unwrap_or_default().trim().parse()?;
-        let mut pids = vec![postmaster];
-        pids.extend(children(postmaster));
-        Ok(Frozen::stop(pids)?)
+        Ok(Frozen::stop(server_processes(&self.data())?)?)
     }
 
     /// Promotes a standby to primary (a new timeline) and waits for it.
@@ -305,4 +299,17 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// The postmaster of the server in data directory `data` (from its
+/// `postmaster.pid`) and its children, every backend: what a hung machine
+/// stops.
+pub fn server_processes(data: &Path) -> anyhow::Result<Vec<u32>> {
+    let pid_file = data.join("postmaster.pid");
+    let text =
+        fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
+    let postmaster: u32 = text.lines().next().unwrap_or_default().trim().parse()?;
+    let mut pids = vec![postmaster];
+    pids.extend(children(postmaster));
+    Ok(pids)
 }

@@ -56,6 +56,24 @@ async fn add_until_ok(
     }
 }
 
+/// [`add_until_ok`] for `tag-0` .. `tag-{n-1}` (a = 0 .. n-1); their
+/// outbox ids.
+async fn add_all_until_ok(
+    client: &mut proto::tally::v1::adder_client::AdderClient<tonic::transport::Channel>,
+    tag: &str,
+    n: i64,
+) -> BTreeSet<i64> {
+    let mut ids = BTreeSet::new();
+    for i in 0..n {
+        ids.insert(
+            add_until_ok(client, i, &format!("{tag}-{i}"))
+                .await
+                .outbox_id,
+        );
+    }
+    ids
+}
+
 /// What the relay published: row ids and sources.
 #[derive(Default)]
 struct Published {
@@ -88,14 +106,7 @@ async fn the_adder_follows_a_promoted_standby_and_every_acknowledged_add_is_publ
     let broker = Broker::connect(&queue).await;
     let adder = spawn_adder(config(&url, &amqp_url(), &queue)).await;
     let mut client = adder.client().await;
-    let mut acknowledged = BTreeSet::new();
-    for i in 0..20 {
-        acknowledged.insert(
-            add_until_ok(&mut client, i, &format!("before-{i}"))
-                .await
-                .outbox_id,
-        );
-    }
+    let mut acknowledged = add_all_until_ok(&mut client, "before", 20).await;
     let mut seen = Published::default();
     wait_published(&broker, &mut seen, &acknowledged).await;
 
@@ -113,13 +124,7 @@ async fn the_adder_follows_a_promoted_standby_and_every_acknowledged_add_is_publ
         );
         assert!(acknowledged.contains(&replayed.outbox_id));
     }
-    for i in 0..20 {
-        acknowledged.insert(
-            add_until_ok(&mut client, i, &format!("after-{i}"))
-                .await
-                .outbox_id,
-        );
-    }
+    acknowledged.extend(add_all_until_ok(&mut client, "after", 20).await);
     assert_eq!(acknowledged.len(), 41);
 
     wait_published(&broker, &mut seen, &acknowledged).await;
@@ -144,14 +149,7 @@ async fn the_adder_leaves_a_primary_that_hangs_for_the_promoted_standby() {
     let broker = Broker::connect(&queue).await;
     let adder = spawn_adder(config(&url, &amqp_url(), &queue)).await;
     let mut client = adder.client().await;
-    let mut acknowledged = BTreeSet::new();
-    for i in 0..10 {
-        acknowledged.insert(
-            add_until_ok(&mut client, i, &format!("before-{i}"))
-                .await
-                .outbox_id,
-        );
-    }
+    let mut acknowledged = add_all_until_ok(&mut client, "before", 10).await;
     let mut seen = Published::default();
     wait_published(&broker, &mut seen, &acknowledged).await;
 
@@ -164,13 +162,7 @@ async fn the_adder_leaves_a_primary_that_hangs_for_the_promoted_standby() {
     tokio::task::block_in_place(|| standby.promote()).expect("promote the standby");
 
     // While the old primary is still frozen, Adds must succeed on the new one.
-    for i in 0..10 {
-        acknowledged.insert(
-            add_until_ok(&mut client, i, &format!("after-{i}"))
-                .await
-                .outbox_id,
-        );
-    }
+    acknowledged.extend(add_all_until_ok(&mut client, "after", 10).await);
     let stuck = tokio::time::timeout(Duration::from_secs(30), stuck)
         .await
         .expect("the Add waiting on the hung primary is answered once the adder moved")

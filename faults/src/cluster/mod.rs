@@ -33,7 +33,7 @@ use testkit::{
 
 use crate::{
     Options,
-    load::{Load, Shape, Tally},
+    load::{Load, Tally},
     metrics::{CONSUMED, RELAY_ACTIVE, Sampler, scrape, value},
     process::{Service, adder_env, binary, service_env},
     rng::Rng,
@@ -104,24 +104,14 @@ pub struct Cluster {
 pub async fn run(options: Options) -> anyhow::Result<ClusterReport> {
     eprintln!("faults cluster: seed {}", options.seed);
     let started = Instant::now();
-    let root = std::env::temp_dir().join(format!(
-        "tally-faults-cluster-{}-{}",
-        options.seed,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&root)?;
+    let root = options.run_dir("tally-faults-cluster")?;
     let mut cluster = Cluster::start(&root, &options).await?;
     eprintln!(
         "faults cluster: 3 broker nodes, 2 adders, HAProxy, 2 totalers up in {:.1?}; logs in {}",
         started.elapsed(),
         root.display()
     );
-    let shape = Shape {
-        workers: options.workers,
-        rate: options.rate,
-        idless_workers: options.idless_workers,
-        idless_rate: options.idless_rate,
-    };
+    let shape = options.shape();
     let mut rng = cluster.rng.fork();
     let tally = cluster.tally.clone();
     let load = Load::start(&cluster.balancer.grpc(), shape, &mut rng, "cluster", tally)?;

@@ -39,7 +39,7 @@ use testkit::{
 
 use crate::{
     Options,
-    load::{Load, Shape, Tally},
+    load::{Load, Tally},
     metrics::Sampler,
     process::{Service, adder_env, binary, service_env},
     rng::Rng,
@@ -128,24 +128,14 @@ pub struct Failover {
 pub async fn run(options: Options) -> anyhow::Result<FailoverReport> {
     eprintln!("faults failover: seed {}", options.seed);
     let started = Instant::now();
-    let root = std::env::temp_dir().join(format!(
-        "tally-faults-failover-{}-{}",
-        options.seed,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&root)?;
+    let root = options.run_dir("tally-faults-failover")?;
     let mut failover = Failover::start(&root, &options).await?;
     eprintln!(
         "faults failover: Patroni cluster, 2 adders, HAProxy, a totaler up in {:.1?}; logs in {}",
         started.elapsed(),
         root.display()
     );
-    let shape = Shape {
-        workers: options.workers,
-        rate: options.rate,
-        idless_workers: options.idless_workers,
-        idless_rate: options.idless_rate,
-    };
+    let shape = options.shape();
     let mut rng = failover.rng.fork();
     let tally = failover.tally.clone();
     let load = Load::start(

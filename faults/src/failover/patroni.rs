@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use testkit::process::{Frozen, children};
+use testkit::{process::Frozen, replicas::server_processes};
 
 use crate::process::{http_get, run};
 
@@ -182,12 +182,9 @@ impl Patroni {
         if let Ok(pid) = std::fs::read_to_string(&pid_file) {
             pids.push(pid.trim().parse()?);
         }
-        let postmaster = self.dir.join(Self::name(i)).join("data/postmaster.pid");
-        let text = std::fs::read_to_string(&postmaster)
-            .with_context(|| format!("reading {}", postmaster.display()))?;
-        let postmaster: u32 = text.lines().next().unwrap_or_default().trim().parse()?;
-        pids.push(postmaster);
-        pids.extend(children(postmaster));
+        pids.extend(server_processes(
+            &self.dir.join(Self::name(i)).join("data"),
+        )?);
         Ok(Frozen::stop(pids)?)
     }
 
@@ -199,14 +196,6 @@ impl Patroni {
     /// Starts member `i` (Patroni, which starts PostgreSQL) again.
     pub fn start_member(&self, i: usize) -> anyhow::Result<()> {
         self.script(&["start", &Self::name(i)])
-    }
-
-    /// Whether member `i`'s Patroni process runs.
-    pub fn is_running(&self, i: usize) -> bool {
-        std::fs::read_to_string(self.dir.join(format!("{}.pid", Self::name(i))))
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }
 
     /// `patronictl list`, for the log.
