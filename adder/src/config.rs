@@ -78,9 +78,10 @@ pub struct Config {
     pub db_pool: u32,
 
     /// Group-commit writers: each commits everything queued as one
-    /// multi-row INSERT, one WAL flush. Fewer writers make bigger groups and
-    /// fewer flushes; more let commits overlap. Default: a quarter of
-    /// ADDER_DB_POOL, at least 1.
+    /// multi-row INSERT, one WAL flush. A writer commits beside another's
+    /// commit in flight only with a group of 100 Adds or more (smaller ones
+    /// wait and grow), so more writers help only when groups are that full.
+    /// Default: a quarter of ADDER_DB_POOL, at least 1.
     #[arg(long, env = "ADDER_COMMIT_WRITERS")]
     pub commit_writers: Option<usize>,
 

@@ -270,7 +270,9 @@ impl CutRow {
             traceparent: None,
         };
         let (ids, sums, created) = (self.r_ids?, self.r_sums?, self.r_created_us?);
-        let rows = ids
+        // One aggregate built the arrays, so they are aligned; the cut does
+        // not sort them, the relay does (ids are unique).
+        let mut rows: Vec<Row> = ids
             .into_iter()
             .zip(sums)
             .zip(created)
@@ -280,6 +282,7 @@ impl CutRow {
                 created_us,
             })
             .collect();
+        rows.sort_unstable_by_key(|row| row.id);
         Some(Cut {
             claim: Claim { batch },
             rows,

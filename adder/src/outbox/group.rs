@@ -4,6 +4,14 @@
 //! statement, and so its row, is committed. With a light load a writer is
 //! free and an Add commits alone, as it would without grouping.
 //!
+//! Commits overlap only when they are full enough to be worth it: a writer
+//! whose group has fewer than `GROUP_OVERLAP_ROWS` Adds while another
+//! writer's commit is in flight waits for that commit to end, gathering what
+//! queues meanwhile. Small commits side by side cost PostgreSQL about three
+//! times as much per row as the same rows in fewer, larger commits (their
+//! backends contend for the same rightmost index pages and WAL insertion);
+//! see BENCHMARKS.md. The other writers are there for when groups are full.
+//!
 //! Request ids are resolved per group: one lookup of every id in the group
 //! first (a retry is answered from its row and burns no sequence value), then
 //! the INSERT skips ids another adder inserted meanwhile (`ON CONFLICT DO
@@ -30,7 +38,7 @@ use std::{
 };
 
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use super::{Error, Recorded, primary};
 
@@ -52,6 +60,9 @@ type Found = (i64, i64, i64, i64);
 const GROUP_MAX_ROWS: usize = 1000;
 /// Adds that may wait for a writer before `record` waits to queue.
 const GROUP_QUEUE: usize = 16 * GROUP_MAX_ROWS;
+/// Fewest Adds a group commits with while another group's commit is in
+/// flight; a smaller group waits for that commit to end first.
+const GROUP_OVERLAP_ROWS: usize = 100;
 
 /// The group's INSERT, rows in `to_insert` order (`n`), skipping request
 /// ids that exist by now.
@@ -74,28 +85,56 @@ pub(super) fn spawn_writers(
 ) -> mpsc::Sender<Queued> {
     let (sender, receiver) = mpsc::channel(GROUP_QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
+    let committing = Arc::new(watch::Sender::new(0));
     for _ in 0..writers {
-        tokio::spawn(write_groups(pool.clone(), receiver.clone(), moves.clone()));
+        tokio::spawn(write_groups(
+            pool.clone(),
+            receiver.clone(),
+            committing.clone(),
+            moves.clone(),
+        ));
     }
     sender
 }
 
-/// One writer: takes everything queued (one Add at least), commits it as one
-/// statement, answers each caller, repeats; gives a group up when the adder
-/// moves to a new primary before the old one answered.
+/// One group commit in flight, counted in the writers' shared `committing`
+/// until it is dropped (answered, given up or cancelled).
+struct Committing(Arc<watch::Sender<usize>>);
+
+impl Committing {
+    fn start(committing: &Arc<watch::Sender<usize>>) -> Committing {
+        committing.send_modify(|n| *n += 1);
+        Committing(committing.clone())
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// One writer: takes everything queued (one Add at least, and while another
+/// commit is in flight, what queues until it ends or the group has
+/// `GROUP_OVERLAP_ROWS`), commits it as one statement, answers each caller,
+/// repeats; gives a group up when the adder moves to a new primary before
+/// the old one answered.
 async fn write_groups(
     pool: PgPool,
     queue: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    committing: Arc<watch::Sender<usize>>,
     moves: Option<primary::Moves>,
 ) {
     let mut group = Vec::with_capacity(GROUP_MAX_ROWS);
     loop {
-        {
+        let _committing = {
             let mut queue = queue.lock().await;
             if queue.recv_many(&mut group, GROUP_MAX_ROWS).await == 0 {
                 return;
             }
-        }
+            gather(&mut queue, &mut group, &committing).await;
+            Committing::start(&committing)
+        };
         let answers = tokio::select! {
             answers = answer_group(&pool, &group) => answers,
             () = primary::moved(moves.as_ref()) => {
@@ -105,6 +144,31 @@ async fn write_groups(
         };
         for (queued, answer) in group.drain(..).zip(answers) {
             let _ = queued.committed.send(answer);
+        }
+    }
+}
+
+/// While another commit is in flight and `group` is smaller than
+/// `GROUP_OVERLAP_ROWS`, adds what queues until that commit ends; then
+/// whatever is queued, up to `GROUP_MAX_ROWS`.
+async fn gather(
+    queue: &mut mpsc::Receiver<Queued>,
+    group: &mut Vec<Queued>,
+    committing: &watch::Sender<usize>,
+) {
+    let mut commits = committing.subscribe();
+    while group.len() < GROUP_OVERLAP_ROWS {
+        let room = GROUP_OVERLAP_ROWS - group.len();
+        tokio::select! {
+            biased;
+            _ = commits.wait_for(|n| *n == 0) => break,
+            taken = queue.recv_many(group, room) => if taken == 0 { break },
+        }
+    }
+    while group.len() < GROUP_MAX_ROWS {
+        match queue.try_recv() {
+            Ok(queued) => group.push(queued),
+            Err(_) => break,
         }
     }
 }

@@ -1,11 +1,17 @@
 //! Group commit really groups: concurrent Adds share transactions (the
-//! outbox's `xid` is the inserting transaction's id). And the cross-adder
-//! `ON CONFLICT` path: the same request id sent to two adders on one
-//! database at once gives one row, and both answers name it.
+//! outbox's `xid` is the inserting transaction's id), and a small group
+//! waits for the commit in flight instead of committing beside it, while
+//! full ones do overlap. And the cross-adder `ON CONFLICT` path: the same
+//! request id sent to two adders on one database at once gives one row, and
+//! both answers name it.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use futures_util::future::join_all;
+use sqlx::{Connection, PgConnection};
 use testkit::database;
 
 use crate::support::{call, config, pool, spawn_adder};
@@ -35,6 +41,99 @@ async fn concurrent_adds_share_group_commits() {
         "200 concurrent Adds through one writer share commits: {transactions} transactions"
     );
     adder.stop().await;
+}
+
+/// What eight writers did with `adds` Adds sent while the first Add's
+/// commit was held by a lock: how many INSERTs were waiting on it a second
+/// later, and in how many transactions all `1 + adds` committed once it
+/// was released.
+async fn adds_behind_a_held_commit(adds: i64) -> (i64, i64) {
+    let db = database::fresh().await;
+    let mut settings = config(&db, &testkit::amqp_url(), &testkit::unique_queue("held"));
+    settings.db_pool = 16;
+    settings.commit_writers = Some(8);
+    let adder = spawn_adder(settings).await;
+    let client = adder.client().await;
+    let mut holder = PgConnection::connect(&db).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("hold off INSERTs");
+    let send = |i: i64| {
+        let mut client = client.clone();
+        tokio::spawn(async move { call(&mut client, i, 1, "").await })
+    };
+    let first = send(0);
+    let observer = pool(&db).await;
+    let waiting = || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'outbox'::regclass AND NOT granted",
+        )
+        .fetch_one(&observer)
+        .await
+        .expect("read pg_locks");
+        waiting
+    };
+    for _ in 0..100 {
+        if waiting().await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        waiting().await,
+        1,
+        "the first Add's INSERT waits for the lock"
+    );
+    let rest: Vec<_> = (1..=adds).map(send).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let blocked = waiting().await;
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    first.await.expect("join").expect("the first Add");
+    for add in rest {
+        add.await.expect("join").expect("an Add");
+    }
+    let (rows, transactions): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT xid) FROM outbox")
+            .fetch_one(&observer)
+            .await
+            .expect("count the transactions");
+    assert_eq!(rows, 1 + adds);
+    adder.stop().await;
+    (blocked, transactions)
+}
+
+#[tokio::test]
+async fn a_small_group_waits_for_the_commit_in_flight_and_grows() {
+    let (waiting, transactions) = adds_behind_a_held_commit(50).await;
+    println!(
+        "50 Adds behind a held commit: {waiting} INSERTs waiting, {transactions} transactions"
+    );
+    assert_eq!(
+        waiting, 1,
+        "the 50 Adds queued behind the first commit instead of committing beside it"
+    );
+    assert!(
+        transactions <= 3,
+        "the 50 Adds committed together once the first commit ended: {transactions} transactions"
+    );
+}
+
+#[tokio::test]
+async fn full_groups_commit_beside_the_commit_in_flight() {
+    let (waiting, _) = adds_behind_a_held_commit(250).await;
+    println!("250 Adds behind a held commit: {waiting} INSERTs waiting");
+    assert!(
+        waiting >= 2,
+        "a group of 100 Adds or more commits beside the held one: {waiting} INSERTs waiting"
+    );
 }
 
 #[tokio::test]
