@@ -159,6 +159,7 @@ async fn start_database(
         pack: config.relay_pack.max(1) as usize,
         poll: config.relay_poll(),
         linger: config.relay_linger(),
+        pipeline_gap: config.relay_pipeline_gap(),
         confirm_timeout: config.relay_confirm_timeout(),
         wake: slot.wake.clone(),
         status: adder.status.clone(),

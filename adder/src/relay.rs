@@ -12,7 +12,9 @@
 //! rows each) are published persistent and mandatory with pipelined
 //! confirms, and only when the broker acked every part is it marked
 //! confirmed. Up to `WINDOW` batches await their confirms while the next is
-//! cut and published.
+//! cut and published; while one does, the next is cut once it is confirmed
+//! or `pipeline_gap` after the last cut, whichever comes first, so that a
+//! high rate makes larger batches rather than more of them.
 //!
 //! A nack, a return, a confirm timeout, a lost channel or the adder's move
 //! to a new primary of the outbox database ends the active period: the lock is released and every unconfirmed batch is published
@@ -55,6 +57,9 @@ pub struct Relay {
     pub poll: Duration,
     /// Wait after a wake-up before cutting, so one batch takes more rows.
     pub linger: Duration,
+    /// While batches await their confirms, the least time between two cuts
+    /// (unless the oldest is confirmed first), so one batch takes more rows.
+    pub pipeline_gap: Duration,
     /// How long to wait for the broker's confirms of a batch.
     pub confirm_timeout: Duration,
     pub wake: Arc<Notify>,
@@ -206,26 +211,37 @@ impl Relay {
             let published = self.publish(active, channel, cut).await?;
             in_flight.push_back(published);
             if in_flight.len() >= WINDOW {
-                self.settle_front(active, &mut in_flight).await?;
+                self.settle_front(active, &mut in_flight, None).await?;
             }
         }
+        let mut last_cut: Option<Instant> = None;
         loop {
             // Mark what the broker confirmed already, then cut while the
-            // window allows, then wait for the oldest batch.
+            // window and the gap allow, then wait for the oldest batch (no
+            // longer than until the gap allows a cut).
             while in_flight.front().is_some_and(|f| f.confirmed.is_finished()) {
-                self.settle_front(active, &mut in_flight).await?;
+                self.settle_front(active, &mut in_flight, None).await?;
             }
+            let mut gap_ends = None;
             if in_flight.len() < WINDOW {
-                if !channel.status().connected() {
-                    return Err(Error::Disconnected);
-                }
-                if let Some(cut) = active.cut(i64::from(self.batch), self.pack as i32).await? {
-                    in_flight.push_back(self.publish(active, channel, cut).await?);
-                    continue;
+                let due = last_cut
+                    .filter(|_| !in_flight.is_empty())
+                    .map(|cut| cut + self.pipeline_gap);
+                if due.is_none_or(|due| Instant::now() >= due) {
+                    if !channel.status().connected() {
+                        return Err(Error::Disconnected);
+                    }
+                    if let Some(cut) = active.cut(i64::from(self.batch), self.pack as i32).await? {
+                        in_flight.push_back(self.publish(active, channel, cut).await?);
+                        last_cut = Some(Instant::now());
+                        continue;
+                    }
+                } else {
+                    gap_ends = due;
                 }
             }
             if !in_flight.is_empty() {
-                self.settle_front(active, &mut in_flight).await?;
+                self.settle_front(active, &mut in_flight, gap_ends).await?;
                 continue;
             }
             if shutdown.is_cancelled() {
@@ -316,17 +332,31 @@ impl Relay {
             .await?)
     }
 
-    /// Awaits every confirm of the oldest batch in flight and marks it
-    /// confirmed; any part not acked (or returned) ends the active period.
+    /// Awaits every confirm of the oldest batch in flight (until `until`,
+    /// if given: then it stays in flight) and marks it confirmed; any part
+    /// not acked (or returned) ends the active period.
     async fn settle_front(
         &self,
         active: &mut Active,
         in_flight: &mut VecDeque<InFlight>,
+        until: Option<Instant>,
     ) -> Result<(), Error> {
-        let Some(front) = in_flight.pop_front() else {
+        let Some(front) = in_flight.front_mut() else {
             return Ok(());
         };
-        let took = front.confirmed.await.map_err(|_| Error::Disconnected)??;
+        let confirmed = match until {
+            None => (&mut front.confirmed).await,
+            Some(until) => {
+                match tokio::time::timeout_at(until.into(), &mut front.confirmed).await {
+                    Ok(confirmed) => confirmed,
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        let front = in_flight
+            .pop_front()
+            .expect("the front batch was there a moment ago");
+        let took = confirmed.map_err(|_| Error::Disconnected)??;
         let rows = front.batch.rows;
         active.confirm(front.batch).await?;
         self.metrics.relay_confirm.observe(took.as_secs_f64());

@@ -13,7 +13,8 @@
 //! that may have been published); a confirmation commits asynchronously (a
 //! lost one only means the batch is published again, identically). Both are
 //! one round trip each, the functions `tally_cut` and `tally_confirm` of
-//! the migration `relay_cut`; `in_pair!` is the same selection in Rust.
+//! the migrations `relay_cut` and `lean_cut`; `in_pair!` is the same
+//! selection in Rust.
 
 use std::{ops::Deref, time::Duration};
 

@@ -32,6 +32,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         commit_writers: None,
         relay_pack: 100,
         relay_linger_ms: 0,
+        relay_pipeline_gap_ms: 50,
         relay_confirm_timeout_ms: 30_000,
         relay_poll_ms: 200,
         retention_hours: 168,
