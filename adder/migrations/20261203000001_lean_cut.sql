@@ -1,13 +1,10 @@
--- A leaner cut (measured in BENCHMARKS.md, "Fewer, larger commits"): the
--- same batches, for about half the work per call.
---
--- * The cursor remembers whether its pair is used up: a batch that took
---   fewer rows than it might have took all the pair had left (a pair's rows
---   are fixed once its `hi` is taken). The next cut then opens the next pair
---   at once instead of reading the used-up one again to find it empty.
--- * The rows come back as three arrays aggregated without sorting each: one
---   aggregate reads the rows once, so the arrays are aligned, and the relay
---   puts them in id order (the order of the `taken` step already).
+-- A leaner cut: the same batches, for less work per call. The cursor
+-- remembers whether its pair is used up: a batch that took fewer rows than
+-- it might have took all the pair had left (a pair's rows are fixed once its
+-- `hi` is taken). The next cut then opens the next pair at once instead of
+-- reading the used-up one again to find it empty. The rows still come back
+-- sorted by the aggregates, so a relay of an older adder calling this
+-- function during a rolling upgrade publishes them in id order too.
 
 ALTER TABLE outbox_cursor ADD COLUMN pair_done boolean NOT NULL DEFAULT false;
 
@@ -49,8 +46,8 @@ BEGIN
             SELECT p.id, p.sum, p.created_at FROM pair p WHERE p.id > pair_after ORDER BY p.id LIMIT max_rows
         )
         SELECT count(*), min(t.id), max(t.id), sum(t.sum),
-               array_agg(t.id), array_agg(t.sum),
-               array_agg((extract(epoch FROM t.created_at) * 1000000)::bigint)
+               array_agg(t.id ORDER BY t.id), array_agg(t.sum ORDER BY t.id),
+               array_agg((extract(epoch FROM t.created_at) * 1000000)::bigint ORDER BY t.id)
           INTO b_rows, b_first_id, b_last_id, span_total, r_ids, r_sums, r_created_us
           FROM taken t;
         EXIT WHEN b_rows > 0 OR cur.pair_done;

@@ -271,9 +271,7 @@ impl CutRow {
             traceparent: None,
         };
         let (ids, sums, created) = (self.r_ids?, self.r_sums?, self.r_created_us?);
-        // One aggregate built the arrays, so they are aligned; the cut does
-        // not sort them, the relay does (ids are unique).
-        let mut rows: Vec<Row> = ids
+        let rows = ids
             .into_iter()
             .zip(sums)
             .zip(created)
@@ -283,7 +281,6 @@ impl CutRow {
                 created_us,
             })
             .collect();
-        rows.sort_unstable_by_key(|row| row.id);
         Some(Cut {
             claim: Claim { batch },
             rows,

@@ -48,8 +48,19 @@ async fn batches_are_dense_and_the_same_rows_when_read_again() {
     }
     assert_eq!(numbers, vec![1, 2, 3], "dense, 100 rows at most each");
     assert_eq!(seen, ids, "every row once, in id order");
+    // The last batch used its pair up; the next cut opens the next pair.
+    let later = record(&outbox, 20).await;
+    let cut = active
+        .cut(100, 30)
+        .await
+        .expect("cut")
+        .expect("a fourth batch");
+    assert_eq!(cut.claim.id, 4);
+    assert_eq!(cut.rows.iter().map(|r| r.id).collect::<Vec<_>>(), later);
+    assert_eq!(active.rows(&cut.claim).await.expect("rows again"), cut.rows);
+    assert!(active.cut(100, 30).await.expect("cut").is_none());
     let unconfirmed = active.unconfirmed().await.expect("unconfirmed");
-    assert_eq!(unconfirmed.len(), 3);
+    assert_eq!(unconfirmed.len(), 4);
     for batch in unconfirmed {
         let cut = active.claim(batch).await.expect("claim");
         active.confirm(cut.claim).await.expect("confirm");
