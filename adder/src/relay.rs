@@ -224,10 +224,8 @@ impl Relay {
             }
             let mut gap_ends = None;
             if in_flight.len() < WINDOW {
-                let due = last_cut
-                    .filter(|_| !in_flight.is_empty())
-                    .map(|cut| cut + self.pipeline_gap);
-                if due.is_none_or(|due| Instant::now() >= due) {
+                gap_ends = self.gap_ends(last_cut, &in_flight);
+                if gap_ends.is_none() {
                     if !channel.status().connected() {
                         return Err(Error::Disconnected);
                     }
@@ -236,8 +234,6 @@ impl Relay {
                         last_cut = Some(Instant::now());
                         continue;
                     }
-                } else {
-                    gap_ends = due;
                 }
             }
             if !in_flight.is_empty() {
@@ -259,6 +255,19 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// When the pipeline gap after `last_cut` ends, if a batch is in flight
+    /// and it has not ended yet; `None`: the next cut may be made now.
+    fn gap_ends(
+        &self,
+        last_cut: Option<Instant>,
+        in_flight: &VecDeque<InFlight>,
+    ) -> Option<Instant> {
+        last_cut
+            .filter(|_| !in_flight.is_empty())
+            .map(|cut| cut + self.pipeline_gap)
+            .filter(|&ends| Instant::now() < ends)
     }
 
     /// Publishes every part of a batch without awaiting a confirm; while
