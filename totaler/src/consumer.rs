@@ -4,10 +4,13 @@
 //! legacy row by `(source, seq)`) and, only once that update is durable,
 //! dead-letters the messages the ledger refused (forged: far beyond their
 //! source's horizon, or contradicting a known part count) and acks the rest
-//! with one `multiple` ack. A lost broker means reconnect with backoff;
-//! unacked deliveries come back and the ledger counts them once. A disk
-//! error means no ack and a retry with backoff; a corrupt, vanished or
-//! replaced ledger stops the totaler.
+//! with one `multiple` ack naming the highest applied delivery, never a
+//! rejected one: the broker settles each delivery once, by the reject or by
+//! the ack, and a forged message cannot close the channel (an ack naming a
+//! rejected tag is PRECONDITION_FAILED). A lost broker means reconnect with
+//! backoff; unacked deliveries come back and the ledger counts them once.
+//! A disk error means no ack and a retry with backoff; a corrupt, vanished
+//! or replaced ledger stops the totaler.
 //!
 //! Nothing is acked that is not durable, on any path: a shutdown while a
 //! batch waits for the disk leaves the batch unacked (the broker delivers it
@@ -220,9 +223,9 @@ impl Consumer {
                 }
             }
         }
-        let Some(&last) = tags.iter().max() else {
+        if tags.is_empty() {
             return Ok(());
-        };
+        }
         let messages = Arc::new(messages);
         let applied = self.apply(&messages, shutdown).await?;
         if self.crash_after_apply {
@@ -231,15 +234,33 @@ impl Consumer {
             );
             std::process::abort();
         }
-        for ((tag, message), outcome) in tags.iter().zip(messages.iter()).zip(&applied) {
+        self.settle(channel, &tags, &messages, &applied).await
+    }
+
+    /// Dead-letters what the ledger refused, then acks the rest with one
+    /// `multiple` ack naming the highest applied tag. The rejects go first:
+    /// the broker reads a channel's frames in order, so by the ack every
+    /// rejected delivery below it is settled already and the ack settles
+    /// exactly the applied ones. It never names a rejected tag, which the
+    /// broker would answer by closing the channel.
+    async fn settle(
+        &self,
+        channel: &Channel,
+        tags: &[u64],
+        messages: &[SumMessage],
+        applied: &[Applied],
+    ) -> Result<(), Stop> {
+        for ((tag, message), outcome) in tags.iter().zip(messages).zip(applied) {
             if let Applied::Refused(refusal) = outcome {
                 tracing::warn!(id = %message.id(), error = %refusal, "dead-lettering a message the ledger refused");
                 self.dead_letter(channel, *tag).await?;
             }
         }
-        channel
-            .basic_ack(last, BasicAckOptions { multiple: true })
-            .await?;
+        if let Some(last) = highest_applied(tags, applied) {
+            channel
+                .basic_ack(last, BasicAckOptions { multiple: true })
+                .await?;
+        }
         Ok(())
     }
 
@@ -379,6 +400,39 @@ pub(crate) fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
     }
 }
 
+/// The highest tag the ledger did not refuse: the one tag an ack may name.
+/// `None` when it refused them all.
+fn highest_applied(tags: &[u64], applied: &[Applied]) -> Option<u64> {
+    tags.iter()
+        .zip(applied)
+        .filter(|(_, outcome)| matches!(outcome, Applied::Rows(_)))
+        .map(|(&tag, _)| tag)
+        .max()
+}
+
 fn seconds_between(from_us: i64, to_us: i64) -> f64 {
     (to_us.saturating_sub(from_us)).max(0) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Applied {
+        Applied::Refused(Refusal::PartsDiffer {
+            batch: 1,
+            parts: 2,
+            known: 1,
+        })
+    }
+
+    #[test]
+    fn the_ack_names_the_highest_applied_tag_never_a_refused_one() {
+        let outcomes = [Applied::Rows(1), Applied::Rows(0), refused()];
+        assert_eq!(highest_applied(&[4, 5, 6], &outcomes), Some(5));
+        let outcomes = [refused(), Applied::Rows(1), refused()];
+        assert_eq!(highest_applied(&[4, 5, 6], &outcomes), Some(5));
+        assert_eq!(highest_applied(&[4, 6], &[refused(), refused()]), None);
+        assert_eq!(highest_applied(&[7], &[Applied::Rows(1)]), Some(7));
+    }
 }

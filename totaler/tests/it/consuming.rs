@@ -1,5 +1,6 @@
 //! Consuming: exact sums, duplicates counted once, malformed messages
-//! dead-lettered, several totalers on one file, a lost broker connection.
+//! dead-lettered, a refused message never acked, several totalers on one
+//! file, a lost broker connection.
 
 use std::time::Duration;
 
@@ -145,6 +146,56 @@ async fn malformed_messages_are_dead_lettered_and_the_total_untouched() {
     let dead_bodies = broker.drain(&dead).await;
     assert!(dead_bodies.contains(&b"not json at all".to_vec()));
     totaler.stop().await;
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_refused_message_last_in_its_batch_is_not_acked_and_keeps_the_channel() {
+    let queue = testkit::unique_queue("refused_last");
+    let broker = Broker::connect(&queue).await;
+    let path = temp_dir("refused_last").join("sum.txt");
+    // Queued before the totaler starts, one forged message sits between
+    // valid ones and one comes last: it has the highest delivery tag of
+    // whichever batch it falls in.
+    let source = Uuid::new_v4();
+    let forged = || message(Uuid::new_v4(), 500_000, 9);
+    broker.publish(&message(source, 1, 10)).await;
+    broker.publish(&forged()).await;
+    broker.publish(&message(source, 2, 10)).await;
+    broker.publish(&message(source, 3, 10)).await;
+    broker.publish(&forged()).await;
+    let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
+    let dead = proto::topology::dead_letter_queue(&queue);
+    settle(&broker, "the forged messages dead-lettered", async || {
+        broker.count(&dead).await == 2 && totaler.sum().await == 30
+    })
+    .await;
+    // Had the ack named the rejected delivery, the broker would close the
+    // channel and redeliver the batch ahead of this one.
+    broker.publish(&message(source, 4, 10)).await;
+    settle(&broker, "the next message applied", async || {
+        totaler.sum().await == 40
+    })
+    .await;
+    let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
+    for (series, expected) in [
+        (r#"totaler_messages_total{outcome="consumed"}"#, 6.0),
+        (r#"totaler_messages_total{outcome="dead_lettered"}"#, 2.0),
+        (r#"totaler_sums_total{outcome="duplicate"}"#, 0.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(expected),
+            "{series}: nothing redelivered: {metrics}"
+        );
+    }
+    totaler.stop().await;
+    assert_eq!(
+        broker.count_settled(&queue).await,
+        0,
+        "every delivery settled"
+    );
+    assert_eq!(broker.count(&dead).await, 2);
     broker.delete().await;
 }
 
