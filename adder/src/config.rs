@@ -161,6 +161,31 @@ pub struct Limits {
     #[arg(long, env = "ADDER_GRPC_TIMEOUT_MS", default_value_t = Limits::default().grpc_timeout_ms)]
     pub grpc_timeout_ms: u64,
 
+    /// How long a new gRPC connection may take to send the HTTP/2 preface
+    /// and the header of its first frame, in milliseconds; then it is
+    /// closed. Bounds TCP connections that send nothing, which would hold a
+    /// slot of ADDER_GRPC_MAX_CONNECTIONS for as long as they stay open.
+    #[arg(long, env = "ADDER_GRPC_HANDSHAKE_TIMEOUT_MS", default_value_t = Limits::default().grpc_handshake_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grpc_handshake_timeout_ms: u64,
+
+    /// How long a gRPC connection may go without sending anything before
+    /// the adder sends it an HTTP/2 PING, in milliseconds; 0 sends none.
+    /// A client that does not answer within ADDER_GRPC_KEEPALIVE_TIMEOUT_MS
+    /// is disconnected (a dead peer, or one that stopped reading).
+    #[arg(long, env = "ADDER_GRPC_KEEPALIVE_INTERVAL_MS", default_value_t = Limits::default().grpc_keepalive_interval_ms)]
+    pub grpc_keepalive_interval_ms: u64,
+
+    /// How long the adder waits for the answer to its HTTP/2 PING, in
+    /// milliseconds; then it closes the connection.
+    #[arg(long, env = "ADDER_GRPC_KEEPALIVE_TIMEOUT_MS", default_value_t = Limits::default().grpc_keepalive_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grpc_keepalive_timeout_ms: u64,
+
+    /// How long a gRPC connection may stay without a call in progress, in
+    /// milliseconds; then it is closed (its client reconnects for its next
+    /// call). Bounds clients that connect, answer PINGs and never call.
+    #[arg(long, env = "ADDER_GRPC_IDLE_TIMEOUT_MS", default_value_t = Limits::default().grpc_idle_timeout_ms, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grpc_idle_timeout_ms: u64,
+
     /// Most open HTTP connections; past it the adder stops accepting HTTP
     /// and further clients wait in the listen backlog until one closes.
     #[arg(long, env = "ADDER_HTTP_MAX_CONNECTIONS", default_value_t = Limits::default().http_max_connections)]
@@ -184,6 +209,10 @@ impl Default for Limits {
             grpc_max_connections: 20_000,
             grpc_max_streams: 256,
             grpc_timeout_ms: 30_000,
+            grpc_handshake_timeout_ms: 10_000,
+            grpc_keepalive_interval_ms: 30_000,
+            grpc_keepalive_timeout_ms: 10_000,
+            grpc_idle_timeout_ms: 300_000,
             http_max_connections: 20_000,
             http_header_timeout_ms: 10_000,
             http_request_timeout_ms: 30_000,
@@ -194,6 +223,24 @@ impl Default for Limits {
 impl Limits {
     pub fn grpc_timeout(&self) -> Duration {
         Duration::from_millis(self.grpc_timeout_ms)
+    }
+
+    /// When a silent gRPC connection is closed: no handshake, no call.
+    pub fn grpc_quiet(&self) -> listen::quiet::Timeouts {
+        listen::quiet::Timeouts {
+            handshake: Duration::from_millis(self.grpc_handshake_timeout_ms),
+            idle: Duration::from_millis(self.grpc_idle_timeout_ms),
+        }
+    }
+
+    /// The HTTP/2 PING interval, `None` for no PINGs.
+    pub fn grpc_keepalive_interval(&self) -> Option<Duration> {
+        (self.grpc_keepalive_interval_ms > 0)
+            .then(|| Duration::from_millis(self.grpc_keepalive_interval_ms))
+    }
+
+    pub fn grpc_keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.grpc_keepalive_timeout_ms)
     }
 
     pub fn http(&self) -> listen::http::Limits {

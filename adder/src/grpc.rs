@@ -5,13 +5,14 @@
 
 use std::{sync::Arc, time::Instant};
 
+use listen::grpc::CountStreams;
 use proto::tally::v1::{
     AddRequest, AddResponse,
     adder_server::{Adder as AdderRpc, AdderServer},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, service::Routes};
 use tracing::Instrument;
 
 use crate::{
@@ -75,7 +76,10 @@ fn traceparent<T>(request: &Request<T>) -> Option<&str> {
 
 /// Serves gRPC on `listener` within `limits` until `shutdown`, then
 /// finishes in-flight calls. Accepting goes through `listen::Incoming`:
-/// tonic retries a failed accept at once, which spins on EMFILE.
+/// tonic retries a failed accept at once, which spins on EMFILE, and
+/// neither tonic nor hyper closes a connection that never speaks; it closes
+/// one without a handshake or a call in progress for too long, and HTTP/2
+/// PINGs find those that stopped answering.
 pub async fn serve(
     listener: TcpListener,
     adder: Adder,
@@ -88,15 +92,24 @@ pub async fn serve(
     let reflection = reflection_builder().build_v1()?;
     // grpcurl before 1.9 (PyPI's is 1.8.6) and other older clients ask for v1alpha.
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
-    let incoming = listen::Incoming::new(listener, limits.grpc_max_connections).into_stream();
-    tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.grpc_max_streams)
-        .timeout(limits.grpc_timeout())
-        .add_service(health_service)
+    let incoming = listen::Incoming::new(listener, limits.grpc_max_connections)
+        .close_quiet(limits.grpc_quiet())
+        .into_stream();
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(AdderServer::new(Service { adder, metrics }))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .prepare();
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .timeout(limits.grpc_timeout())
+        .http2_keepalive_interval(limits.grpc_keepalive_interval())
+        .http2_keepalive_timeout(Some(limits.grpc_keepalive_timeout()))
+        .serve_with_incoming_shutdown(
+            CountStreams::new(routes),
+            incoming,
+            shutdown.cancelled_owned(),
+        )
         .await?;
     Ok(())
 }

@@ -4,17 +4,24 @@
 //! holds a semaphore permit until it is dropped; past the limit, clients
 //! wait in the kernel's listen backlog), and backs off on accept errors such
 //! as EMFILE/ENFILE instead of spinning on a listener that stays readable.
-//! It never ends on an accept error. It knows no routes: no warp, and tonic
-//! only for the `Connected` impl behind the `tonic` feature.
+//! It never ends on an accept error. For HTTP/2 it can also close
+//! connections that do not speak ([`Incoming::close_quiet`]). It knows no
+//! routes: no warp, and tonic only behind the `tonic` feature.
 //!
 //! # Layout
 //! - `lib.rs`: [`Incoming`], [`Conn`], the back-off.
 //! - `http`: one HTTP/1.1 service over an [`Incoming`], with header-read and
 //!   request timeouts and graceful shutdown.
+//! - `quiet`: the handshake and idle timeouts of HTTP/2 connections.
+//! - `grpc` (feature `tonic`): `Connected` for [`Conn`] and the service
+//!   wrapper that counts a connection's open streams for the idle timeout.
 //! - `shutdown`: the services' stop trigger (SIGINT/SIGTERM) and their one
 //!   drain bounded by the grace period.
 
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod http;
+pub mod quiet;
 pub mod shutdown;
 
 use std::{
@@ -33,17 +40,22 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
+use crate::quiet::{Timeouts, Watch};
+
 /// A listener that accepts at most `max_connections` open connections and
 /// backs off on accept errors.
 pub struct Incoming {
     listener: TcpListener,
     permits: Arc<Semaphore>,
     backoff: Backoff,
+    quiet: Option<Timeouts>,
 }
 
 /// An accepted connection; its slot is freed when it is dropped.
 pub struct Conn {
     stream: TcpStream,
+    /// The clock of its silences, if quiet connections are closed.
+    watch: Option<Watch>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -59,7 +71,18 @@ impl Incoming {
             listener,
             permits: Arc::new(Semaphore::new(permits)),
             backoff: Backoff::default(),
+            quiet: None,
         }
+    }
+
+    /// Closes HTTP/2 connections that do not speak: no handshake within
+    /// `timeouts.handshake`, no open stream for `timeouts.idle` (counted by
+    /// `grpc::CountStreams`; without it every connection counts as idle).
+    /// Their next read fails with `TimedOut`, so the server drops them and
+    /// their slots are freed.
+    pub fn close_quiet(mut self, timeouts: Timeouts) -> Self {
+        self.quiet = Some(timeouts);
+        self
     }
 
     /// Waits for a free slot, then for a connection. Accept errors are
@@ -80,6 +103,7 @@ impl Incoming {
                     let _ = stream.set_nodelay(true);
                     return Conn {
                         stream,
+                        watch: self.quiet.map(Watch::new),
                         _permit: permit,
                     };
                 }
@@ -145,7 +169,21 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(watch) = &mut this.watch else {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        };
+        if let Some(silence) = watch.poll_expired(cx) {
+            tracing::debug!(%silence, "closing a quiet connection");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                silence.to_string(),
+            )));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        watch.read(buf.filled().len() - before);
+        read
     }
 }
 
@@ -179,15 +217,6 @@ impl AsyncWrite for Conn {
     }
 }
 
-#[cfg(feature = "tonic")]
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +246,25 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), incoming.accept())
             .await
             .expect("accepted once the first closed");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_fails_its_read_after_the_handshake_timeout() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let timeouts = Timeouts {
+            handshake: Duration::from_millis(200),
+            idle: Duration::from_secs(60),
+        };
+        let mut incoming = Incoming::new(listener, 1).close_quiet(timeouts);
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let mut conn = incoming.accept().await;
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("the read ends at the handshake timeout");
+        let error = read.expect_err("a quiet connection's read fails");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
     }
 }

@@ -1,6 +1,8 @@
 //! The servers' limits against slow and hostile clients: gRPC streams per
-//! connection and call time, HTTP header-read and request time, and the
-//! accept loop's back-off when the process runs out of file descriptors.
+//! connection and call time, gRPC connections that do not speak (no
+//! handshake, no call, no answer to PINGs), HTTP header-read and request
+//! time, and the accept loop's back-off when the process runs out of file
+//! descriptors.
 
 use std::{
     net::SocketAddr,
@@ -122,6 +124,122 @@ async fn grpc_call_past_the_timeout_is_cancelled_and_a_retry_records_once() {
         2,
         "the retried Add is recorded once"
     );
+    adder.stop().await;
+}
+
+/// Opens `count` TCP connections to `addr` that never send a byte.
+async fn silent_sockets(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut sockets = Vec::new();
+    for _ in 0..count {
+        sockets.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn grpc_sockets_that_send_nothing_are_closed_after_the_handshake_timeout() {
+    let db = database::fresh().await;
+    let mut config = config(
+        &db,
+        &testkit::amqp_url(),
+        &testkit::unique_queue("grpc-silent"),
+    );
+    config.limits.grpc_max_connections = 3;
+    config.limits.grpc_handshake_timeout_ms = 500;
+    let adder = spawn_adder(config).await;
+    let mut silent = silent_sockets(adder.grpc, 3).await;
+    let started = Instant::now();
+    let add = async {
+        let mut client = adder.client().await;
+        call(&mut client, 20, 22, "").await
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), add)
+        .await
+        .expect("an Add gets a connection slot once the silent sockets are closed")
+        .expect("Add");
+    assert_eq!(response.sum, 42);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the silent sockets held every slot until their timeout: {:?}",
+        started.elapsed()
+    );
+    for socket in &mut silent {
+        let mut settings = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), socket.read_to_end(&mut settings))
+            .await
+            .expect("a silent socket is closed by the server");
+        assert!(read.is_ok(), "{read:?}");
+    }
+    adder.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_connection_without_a_call_is_closed_after_the_idle_timeout_one_with_a_call_is_not() {
+    let db = database::fresh().await;
+    let mut config = config(
+        &db,
+        &testkit::amqp_url(),
+        &testkit::unique_queue("grpc-idle"),
+    );
+    config.limits.grpc_idle_timeout_ms = 500;
+    config.limits.grpc_timeout_ms = 2_000;
+    let adder = spawn_adder(config).await;
+    let idle = TcpStream::connect(adder.grpc).await.expect("connect");
+    let (_idle, idle_connection) = h2::client::handshake(idle).await.expect("h2 handshake");
+    let idle_connection = tokio::spawn(idle_connection);
+    let busy = TcpStream::connect(adder.grpc).await.expect("connect");
+    let (busy, busy_connection) = h2::client::handshake(busy).await.expect("h2 handshake");
+    tokio::spawn(busy_connection);
+    let mut busy = busy.ready().await.expect("ready");
+    // A call whose body never comes: in progress until the call timeout.
+    let (response, _body) = busy
+        .send_request(open_add_request(adder.grpc), false)
+        .expect("a stream");
+    // Ended, by an EOF the client takes for a clean close.
+    let _ended = tokio::time::timeout(Duration::from_secs(5), idle_connection)
+        .await
+        .expect("the connection without a call is closed")
+        .expect("the connection task");
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("the call ends at its timeout")
+        .expect("an answer on a connection kept open past the idle timeout");
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    adder.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_connection_that_does_not_answer_pings_is_closed_after_the_keepalive_timeout() {
+    let db = database::fresh().await;
+    let mut config = config(
+        &db,
+        &testkit::amqp_url(),
+        &testkit::unique_queue("grpc-keepalive"),
+    );
+    config.limits.grpc_keepalive_interval_ms = 300;
+    config.limits.grpc_keepalive_timeout_ms = 300;
+    config.limits.grpc_idle_timeout_ms = 60_000;
+    let adder = spawn_adder(config).await;
+    let mut stream = TcpStream::connect(adder.grpc).await.expect("connect");
+    // The client preface and an empty SETTINGS frame; then silence, PINGs
+    // unanswered.
+    let mut handshake = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    handshake.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream
+        .write_all(&handshake)
+        .await
+        .expect("send the handshake");
+    let mut frames = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut frames))
+        .await
+        .expect("the server closes a connection that does not answer its PINGs");
+    assert!(read.is_ok(), "{read:?}");
     adder.stop().await;
 }
 
