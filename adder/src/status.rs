@@ -1,7 +1,9 @@
 //! What `/readyz` reports of the relays: whether each holds a broker
 //! channel (one relay per outbox database). The relays set it; the HTTP
-//! server reads it; the `adder_relay_broker_up` gauge mirrors it (1 while
-//! every relay holds one; it is written here, never read back). No I/O.
+//! server shows it in `/readyz`'s body, but readiness never depends on it
+//! (an adder whose outbox commits takes Adds whatever the broker does); the
+//! `adder_relay_broker_up` gauge mirrors it (1 while every relay holds one;
+//! it is written here, never read back). No I/O.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,6 +32,14 @@ impl Status {
     /// Whether every relay currently holds a broker channel.
     pub fn broker_up(&self) -> bool {
         self.broker_up.iter().all(|up| up.load(Ordering::Relaxed))
+    }
+
+    /// Whether each relay holds a broker channel, in `DATABASE_URL` order.
+    pub fn brokers_up(&self) -> Vec<bool> {
+        self.broker_up
+            .iter()
+            .map(|up| up.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Sets whether relay `relay` holds a broker channel.
@@ -63,6 +73,7 @@ mod tests {
         let status = Status::new(gauge.clone(), 2);
         status.set_broker_up(0, true);
         assert_eq!((status.broker_up(), gauge.get()), (false, 0));
+        assert_eq!(status.brokers_up(), [true, false]);
         status.set_broker_up(1, true);
         assert_eq!((status.broker_up(), gauge.get()), (true, 1));
     }

@@ -127,7 +127,7 @@ async fn a_relay_whose_confirms_never_came_republishes_its_batch_identically() {
     testkit::eventually(Duration::from_secs(20), "the relay to connect", || async {
         crate::support::http(adder.http, "GET", "/readyz", "")
             .await
-            .filter(|(status, _)| *status == 200)
+            .filter(|(_, body)| body.contains(r#""broker":true"#))
     })
     .await;
     proxy.hold_replies();

@@ -1,7 +1,8 @@
 //! The HTTP front end's documented answers: `POST /add` is 503 while
 //! PostgreSQL is down and works again after, `replayed: true` on a retry
 //! with the same request id, 413 past 4096 bytes, the exact 409 body; and
-//! `/readyz` is 503 while the broker is down and 200 once it is back.
+//! `/readyz` is 200 while the outbox answers, the broker down or not (its
+//! body says which), and 503 while PostgreSQL is down.
 
 use std::time::Duration;
 
@@ -102,33 +103,68 @@ async fn http_add_is_503_while_postgres_is_down_and_works_again_after() {
 }
 
 #[tokio::test]
-async fn readyz_is_503_while_the_broker_is_down_and_200_once_it_is_back() {
+async fn readyz_is_200_without_the_broker_and_says_so_and_503_without_the_database() {
     let db = database::fresh().await;
-    let proxy = Proxy::start(target_of(&testkit::amqp_url())).await;
+    let postgres = Proxy::start(target_of(&db)).await;
+    let broker = Proxy::start(target_of(&testkit::amqp_url())).await;
     let adder = spawn_adder(config(
-        &db,
-        &proxy.url(&testkit::amqp_url()),
+        &postgres.url(&db),
+        &broker.url(&testkit::amqp_url()),
         &testkit::unique_queue("readyz-broker"),
     ))
     .await;
-    let readyz = |want: u16| async move {
+    let readyz = |want: Value| async move {
         http(adder.http, "GET", "/readyz", "")
             .await
-            .filter(|(status, _)| *status == want)
-            .map(|(_, body)| parse(&body))
+            .map(|(status, body)| (status, parse(&body)))
+            .filter(|(_, body)| *body == want)
     };
     let up = json!({"database": true, "broker": true});
-    let down = json!({"database": true, "broker": false});
-    let body = testkit::eventually(Duration::from_secs(20), "ready", || readyz(200)).await;
-    assert_eq!(body, up);
-    proxy.cut();
-    let body = testkit::eventually(Duration::from_secs(20), "503 without the broker", || {
-        readyz(503)
+    let broker_down = json!({"database": true, "broker": false});
+    let database_down = json!({"database": false, "broker": true});
+    let (status, _) =
+        testkit::eventually(Duration::from_secs(20), "ready", || readyz(up.clone())).await;
+    assert_eq!(status, 200);
+    broker.cut();
+    let (status, _) = testkit::eventually(
+        Duration::from_secs(20),
+        "the broker down in the body",
+        || readyz(broker_down.clone()),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "an adder whose outbox commits is ready without the broker"
+    );
+    let (status, body) = http(adder.http, "POST", "/add", r#"{"a": 1, "b": 2}"#)
+        .await
+        .expect("an answer");
+    assert_eq!(
+        status, 200,
+        "Adds are taken while the broker is down: {body}"
+    );
+    broker.restore();
+    let (status, _) = testkit::eventually(Duration::from_secs(20), "the broker back", || {
+        readyz(up.clone())
     })
     .await;
-    assert_eq!(body, down);
-    proxy.restore();
-    let body = testkit::eventually(Duration::from_secs(20), "ready again", || readyz(200)).await;
-    assert_eq!(body, up);
+    assert_eq!(status, 200);
+    postgres.cut();
+    let (status, _) = testkit::eventually(
+        Duration::from_secs(20),
+        "the database down in the body",
+        || readyz(database_down.clone()),
+    )
+    .await;
+    assert_eq!(
+        status, 503,
+        "an adder whose outbox cannot commit is not ready"
+    );
+    postgres.restore();
+    let (status, _) = testkit::eventually(Duration::from_secs(20), "ready again", || {
+        readyz(up.clone())
+    })
+    .await;
+    assert_eq!(status, 200);
     adder.stop().await;
 }

@@ -26,7 +26,7 @@ async fn row_is_marked_published_only_after_the_broker_confirms_it() {
     testkit::eventually(Duration::from_secs(20), "the relay to connect", || async {
         crate::support::http(adder.http, "GET", "/readyz", "")
             .await
-            .filter(|(status, _)| *status == 200)
+            .filter(|(_, body)| body.contains(r#""broker":true"#))
     })
     .await;
     // The broker receives what the relay publishes, but its confirms are held.
