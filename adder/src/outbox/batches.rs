@@ -13,8 +13,10 @@
 //! that may have been published); a confirmation commits asynchronously (a
 //! lost one only means the batch is published again, identically). Both are
 //! one round trip each, the functions `tally_cut` and `tally_confirm` of
-//! the migrations `relay_cut` and `lean_cut`; `in_pair!` is the same
-//! selection in Rust.
+//! the migrations `relay_cut`, `lean_cut` and `linear_cut`; `in_pair!` is
+//! the same selection in Rust. A cut costs its batch, not its pair: the
+//! pair's id span is learnt once when it opens, then each batch walks the
+//! primary key from where the last one stopped (`linear_cut`).
 
 use std::{ops::Deref, time::Duration};
 

@@ -225,13 +225,21 @@ impl Outbox {
     }
 
     /// Rows the broker has not confirmed yet: legacy rows not marked, rows
-    /// not in a confirmed batch.
+    /// of unconfirmed batches, rows of the open pair not cut yet, and rows
+    /// no pair holds yet. The last are found through the xid index as the
+    /// transactions in progress at the cursor's `hi` and those after it, so
+    /// a transaction left open anywhere on the server does not make this
+    /// count read every row inserted since it began.
     pub async fn pending(&self) -> Result<i64, Error> {
         Ok(sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL AND xid IS NULL) \
              + (SELECT coalesce(sum(rows), 0)::bigint FROM outbox_batch WHERE confirmed_at IS NULL) \
-             + (SELECT count(*) FROM outbox o, outbox_cursor c \
-                WHERE o.xid >= pg_snapshot_xmin(c.hi) AND NOT pg_visible_in_snapshot(o.xid, c.hi))",
+             + (SELECT CASE WHEN pair_done THEN 0 ELSE greatest(pair_rows - pair_taken, 0) END \
+                FROM outbox_cursor) \
+             + (SELECT count(*) FROM outbox \
+                WHERE (xid = ANY (ARRAY(SELECT pg_snapshot_xip(hi) FROM outbox_cursor)) \
+                       OR xid >= (SELECT pg_snapshot_xmax(hi) FROM outbox_cursor)) \
+                  AND NOT pg_visible_in_snapshot(xid, (SELECT hi FROM outbox_cursor)))",
         )
         .fetch_one(&self.pool)
         .await?)

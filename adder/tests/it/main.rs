@@ -3,6 +3,7 @@
 
 mod adds;
 mod batches;
+mod drain;
 mod failover;
 mod grouping;
 mod grpcurl;
