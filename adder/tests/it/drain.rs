@@ -110,9 +110,14 @@ async fn a_transaction_open_in_another_database_does_not_make_cuts_read_old_rows
         );
         let (rows, fetched) = cut(&mut connection).await;
         assert_eq!(rows, 0);
-        assert!(fetched <= 10, "round {round}: an empty cut fetched {fetched} tuples");
+        assert!(
+            fetched <= 10,
+            "round {round}: an empty cut fetched {fetched} tuples"
+        );
     }
-    open.rollback().await.expect("end the transaction elsewhere");
+    open.rollback()
+        .await
+        .expect("end the transaction elsewhere");
 }
 
 #[tokio::test]
