@@ -36,8 +36,19 @@ pub enum Error {
     Conflict { request_id: String, a: i64, b: i64 },
     #[error("{0}")]
     Refused(String),
-    #[error("the outbox database is unavailable, retry later")]
+    #[error("{}", unavailable(.0))]
     Unavailable(#[source] outbox::Error),
+}
+
+/// What an Add that failed for the database tells its caller: whether it
+/// may have been recorded all the same, and what retry is safe.
+fn unavailable(cause: &outbox::Error) -> &'static str {
+    if cause.outcome_unknown() {
+        "the outbox database did not confirm this Add in time: it may have been recorded; \
+         a retry with the same request_id is safe (without one it may be counted twice)"
+    } else {
+        "the outbox database is unavailable, retry later"
+    }
 }
 
 /// Longest accepted idempotency key, in bytes.

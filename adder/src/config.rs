@@ -77,6 +77,16 @@ pub struct Config {
     #[arg(long, env = "ADDER_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
 
+    /// Longest the outbox database may take over one statement, in
+    /// milliseconds: the server cancels it then (`statement_timeout`, also
+    /// `idle_in_transaction_session_timeout`), and the adder gives up an
+    /// answer 2 s later (a server that stopped answering), dropping that
+    /// connection. An Add so given up gets UNAVAILABLE saying whether it
+    /// may have been recorded. The server also probes the adder's
+    /// connections with TCP keepalives (10 s idle, 5 s apart, 3 tries).
+    #[arg(long, env = "ADDER_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_statement_timeout_ms: u64,
+
     /// Group-commit writers: each commits everything queued as one
     /// multi-row INSERT, one WAL flush. A writer commits beside another's
     /// commit in flight only with a group of 100 Adds or more (smaller ones
@@ -268,6 +278,13 @@ impl Config {
 
     pub fn relay_poll(&self) -> Duration {
         Duration::from_millis(self.relay_poll_ms)
+    }
+
+    /// The bounds on every wait on an outbox database.
+    pub fn db_bounds(&self) -> crate::outbox::Bounds {
+        crate::outbox::Bounds {
+            statement: Duration::from_millis(self.db_statement_timeout_ms),
+        }
     }
 
     pub fn commit_writers(&self) -> usize {

@@ -183,7 +183,13 @@ async fn open_outbox(config: &Config, url: &str, place: Place) -> anyhow::Result
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = async {
-            let outbox = Outbox::open(url, config.db_pool, config.commit_writers()).await?;
+            let outbox = Outbox::open_bounded(
+                url,
+                config.db_pool,
+                config.commit_writers(),
+                config.db_bounds(),
+            )
+            .await?;
             outbox.settle_place(place, config.outbox_reshard).await?;
             Ok::<_, outbox::Error>(outbox)
         };

@@ -25,6 +25,16 @@
 //! A group that could not get a connection (the pool timed out or is
 //! closed) sent nothing: its Adds get `Error::Unreached`.
 //!
+//! No wait is unbounded (`bounds`). A small group waits for the commit in
+//! flight at most about one commit's time (twice the recent average, 1 to
+//! 100 ms), so one commit that hangs (a row lock held by someone's open
+//! transaction, a server that stopped answering) does not hold every other
+//! Add back. A group whose answer has not come within `Bounds::answer` is
+//! given up: its Adds get `Error::Unanswered` (they may have been
+//! recorded), and its connection is dropped rather than returned to the
+//! pool. An Add whose caller has gone (a client deadline, a cancelled
+//! call) before its group starts is not written at all.
+//!
 //! One caller's data never fails another: a group whose statement PostgreSQL
 //! refuses for its data (an SQLSTATE of class 22 or 23) is retried row by
 //! row, so only the offending Add fails, with `Error::Refused`. A group whose
@@ -34,13 +44,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-use super::{Error, Recorded, primary};
+use super::{Bounds, Error, Recorded, Unanswered, primary};
 
 /// An Add waiting for a group commit.
 pub(super) struct Queued {
@@ -63,6 +77,8 @@ const GROUP_QUEUE: usize = 16 * GROUP_MAX_ROWS;
 /// Fewest Adds a group commits with while another group's commit is in
 /// flight; a smaller group waits for that commit to end first.
 const GROUP_OVERLAP_ROWS: usize = 100;
+/// Shortest and longest a small group waits for the commit in flight.
+const GATE_WAIT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(100));
 
 /// The group's INSERT, rows in `to_insert` order (`n`), skipping request
 /// ids that exist by now.
@@ -82,86 +98,172 @@ pub(super) fn spawn_writers(
     pool: &PgPool,
     writers: usize,
     moves: Option<primary::Moves>,
+    bounds: Bounds,
 ) -> mpsc::Sender<Queued> {
     let (sender, receiver) = mpsc::channel(GROUP_QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
-    let committing = Arc::new(watch::Sender::new(0));
+    let gate = Arc::new(Gate::default());
     for _ in 0..writers {
-        tokio::spawn(write_groups(
-            pool.clone(),
-            receiver.clone(),
-            committing.clone(),
-            moves.clone(),
-        ));
+        let writer = Writer {
+            pool: pool.clone(),
+            gate: gate.clone(),
+            moves: moves.clone(),
+            bounds,
+        };
+        tokio::spawn(writer.write_groups(receiver.clone()));
     }
     sender
 }
 
+/// What one writer works with.
+struct Writer {
+    pool: PgPool,
+    gate: Arc<Gate>,
+    moves: Option<primary::Moves>,
+    bounds: Bounds,
+}
+
+/// What the writers share: the commits in flight, and how long a commit
+/// has taken lately.
+#[derive(Default)]
+struct Gate {
+    committing: watch::Sender<usize>,
+    /// A moving average of the commits that were answered, in microseconds.
+    recent_us: AtomicU64,
+}
+
 /// One group commit in flight, counted in the writers' shared `committing`
 /// until it is dropped (answered, given up or cancelled).
-struct Committing(Arc<watch::Sender<usize>>);
+struct Committing {
+    gate: Arc<Gate>,
+    started: Instant,
+}
+
+impl Gate {
+    /// How long a small group waits for the commit in flight: about one
+    /// commit's time (twice the recent average), within [`GATE_WAIT`].
+    fn wait(&self) -> Duration {
+        let recent = Duration::from_micros(self.recent_us.load(Ordering::Relaxed));
+        (2 * recent).clamp(GATE_WAIT.0, GATE_WAIT.1)
+    }
+
+    fn answered(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let recent = self.recent_us.load(Ordering::Relaxed);
+        let average = if recent == 0 {
+            took
+        } else {
+            (recent * 7 + took) / 8
+        };
+        self.recent_us.store(average, Ordering::Relaxed);
+    }
+}
 
 impl Committing {
-    fn start(committing: &Arc<watch::Sender<usize>>) -> Committing {
-        committing.send_modify(|n| *n += 1);
-        Committing(committing.clone())
+    fn start(gate: &Arc<Gate>) -> Committing {
+        gate.committing.send_modify(|n| *n += 1);
+        Committing {
+            gate: gate.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The commit was answered: its time joins the average.
+    fn answered(self) {
+        self.gate.answered(self.started.elapsed());
     }
 }
 
 impl Drop for Committing {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        self.gate.committing.send_modify(|n| *n -= 1);
     }
 }
 
-/// One writer: takes everything queued (one Add at least, and while another
-/// commit is in flight, what queues until it ends or the group has
-/// `GROUP_OVERLAP_ROWS`), commits it as one statement, answers each caller,
-/// repeats; gives a group up when the adder moves to a new primary before
-/// the old one answered.
-async fn write_groups(
-    pool: PgPool,
-    queue: Arc<Mutex<mpsc::Receiver<Queued>>>,
-    committing: Arc<watch::Sender<usize>>,
-    moves: Option<primary::Moves>,
-) {
-    let mut group = Vec::with_capacity(GROUP_MAX_ROWS);
-    loop {
-        let _committing = {
-            let mut queue = queue.lock().await;
-            if queue.recv_many(&mut group, GROUP_MAX_ROWS).await == 0 {
-                return;
+impl Writer {
+    /// Takes everything queued (one Add at least, and while another commit
+    /// is in flight, what queues until it ends, the gate's wait passes or
+    /// the group has `GROUP_OVERLAP_ROWS`), drops the Adds whose callers
+    /// left, commits the rest as one statement, answers each caller,
+    /// repeats; gives a group up when the adder moves to a new primary
+    /// before the old one answered.
+    async fn write_groups(self, queue: Arc<Mutex<mpsc::Receiver<Queued>>>) {
+        let mut group = Vec::with_capacity(GROUP_MAX_ROWS);
+        loop {
+            {
+                let mut queue = queue.lock().await;
+                if queue.recv_many(&mut group, GROUP_MAX_ROWS).await == 0 {
+                    return;
+                }
+                gather(&mut queue, &mut group, &self.gate).await;
             }
-            gather(&mut queue, &mut group, &committing).await;
-            Committing::start(&committing)
-        };
-        let answers = tokio::select! {
-            answers = answer_group(&pool, &group) => answers,
-            () = primary::moved(moves.as_ref()) => {
-                tracing::warn!(adds = group.len(), "the outbox moved to a new primary before the old one answered a group commit; its Adds get UNAVAILABLE");
-                group.iter().map(|_| Err(Error::Moved)).collect()
+            group.retain(|queued| !queued.committed.is_closed());
+            if group.is_empty() {
+                continue;
+            }
+            let committing = Committing::start(&self.gate);
+            let answers = tokio::select! {
+                answers = self.answer_group(&group) => answers,
+                () = primary::moved(self.moves.as_ref()) => {
+                    tracing::warn!(adds = group.len(), "the outbox moved to a new primary before the old one answered a group commit; its Adds get UNAVAILABLE");
+                    group.iter().map(|_| Err(Error::Moved)).collect()
+                }
+            };
+            if answers.iter().any(|a| a.is_ok()) {
+                committing.answered();
+            }
+            for (queued, answer) in group.drain(..).zip(answers) {
+                let _ = queued.committed.send(answer);
+            }
+        }
+    }
+
+    /// Commits `group` on a connection of its own and answers each of its
+    /// Adds, in order; gives the connection up (not back to the pool) when
+    /// the database does not answer within the bound.
+    async fn answer_group(&self, group: &[Queued]) -> Vec<Result<Recorded, Error>> {
+        let mut connection = match self.pool.acquire().await {
+            Ok(connection) => connection,
+            Err(e) => {
+                let e = Arc::new(e);
+                return group
+                    .iter()
+                    .map(|_| Err(Error::Unreached(e.clone())))
+                    .collect();
             }
         };
-        for (queued, answer) in group.drain(..).zip(answers) {
-            let _ = queued.committed.send(answer);
+        match self.bounds.within(answer_on(&mut connection, group)).await {
+            Ok(answers) => answers,
+            Err(Unanswered(waited)) => {
+                drop(connection.detach());
+                tracing::warn!(
+                    adds = group.len(),
+                    ?waited,
+                    "a group commit got no answer in time; its connection is dropped and its Adds get UNAVAILABLE (they may have been recorded)"
+                );
+                group
+                    .iter()
+                    .map(|_| Err(Error::Unanswered(Unanswered(waited))))
+                    .collect()
+            }
         }
     }
 }
 
-/// While another commit is in flight and `group` is smaller than
-/// `GROUP_OVERLAP_ROWS`, adds what queues until that commit ends; then
-/// whatever is queued, up to `GROUP_MAX_ROWS`.
-async fn gather(
-    queue: &mut mpsc::Receiver<Queued>,
-    group: &mut Vec<Queued>,
-    committing: &watch::Sender<usize>,
-) {
-    let mut commits = committing.subscribe();
+/// While another commit is in flight, `group` is smaller than
+/// `GROUP_OVERLAP_ROWS` and the gate's wait has not passed, adds what
+/// queues until that commit ends; then whatever is queued, up to
+/// `GROUP_MAX_ROWS`.
+async fn gather(queue: &mut mpsc::Receiver<Queued>, group: &mut Vec<Queued>, gate: &Gate) {
+    let mut commits = gate.committing.subscribe();
+    let waited = tokio::time::sleep(gate.wait());
+    tokio::pin!(waited);
     while group.len() < GROUP_OVERLAP_ROWS {
         let room = GROUP_OVERLAP_ROWS - group.len();
         tokio::select! {
             biased;
             _ = commits.wait_for(|n| *n == 0) => break,
+            () = &mut waited => break,
             taken = queue.recv_many(group, room) => if taken == 0 { break },
         }
     }
@@ -173,21 +275,20 @@ async fn gather(
     }
 }
 
-/// Commits `group` and answers each of its Adds, in order.
-async fn answer_group(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Error>> {
-    match commit_group(pool, group).await {
+/// Commits `group` on `connection` and answers each of its Adds, in order.
+async fn answer_on(
+    connection: &mut PgConnection,
+    group: &[Queued],
+) -> Vec<Result<Recorded, Error>> {
+    match commit_group(connection, group).await {
         Err(e) if group.len() > 1 && is_data_error(&e) => {
             tracing::warn!(error = %e, adds = group.len(), "a group commit was refused for its data; retrying its Adds one by one");
-            one_by_one(pool, group).await
+            one_by_one(connection, group).await
         }
         Err(e) if is_data_error(&e) => vec![Err(refused(&e))],
         Err(e) => {
             let e = Arc::new(e);
-            let failed = |e: &Arc<sqlx::Error>| match e.as_ref() {
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Error::Unreached(e.clone()),
-                _ => Error::Group(e.clone()),
-            };
-            group.iter().map(|_| Err(failed(&e))).collect()
+            group.iter().map(|_| Err(Error::Group(e.clone()))).collect()
         }
         Ok(answers) => answers,
     }
@@ -195,11 +296,14 @@ async fn answer_group(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, E
 
 /// Commits each Add of `group` on its own, so only an Add whose own data
 /// PostgreSQL refuses fails.
-async fn one_by_one(pool: &PgPool, group: &[Queued]) -> Vec<Result<Recorded, Error>> {
+async fn one_by_one(
+    connection: &mut PgConnection,
+    group: &[Queued],
+) -> Vec<Result<Recorded, Error>> {
     let mut answers = Vec::with_capacity(group.len());
     for queued in group {
         let alone = std::slice::from_ref(queued);
-        answers.push(match commit_group(pool, alone).await {
+        answers.push(match commit_group(connection, alone).await {
             Ok(mut answer) => answer
                 .pop()
                 .expect("commit_group answers every Add of its group"),
@@ -232,7 +336,7 @@ fn refused(error: &sqlx::Error) -> Error {
 /// returns Ok: an Add whose id raced another adder and could not be looked
 /// up afterwards gets its own error (it wrote nothing, so a retry is safe).
 async fn commit_group(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     group: &[Queued],
 ) -> Result<Vec<Result<Recorded, Error>>, sqlx::Error> {
     let ids: Vec<&str> = group
@@ -242,7 +346,7 @@ async fn commit_group(
     let mut found = if ids.is_empty() {
         HashMap::new()
     } else {
-        find_all(pool, &ids).await?
+        find_all(connection, &ids).await?
     };
     // Every id-less Add, and the first Add of each request id not found.
     let mut first_of: HashMap<&str, usize> = HashMap::new();
@@ -257,7 +361,7 @@ async fn commit_group(
             Some(_) => {}
         }
     }
-    let inserted = insert_group(pool, group, &to_insert).await?;
+    let inserted = insert_group(connection, group, &to_insert).await?;
     // From here on the group's rows are committed: nothing below may fail it.
     let raced: Vec<&str> = to_insert
         .iter()
@@ -266,7 +370,7 @@ async fn commit_group(
         .collect();
     let mut lookup_failed = None;
     if !raced.is_empty() {
-        match find_all(pool, &raced).await {
+        match find_all(connection, &raced).await {
             Ok(rows) => found.extend(rows),
             Err(e) => lookup_failed = Some(Arc::new(e)),
         }
@@ -303,13 +407,13 @@ async fn commit_group(
 
 /// The rows of these request ids, by request id.
 async fn find_all(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     request_ids: &[&str],
 ) -> Result<HashMap<String, Found>, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64)> =
         sqlx::query_as("SELECT request_id, id, a, b, sum FROM outbox WHERE request_id = ANY($1)")
             .bind(request_ids)
-            .fetch_all(pool)
+            .fetch_all(connection)
             .await?;
     Ok(rows
         .into_iter()
@@ -324,7 +428,7 @@ async fn find_all(
 /// within a statement, so the sorted ids of the inserted rows follow that
 /// order, whatever order RETURNING uses.
 async fn insert_group(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     group: &[Queued],
     to_insert: &[usize],
 ) -> Result<HashMap<usize, i64>, sqlx::Error> {
@@ -357,7 +461,7 @@ async fn insert_group(
     if traced {
         query = query.bind(&traceparent);
     }
-    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(pool).await?;
+    let mut rows: Vec<(i64, Option<String>)> = query.fetch_all(connection).await?;
     rows.sort_unstable_by_key(|(id, _)| *id);
     let returned: HashSet<&str> = rows.iter().filter_map(|(_, r)| r.as_deref()).collect();
     let kept: Vec<usize> = to_insert

@@ -12,6 +12,7 @@
 //! broker confirmed.
 
 mod batches;
+mod bounds;
 mod group;
 mod identity;
 mod legacy;
@@ -24,6 +25,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
 pub use batches::{Active, Batch, Claim, Cut, Row, Standby};
+pub use bounds::{Bounds, Unanswered};
 pub use identity::Identity;
 pub use legacy::LegacyClaim;
 pub use position::Place;
@@ -37,6 +39,8 @@ pub struct Outbox {
     _follower: Option<Arc<primary::Follower>>,
     /// The follower's moves to a new primary (several servers).
     moves: Option<primary::Moves>,
+    /// How long any wait on the database may last.
+    bounds: Bounds,
 }
 
 /// A recorded Add.
@@ -91,6 +95,10 @@ pub enum Error {
     /// been committed.
     #[error("the outbox database's primary changed before it answered")]
     Moved,
+    /// The database did not answer within its bound (`Bounds::answer`):
+    /// the work may or may not have been done; the connection was dropped.
+    #[error(transparent)]
+    Unanswered(#[from] Unanswered),
     /// The database is recorded at another place in the adders' list of
     /// outbox databases than this adder's list gives it. Fatal.
     #[error("{0}")]
@@ -115,6 +123,41 @@ impl Error {
     pub fn nothing_sent(&self) -> bool {
         matches!(self, Error::NotOpen | Error::Unreached(_))
     }
+
+    /// Whether an Add that failed so may have been recorded all the same
+    /// (the database did not say, or said after the adder stopped
+    /// listening): only a retry with the same request id is then safe.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            // A statement the server cancelled (its statement timeout) was
+            // rolled back: nothing of it was committed.
+            Error::Group(e) => !is_cancelled(e),
+            Error::Moved | Error::Unanswered(_) | Error::Stopped => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether the server cancelled the statement (SQLSTATE 57014, a statement
+/// timeout): it was rolled back.
+fn is_cancelled(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "57014")
+}
+
+/// Runs the migrations (serialised across adders by sqlx's advisory lock)
+/// on a one-connection pool of their own, with no statement timeout.
+async fn migrate(options: sqlx::postgres::PgConnectOptions) -> Result<(), Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(|connection, _| Box::pin(primary::require(connection)))
+        .connect_lazy_with(options);
+    let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+    pool.close().await;
+    Ok(migrated?)
 }
 
 /// Opens a connection for each writer before the first Add, all at once:
@@ -139,7 +182,20 @@ impl Outbox {
     /// so fewer WAL flushes, at the price of an Add sometimes waiting for the
     /// commit before its own).
     pub async fn open(url: &str, max_connections: u32, writers: usize) -> Result<Self, Error> {
-        let servers = primary::Servers::parse(url)?;
+        Self::open_bounded(url, max_connections, writers, Bounds::default()).await
+    }
+
+    /// [`Outbox::open`] with the given bounds on every wait (`bounds`); the
+    /// migrations alone run without a statement timeout, on a connection of
+    /// their own (a migration of a large outbox may take long).
+    pub async fn open_bounded(
+        url: &str,
+        max_connections: u32,
+        writers: usize,
+        bounds: Bounds,
+    ) -> Result<Self, Error> {
+        let unbounded = primary::Servers::parse(url)?;
+        let servers = unbounded.bounded(&bounds);
         let options = if servers.len() > 1 {
             servers.find_primary().await?
         } else {
@@ -149,8 +205,8 @@ impl Outbox {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .after_connect(|connection, _| Box::pin(primary::require(connection)))
-            .connect_lazy_with(options);
-        sqlx::migrate!("./migrations").run(&pool).await?;
+            .connect_lazy_with(options.clone());
+        migrate(unbounded.same_server(&options)).await?;
         identity::check(&pool).await?;
         let (follower, moves) = if servers.len() > 1 {
             let (follower, moves) = primary::follow(pool.clone(), servers);
@@ -159,12 +215,13 @@ impl Outbox {
             (None, None)
         };
         warm(&pool, writers.max(1)).await;
-        let group = group::spawn_writers(&pool, writers.max(1), moves.clone());
+        let group = group::spawn_writers(&pool, writers.max(1), moves.clone(), bounds);
         Ok(Self {
             pool,
             group,
             _follower: follower,
             moves,
+            bounds,
         })
     }
 
@@ -231,7 +288,7 @@ impl Outbox {
     /// a transaction left open anywhere on the server does not make this
     /// count read every row inserted since it began.
     pub async fn pending(&self) -> Result<i64, Error> {
-        Ok(sqlx::query_scalar(
+        let count = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL AND xid IS NULL) \
              + (SELECT coalesce(sum(rows), 0)::bigint FROM outbox_batch WHERE confirmed_at IS NULL) \
              + (SELECT CASE WHEN pair_done THEN 0 ELSE greatest(pair_rows - pair_taken, 0) END \
@@ -241,8 +298,8 @@ impl Outbox {
                        OR xid >= (SELECT pg_snapshot_xmax(hi) FROM outbox_cursor)) \
                   AND NOT pg_visible_in_snapshot(xid, (SELECT hi FROM outbox_cursor)))",
         )
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_one(&self.pool);
+        Ok(self.bounds.within(count).await??)
     }
 
     /// Deletes up to `limit` rows of confirmed batches (and published legacy
@@ -250,13 +307,20 @@ impl Outbox {
     /// whole and in order: their rows, then their summaries, whose count and
     /// sum are added to their source's purged totals (for `totaler verify`).
     pub async fn purge(&self, retention: Duration, limit: i64) -> Result<u64, Error> {
-        let legacy = legacy::purge(&self.pool, retention, limit).await?;
-        let batches = batches::purge(&self.pool, retention, limit).await?;
+        let legacy = self
+            .bounds
+            .within(legacy::purge(&self.pool, retention, limit))
+            .await??;
+        let batches = self
+            .bounds
+            .within(batches::purge(&self.pool, retention, limit))
+            .await??;
         Ok(legacy + batches)
     }
 
     /// Whether PostgreSQL answers.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(self.bounds.within(ping).await, Ok(Ok(_)))
     }
 }

@@ -14,7 +14,7 @@ use std::{io, str::FromStr, time::Duration};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::Error;
+use super::{Bounds, Error};
 
 /// How often the follower asks whether the pool's server is still primary.
 pub const CHECK: Duration = Duration::from_millis(250);
@@ -72,6 +72,28 @@ impl Servers {
             .map(|url| PgConnectOptions::from_str(url))
             .collect::<Result<_, _>>()?;
         Ok(Self { candidates })
+    }
+
+    /// The same servers, every session opened to them bounded by `bounds`.
+    pub fn bounded(&self, bounds: &Bounds) -> Self {
+        Self {
+            candidates: self
+                .candidates
+                .iter()
+                .map(|options| bounds.apply(options.clone()))
+                .collect(),
+        }
+    }
+
+    /// This list's options for the server `options` names (the first, if
+    /// none matches).
+    pub fn same_server(&self, options: &PgConnectOptions) -> PgConnectOptions {
+        let server = (options.get_host(), options.get_port());
+        self.candidates
+            .iter()
+            .find(|c| (c.get_host(), c.get_port()) == server)
+            .cloned()
+            .unwrap_or_else(|| self.first())
     }
 
     pub fn len(&self) -> usize {

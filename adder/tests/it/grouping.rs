@@ -1,7 +1,7 @@
 //! Group commit really groups: concurrent Adds share transactions (the
-//! outbox's `xid` is the inserting transaction's id), and a small group
-//! waits for the commit in flight instead of committing beside it, while
-//! full ones do overlap. And the cross-adder `ON CONFLICT` path: the same
+//! outbox's `xid` is the inserting transaction's id), a small group waits
+//! for the commit in flight no longer than about one commit's time, and
+//! full ones overlap. And the cross-adder `ON CONFLICT` path: the same
 //! request id sent to two adders on one database at once gives one row, and
 //! both answers name it.
 
@@ -110,19 +110,23 @@ async fn adds_behind_a_held_commit(adds: i64) -> (i64, i64) {
     (blocked, transactions)
 }
 
+/// A small group waits for the commit in flight only about one commit's
+/// time (issue 21): a commit that never ends (here a lock holds it) must not
+/// hold every other Add back, so after a second the 50 Adds' own INSERTs
+/// are sent too. They still group: at most one INSERT per writer.
 #[tokio::test]
-async fn a_small_group_waits_for_the_commit_in_flight_and_grows() {
+async fn a_small_group_waits_for_the_commit_in_flight_only_about_one_commits_time() {
     let (waiting, transactions) = adds_behind_a_held_commit(50).await;
     println!(
         "50 Adds behind a held commit: {waiting} INSERTs waiting, {transactions} transactions"
     );
-    assert_eq!(
-        waiting, 1,
-        "the 50 Adds queued behind the first commit instead of committing beside it"
+    assert!(
+        waiting >= 2,
+        "the 50 Adds waited for the held commit as long as it lasted: {waiting} INSERTs waiting"
     );
     assert!(
-        transactions <= 3,
-        "the 50 Adds committed together once the first commit ended: {transactions} transactions"
+        transactions <= 1 + 8,
+        "the 50 Adds committed in groups, at most one per writer: {transactions} transactions"
     );
 }
 

@@ -28,6 +28,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
         grpc_addr: "127.0.0.1:0".parse().expect("an address"),
         http_addr: "127.0.0.1:0".parse().expect("an address"),
         db_pool: 4,
+        db_statement_timeout_ms: 5_000,
         relay_batch: 100,
         commit_writers: None,
         relay_pack: 100,
