@@ -323,7 +323,10 @@ impl Relay {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(message.id().into());
+            .with_message_id(message.id().into())
+            // The author, which the broker checks against this connection's
+            // user and the totaler against its publishers.
+            .with_user_id(self.amqp_url.user().into());
         if let Some(traceparent) = traceparent {
             properties = otel::context::to_amqp(properties, traceparent);
         }

@@ -5,7 +5,10 @@
 //! another instead of waiting for the lost one, and a dead node costs at
 //! most one connect timeout per reconnect. Every URL is checked when the
 //! list is parsed (at start, before anything is bound); what is shown of a
-//! node (logs, errors) is its host and port, never its credentials.
+//! node (logs, errors) is its host and port, never its credentials. Every
+//! node names the same broker user (a cluster's users are cluster-wide): it
+//! is the service's broker identity, which the relay writes into each
+//! message's `user-id` for the broker to validate.
 //!
 //! Nothing here retries: a connection attempt walks the list once and the
 //! caller's reconnect loop (with its backoff) walks it again.
@@ -36,6 +39,8 @@ struct Node {
     url: String,
     /// `host:port`.
     address: String,
+    /// The broker user the URL logs in as.
+    user: String,
 }
 
 /// Why `AMQP_URL` was refused; names the node by position, not by its URL
@@ -48,6 +53,8 @@ pub enum ParseError {
         "node {position} of AMQP_URL is not an AMQP URL (amqp://user:password@host:port/vhost)"
     )]
     NotAnAmqpUrl { position: usize },
+    #[error("the nodes of AMQP_URL name different broker users: a service has one broker identity")]
+    UsersDiffer,
 }
 
 /// The node a connection was opened to.
@@ -101,6 +108,11 @@ impl Nodes {
         self.nodes.is_empty()
     }
 
+    /// The broker user every node is logged in to as.
+    pub fn user(&self) -> &str {
+        &self.nodes[0].user
+    }
+
     /// The nodes' `host:port`, in order.
     pub fn addresses(&self) -> impl Iterator<Item = &str> {
         self.nodes.iter().map(|node| node.address.as_str())
@@ -139,6 +151,9 @@ impl FromStr for Nodes {
         if nodes.is_empty() {
             return Err(ParseError::Empty);
         }
+        if nodes.iter().any(|node| node.user != nodes[0].user) {
+            return Err(ParseError::UsersDiffer);
+        }
         Ok(Self {
             nodes,
             next: Arc::default(),
@@ -152,6 +167,7 @@ impl Node {
         Ok(Self {
             url: url.to_owned(),
             address: format!("{}:{}", uri.authority.host, uri.authority.port),
+            user: uri.authority.userinfo.username,
         })
     }
 }
@@ -177,6 +193,15 @@ mod tests {
             .parse()
             .expect("two valid URLs");
         assert_eq!(nodes.addresses().collect::<Vec<_>>(), ["a:5672", "b:5673"]);
+        assert_eq!(nodes.user(), "u");
+    }
+
+    #[test]
+    fn every_node_must_name_the_same_broker_user() {
+        let error = "amqp://u:secret@a:5672/%2f,amqp://v:secret@b:5672/%2f"
+            .parse::<Nodes>()
+            .expect_err("two users");
+        assert_eq!(error, ParseError::UsersDiffer);
     }
 
     #[test]

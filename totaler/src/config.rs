@@ -45,6 +45,20 @@ pub struct Config {
     #[arg(long, env = "TOTALER_CREATE_LEDGER")]
     pub create_ledger: bool,
 
+    /// The broker users whose messages are counted, comma-separated: a
+    /// message's `user-id` property (which RabbitMQ checks against the
+    /// publishing connection's user) must name one, or it is dead-lettered
+    /// unread. Default: the adders' user and `guest` (RabbitMQ's
+    /// loopback-only default user, of tests and local runs). `*`: any
+    /// author, or none (only while upgrading from adders that set none).
+    #[arg(
+        long = "publisher",
+        env = "TOTALER_PUBLISHERS",
+        value_delimiter = ',',
+        default_value = "tally-adder,guest"
+    )]
+    pub publishers: Vec<String>,
+
     /// Address of the HTTP server (GET /sum, /metrics, /healthz, /readyz).
     #[arg(long, env = "TOTALER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

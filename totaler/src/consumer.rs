@@ -1,9 +1,12 @@
 //! The consumer: delivery -> ledger -> ack. It gathers deliveries into a
-//! batch, dead-letters the malformed ones, applies the rest in one ledger
+//! batch, dead-letters the ones not authored by a publisher (their AMQP
+//! `user-id`, which RabbitMQ validates against the publishing connection's
+//! user, missing or not in `TOTALER_PUBLISHERS`: forged, whatever they
+//! claim) and the malformed ones, applies the rest in one ledger
 //! update (each batch part counted once by `(source, batch, part)`, each
 //! legacy row by `(source, seq)`) and, only once that update is durable,
-//! dead-letters the messages the ledger refused (forged: far beyond their
-//! source's horizon, or contradicting a known part count) and acks the rest
+//! dead-letters the messages the ledger refused (contradicting a known part
+//! count) and acks the rest
 //! with one `multiple` ack naming the highest applied delivery, never a
 //! rejected one: the broker settles each delivery once, by the reject or by
 //! the ack, and a forged message cannot close the channel (an ack naming a
@@ -45,9 +48,20 @@ pub struct Consumer {
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
     pub crash_after_apply: bool,
+    /// Who may author a sum.
+    pub publishers: Publishers,
     /// Whether traces are exported: then each batch's span links to the
     /// publish spans in its messages' `traceparent` headers.
     pub tracing: bool,
+}
+
+/// The broker users whose messages are counted: a delivery's `user-id`
+/// must name one of them (`Any`: any or none, while upgrading from adders
+/// that did not set it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publishers {
+    Any,
+    Only(Vec<String>),
 }
 
 /// Why consuming stopped for good.
@@ -204,6 +218,21 @@ impl Consumer {
         let mut tags = Vec::with_capacity(batch.len());
         let mut messages = Vec::with_capacity(batch.len());
         for delivery in batch {
+            let user = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+            if !self.publishers.allows(user) {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string);
+                tracing::warn!(
+                    id = id.as_deref().unwrap_or("<none>"),
+                    user_id = user.unwrap_or("<none>"),
+                    "dead-lettering a message not authored by a publisher (TOTALER_PUBLISHERS)"
+                );
+                self.dead_letter(channel, delivery.delivery_tag).await?;
+                continue;
+            }
             match SumMessage::decode(&delivery.data) {
                 Ok(message) => {
                     self.metrics
@@ -372,6 +401,29 @@ impl Consumer {
     }
 }
 
+impl Publishers {
+    /// `*` anywhere in the list: any author; otherwise the users listed.
+    pub fn from_list(list: &[String]) -> Self {
+        if list.iter().any(|user| user.trim() == "*") {
+            return Self::Any;
+        }
+        Self::Only(
+            list.iter()
+                .map(|user| user.trim().to_owned())
+                .filter(|user| !user.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Whether a message with `user_id` (the broker-validated author) counts.
+    pub fn allows(&self, user_id: Option<&str>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(users) => user_id.is_some_and(|id| users.iter().any(|u| u == id)),
+        }
+    }
+}
+
 /// Applies one message: a batch part whole, a legacy message row by row.
 pub(crate) fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
     match message.part {
@@ -383,20 +435,13 @@ pub(crate) fn apply_one(state: &mut State, message: &SumMessage) -> Applied {
                 Err(refusal) => Applied::Refused(refusal),
             }
         }
-        None => {
-            if let Err(refusal) =
-                state.check_rows(message.source, message.sums.iter().map(|s| s.seq))
-            {
-                return Applied::Refused(refusal);
-            }
-            Applied::Rows(
-                message
-                    .sums
-                    .iter()
-                    .filter(|s| state.apply_row(message.source, s.seq, s.sum) == Outcome::Applied)
-                    .count(),
-            )
-        }
+        None => Applied::Rows(
+            message
+                .sums
+                .iter()
+                .filter(|s| state.apply_row(message.source, s.seq, s.sum) == Outcome::Applied)
+                .count(),
+        ),
     }
 }
 
@@ -424,6 +469,19 @@ mod tests {
             parts: 2,
             known: 1,
         })
+    }
+
+    #[test]
+    fn only_a_listed_publisher_authors_a_sum_unless_any_is_allowed() {
+        let only = Publishers::from_list(&["tally-adder".into(), " guest".into(), "".into()]);
+        assert_eq!(
+            only,
+            Publishers::Only(vec!["tally-adder".into(), "guest".into()])
+        );
+        assert!(only.allows(Some("tally-adder")) && only.allows(Some("guest")));
+        assert!(!only.allows(None) && !only.allows(Some("admin")) && !only.allows(Some("")));
+        let any = Publishers::from_list(&["tally-adder".into(), "*".into()]);
+        assert!(any.allows(None) && any.allows(Some("admin")));
     }
 
     #[test]

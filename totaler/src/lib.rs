@@ -75,6 +75,7 @@ pub async fn run(
         status,
         metrics,
         crash_after_apply: config.crash_after_apply,
+        publishers: consumer::Publishers::from_list(&config.publishers),
         tracing: config.otel.enabled(),
     };
     let consuming = tracker.spawn(consumer.run(token.clone()));

@@ -204,21 +204,22 @@ async fn check_source(
     .bind(args.in_flight_secs as f64)
     .fetch_all(&mut *db)
     .await?;
-    let (horizon, open) = state.batches(source);
+    let batches = state.batches(source);
+    let (top, open) = (batches.top(), &batches.partial);
     let mut applied_sum: i128 = 0;
     let mut in_flight = 0;
     let known: BTreeSet<i64> = cuts.iter().map(|c| c.id).collect();
     let newest = cuts.last().map_or(purged_through, |c| c.id);
-    if horizon > newest {
+    if top > newest {
         findings.discrepancy(format!(
-            "REWOUND source {source}: the ledger counted every batch up to {horizon}, the outbox holds only up to \
-             {newest}: the database lost batches {}..={horizon} that were published and counted (a standby promoted \
+            "REWOUND source {source}: the ledger counted batches up to {top}, the outbox holds only up to \
+             {newest}: the database lost batches {}..={top} that were published and counted (a standby promoted \
              after asynchronous replication, or a restored backup). Adds acknowledged after batch {newest}'s rows \
              may be missing from the outbox; those never published are counted nowhere",
             newest + 1
         ));
     }
-    for (batch, parts, spans) in &open {
+    for (batch, parts, spans) in open {
         if *batch > newest || (!known.contains(batch) && *batch > purged_through) {
             findings.discrepancy(format!(
                 "EXTRA source {source} batch {batch} ({parts} parts, applied {spans:?}): not in the outbox"
@@ -229,7 +230,7 @@ async fn check_source(
         let entry = open.iter().find(|(b, _, _)| *b == cut.id);
         let pack = i64::from(cut.pack.max(1));
         let parts = (cut.rows + pack - 1) / pack;
-        let whole = cut.id <= horizon
+        let whole = batches.whole(cut.id)
             || entry.is_some_and(|(_, p, spans)| {
                 i64::from(*p) == parts && spans == &vec![(0, parts - 1)]
             });
@@ -255,8 +256,9 @@ async fn check_source(
         }
     }
     findings.line(format!(
-        "source {source}: {} batches in the outbox, ledger horizon {horizon}, {in_flight} in flight",
-        cuts.len()
+        "source {source}: {} batches in the outbox, ledger applied {:?}, {in_flight} in flight",
+        cuts.len(),
+        batches.applied
     ));
     Ok(applied_sum)
 }

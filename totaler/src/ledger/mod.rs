@@ -16,6 +16,8 @@
 //! `<file>.lock`, no `<file>.tmp`) or when the operator asks for a new
 //! ledger ([`Create::Always`], `--create-ledger`).
 
+mod older;
+mod spans;
 pub mod state;
 
 use std::{
@@ -297,7 +299,7 @@ mod tests {
         let (_ledger, state) = Ledger::open(&path, Create::IfNew).unwrap();
         assert_eq!(state.total, 0);
         let text = fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("0\ntally-ledger v2 {} 1\n", state.id));
+        assert_eq!(text, format!("0\ntally-ledger v3 {} 1\n", state.id));
         assert!(!state.id.is_nil());
     }
 
@@ -403,7 +405,7 @@ mod tests {
         assert!(
             fs::read_to_string(&path)
                 .unwrap()
-                .contains("tally-ledger v2")
+                .contains("tally-ledger v3")
         );
         let update = ledger
             .update(|state| state.apply_row(source, 7, 5))
@@ -416,6 +418,52 @@ mod tests {
                 .state
                 .total,
             104
+        );
+    }
+
+    /// Issue 21, item 3: the file grows with the gaps, not the batches.
+    #[test]
+    fn a_source_far_past_a_gap_keeps_a_file_of_a_few_lines() {
+        let path = temp_dir("far").join("sum.txt");
+        let (ledger, _) = Ledger::open(&path, Create::IfNew).unwrap();
+        let source = Uuid::from_u128(4);
+        let update = ledger
+            .update(|state| {
+                (2..=120_001).all(|batch| state.apply_part(source, one(batch), 1).is_ok())
+            })
+            .unwrap();
+        assert!(update.result, "every batch past the gap of batch 1 applied");
+        ledger
+            .update(|state| state.apply_part(source, one(1_000_000_000), 1))
+            .unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().nth(2),
+            Some(format!("source {source} 2-120001,1000000000-1000000000").as_str())
+        );
+        assert!(text.len() < 200, "{} bytes", text.len());
+        assert_eq!(ledger.read().unwrap().total, 120_001);
+    }
+
+    #[test]
+    fn a_version_2_ledger_is_read_and_written_as_version_3_at_the_next_change() {
+        let path = temp_dir("v2").join("sum.txt");
+        let (id, source) = (Uuid::from_u128(8), Uuid::from_u128(5));
+        let v2 = format!("10\ntally-ledger v2 {id} 3\nsource {source} 4 6/1:0-0\n");
+        fs::write(&path, &v2).unwrap();
+        let (ledger, state) = Ledger::open(&path, Create::IfNew).unwrap();
+        assert_eq!((state.id, state.total), (id, 10));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            v2,
+            "untouched until a change"
+        );
+        ledger
+            .update(|state| state.apply_part(source, one(5), 1))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("11\ntally-ledger v3 {id} 4\nsource {source} 1-6\n")
         );
     }
 
@@ -480,6 +528,6 @@ mod tests {
         }
         let state = Ledger::open(&path, Create::IfNew).unwrap().1;
         assert_eq!(state.total, 200);
-        assert_eq!(state.batches(source).0, 50);
+        assert_eq!(state.batches(source).applied, [(1, 50)]);
     }
 }

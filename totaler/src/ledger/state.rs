@@ -1,42 +1,38 @@
 //! The ledger's content and its text format, pure and without I/O: the exact
 //! total, the ledger's identity and generation, and per outbox source the
-//! applied batches as a horizon plus the batches in flight above it.
+//! batches applied, as ranges.
 //!
-//! Format, version 2 (every line ends with `\n`):
+//! Format, version 3 (every line ends with `\n`):
 //! ```text
 //! 123456789                                   total, decimal i128 (the first line, always)
-//! tally-ledger v2 <ledger uuid> <generation>  format, identity, writes so far
-//! source <uuid> <horizon> [<batch>/<parts>:<lo>-<hi>[,<lo>-<hi>]...]...
-//! legacy <uuid> <horizon> [<lo>-<hi>,...]     row seqs of legacy messages (version 1 state)
+//! tally-ledger v3 <ledger uuid> <generation>  format, identity, writes so far
+//! source <uuid> <lo>-<hi>[,<lo>-<hi>]... [<batch>/<parts>:<lo>-<hi>[,<lo>-<hi>]...]...
+//! legacy <uuid> <lo>-<hi>[,<lo>-<hi>]...      row seqs of legacy messages (version 1 state)
 //! ```
-//! Every batch `<= horizon` of a source is applied whole; each batch above
-//! it that has parts applied is listed with its part count and the ranges
-//! of parts applied. Batches are dense and the relay republishes every batch
-//! it has not seen confirmed, so every listed batch and every gap below it
-//! closes: nothing is ever given up. What is listed is what is in flight,
-//! and a batch more than [`MAX_AHEAD`] above the horizon is refused (a
-//! forged or foreign message), so the state is bounded by that window.
+//! A `source` line lists the batches applied whole as ranges (`-` for none),
+//! then each batch with only some of its parts applied, with its part count
+//! and the ranges of parts applied. A batch joins the ranges when its last
+//! part is applied, so the state grows with the gaps (batches not yet seen
+//! below seen ones) and the batches partly applied, never with the number
+//! of batches: a source far past a gap (a fresh ledger, a restored backup,
+//! a batch lost with a purged queue) costs one range more, and no batch is
+//! refused for its distance. Forgery is stopped before the ledger, by the
+//! message's broker-validated author (`consumer.rs`), not by a window here.
 //!
-//! A version 1 ledger (`tally-ledger v1`, rows deduplicated by seq) and a
-//! bare total are read too; their row state becomes `legacy` lines, used
-//! only for legacy messages (published for rows recorded before batches).
-//! Parsing them gives a nil ledger id: the file layer mints one and writes
-//! version 2.
+//! Versions 2 (a horizon plus batches in flight), 1 (rows deduplicated by
+//! seq) and a bare total are read too (`older.rs`) and written as version 3
+//! at the next change. Versions 1 and a bare total give a nil ledger id: the
+//! file layer mints one.
 
 use std::collections::BTreeMap;
 
 use proto::message::Part;
 use uuid::Uuid;
 
+use super::{older, spans::Spans};
+
 /// The format this code writes.
-pub const VERSION: &str = "tally-ledger v2";
-/// The format before snapshot batches, read and converted.
-pub const VERSION_1: &str = "tally-ledger v1";
-/// Farthest a batch may be above its source's horizon; farther is refused.
-pub const MAX_AHEAD: i64 = 100_000;
-/// Farthest a legacy row's seq may be above the highest legacy seq applied:
-/// legacy rows are the finite backlog of an upgrade; farther is refused.
-pub const MAX_LEGACY_AHEAD: i64 = 10_000_000;
+pub const VERSION: &str = "tally-ledger v3";
 
 /// The total and the dedupe state, as one atomic unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,34 +42,53 @@ pub struct State {
     pub id: Uuid,
     /// How many times it was written: a copy with a lower one is older.
     pub generation: u64,
-    sources: BTreeMap<Uuid, Source>,
+    pub(super) sources: BTreeMap<Uuid, Source>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Source {
-    horizon: i64,
-    /// Batches above the horizon with parts applied.
-    open: BTreeMap<i64, Open>,
+pub(super) struct Source {
+    /// Batches applied whole.
+    pub(super) applied: Spans,
+    /// Batches with some, not all, of their parts applied.
+    pub(super) partial: BTreeMap<i64, Partial>,
     /// Row seqs of legacy messages.
-    legacy: Option<Ranges>,
+    pub(super) legacy: Option<Spans>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Open {
-    parts: u32,
-    applied: Ranges,
+pub(super) struct Partial {
+    pub(super) parts: u32,
+    /// The parts applied, numbered from 0.
+    pub(super) applied: Spans,
 }
 
-/// A horizon (everything up to it is in) plus sorted, disjoint, non-adjacent
-/// ranges above it, none touching it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Ranges {
-    horizon: i64,
-    ranges: Vec<(i64, i64)>,
-}
-
-/// A batch in flight: its number, its part count, the ranges of parts applied.
+/// A batch partly applied: its number, its part count, the ranges of parts
+/// applied.
 pub type InFlight = (i64, u32, Vec<(i64, i64)>);
+
+/// A source's batches as the ledger knows them, for `verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batches {
+    /// The batches applied whole, as ranges.
+    pub applied: Vec<(i64, i64)>,
+    /// The batches partly applied.
+    pub partial: Vec<InFlight>,
+}
+
+impl Batches {
+    /// Whether `batch` is applied whole.
+    pub fn whole(&self, batch: i64) -> bool {
+        let at = self.applied.partition_point(|&(_, hi)| hi < batch);
+        self.applied.get(at).is_some_and(|&(lo, _)| lo <= batch)
+    }
+
+    /// The highest batch with anything applied; 0 when none is.
+    pub fn top(&self) -> i64 {
+        let whole = self.applied.last().map_or(0, |&(_, hi)| hi);
+        let partial = self.partial.last().map_or(0, |&(batch, _, _)| batch);
+        whole.max(partial)
+    }
+}
 
 /// Whether a message changed the total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,14 +100,6 @@ pub enum Outcome {
 /// Why a message is refused (it is then dead-lettered; nothing changes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error(
-        "batch {batch} is more than {MAX_AHEAD} batches above the source's horizon {horizon}: forged or foreign"
-    )]
-    TooFarAhead { batch: i64, horizon: i64 },
-    #[error(
-        "legacy row {seq} is more than {MAX_LEGACY_AHEAD} above the highest applied ({top}): forged or foreign"
-    )]
-    LegacyTooFarAhead { seq: i64, top: i64 },
     #[error("batch {batch} has {known} parts, the message claims {parts}")]
     PartsDiffer { batch: i64, parts: u32, known: u32 },
 }
@@ -109,22 +116,6 @@ impl State {
         Ok(outcome)
     }
 
-    /// Refuses legacy rows of `source` too far above what was applied (check
-    /// a whole message before applying any of its rows).
-    pub fn check_rows(&self, source: Uuid, seqs: impl Iterator<Item = i64>) -> Result<(), Refusal> {
-        let top = self
-            .sources
-            .get(&source)
-            .and_then(|s| s.legacy.as_ref())
-            .map_or(0, |l| l.ranges.last().map_or(l.horizon, |r| r.1));
-        match seqs.max() {
-            Some(seq) if seq - top > MAX_LEGACY_AHEAD => {
-                Err(Refusal::LegacyTooFarAhead { seq, top })
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Adds `sum` unless the legacy row `(source, seq)` was applied before.
     pub fn apply_row(&mut self, source: Uuid, seq: i64, sum: i64) -> Outcome {
         let legacy = self
@@ -132,7 +123,7 @@ impl State {
             .entry(source)
             .or_default()
             .legacy
-            .get_or_insert_with(Ranges::default);
+            .get_or_insert_with(Spans::default);
         if !legacy.insert(seq) {
             return Outcome::Duplicate;
         }
@@ -143,10 +134,10 @@ impl State {
     /// Whether part `part` of `batch` of `source` counts as applied.
     pub fn contains_part(&self, source: Uuid, batch: i64, part: u32) -> bool {
         self.sources.get(&source).is_some_and(|s| {
-            batch <= s.horizon
-                || s.open
+            s.applied.contains(batch)
+                || s.partial
                     .get(&batch)
-                    .is_some_and(|o| o.applied.contains(i64::from(part)))
+                    .is_some_and(|p| p.applied.contains(i64::from(part)))
         })
     }
 
@@ -158,28 +149,27 @@ impl State {
             .is_some_and(|l| l.contains(seq))
     }
 
-    /// A source's batch horizon and its batches in flight, for `verify`.
-    pub fn batches(&self, source: Uuid) -> (i64, Vec<InFlight>) {
-        self.sources.get(&source).map_or((0, Vec::new()), |s| {
-            let open = s
-                .open
-                .iter()
-                .map(|(&batch, o)| (batch, o.parts, o.applied.spans()))
-                .collect();
-            (s.horizon, open)
-        })
+    /// A source's batches applied whole and partly, for `verify`.
+    pub fn batches(&self, source: Uuid) -> Batches {
+        self.sources
+            .get(&source)
+            .map_or_else(Batches::default, |s| {
+                let partial = s
+                    .partial
+                    .iter()
+                    .map(|(&batch, p)| (batch, p.parts, p.applied.ranges().to_vec()))
+                    .collect();
+                Batches {
+                    applied: s.applied.ranges().to_vec(),
+                    partial,
+                }
+            })
     }
 
-    /// A source's legacy row ranges (every seq up to the horizon, plus the
-    /// ranges), for `verify`.
+    /// A source's legacy row seqs as ranges, for `verify`.
     pub fn legacy_rows(&self, source: Uuid) -> Option<Vec<(i64, i64)>> {
         let legacy = self.sources.get(&source)?.legacy.as_ref()?;
-        let mut spans = Vec::new();
-        if legacy.horizon > 0 {
-            spans.push((1, legacy.horizon));
-        }
-        spans.extend(legacy.ranges.iter().copied());
-        Some(spans)
+        Some(legacy.ranges().to_vec())
     }
 
     /// Every source the ledger knows.
@@ -187,41 +177,45 @@ impl State {
         self.sources.keys().copied().collect()
     }
 
-    /// Batches in flight over all sources: the size of the dedupe state.
+    /// The size of the dedupe state beyond one range per source: the gaps
+    /// (a range not starting at batch 1 has one below it) plus the batches
+    /// partly applied.
     pub fn open_count(&self) -> usize {
-        self.sources.values().map(|s| s.open.len()).sum()
+        self.sources
+            .values()
+            .map(|s| {
+                let ranges = s.applied.ranges();
+                let gaps = ranges.len() - usize::from(ranges.first().is_some_and(|r| r.0 == 1));
+                gaps + s.partial.len()
+            })
+            .sum()
     }
 
-    /// The version 2 text.
+    /// The version 3 text.
     pub fn render(&self) -> String {
         let mut text = format!(
             "{}\n{VERSION} {} {}\n",
             self.total, self.id, self.generation
         );
         for (source, s) in &self.sources {
-            text.push_str(&format!("source {source} {}", s.horizon));
-            for (batch, open) in &s.open {
+            text.push_str(&format!("source {source} {}", s.applied.render()));
+            for (batch, partial) in &s.partial {
                 text.push_str(&format!(
                     " {batch}/{}:{}",
-                    open.parts,
-                    open.applied.render()
+                    partial.parts,
+                    partial.applied.render()
                 ));
             }
             text.push('\n');
             if let Some(legacy) = &s.legacy {
-                text.push_str(&format!("legacy {source} {}", legacy.horizon));
-                if !legacy.ranges.is_empty() {
-                    text.push(' ');
-                    text.push_str(&legacy.render_ranges());
-                }
-                text.push('\n');
+                text.push_str(&format!("legacy {source} {}\n", legacy.render()));
             }
         }
         text
     }
 
-    /// Parses version 2, version 1 or a bare total; the error says which line
-    /// is wrong and how.
+    /// Parses version 3, 2, 1 or a bare total; the error says which line is
+    /// wrong and how.
     pub fn parse(text: &str) -> Result<Self, String> {
         let body = text
             .strip_suffix('\n')
@@ -241,19 +235,18 @@ impl State {
         let Some(header) = lines.next() else {
             return Ok(state);
         };
-        let version_1 = header == VERSION_1;
-        if !version_1 {
+        let version = older::Version::of(header).map_err(|e| format!("line 2: {e}"))?;
+        if version != older::Version::V1 {
             (state.id, state.generation) =
                 parse_header(header).map_err(|e| format!("line 2: {e}"))?;
         }
         for (index, line) in lines.enumerate() {
-            let line_no = index + 3;
-            let result = if version_1 {
-                parse_v1_source(line).and_then(|(source, rows)| state.add_legacy(source, rows))
-            } else {
-                state.parse_line(line)
+            let parsed = match version {
+                older::Version::V1 => older::parse_v1_line(&mut state, line),
+                older::Version::V2 => older::parse_v2_line(&mut state, line),
+                older::Version::V3 => state.parse_line(line),
             };
-            result.map_err(|e| format!("line {line_no}: {e}"))?;
+            parsed.map_err(|e| format!("line {}: {e}", index + 3))?;
         }
         Ok(state)
     }
@@ -263,31 +256,28 @@ impl State {
         match fields.next() {
             Some("source") => {
                 let source = parse_uuid(fields.next())?;
-                let horizon = parse_horizon(fields.next())?;
-                let mut open = BTreeMap::new();
+                let applied = Spans::parse(fields.next().unwrap_or_default(), 1)?;
+                let mut partial = BTreeMap::new();
                 for token in fields {
-                    let (batch, entry) = parse_open(token)?;
-                    if batch <= horizon || open.insert(batch, entry).is_some() {
+                    let (batch, entry) = parse_partial(token)?;
+                    if applied.contains(batch)
+                        || entry.applied.covers(0, i64::from(entry.parts) - 1)
+                        || partial.insert(batch, entry).is_some()
+                    {
                         return Err(format!(
-                            "batch {batch} is at or below the horizon, or twice"
+                            "batch {batch} is listed as partly applied, but is applied whole or listed twice"
                         ));
                     }
                 }
-                let entry = self.sources.entry(source).or_default();
-                if entry.horizon != 0 || !entry.open.is_empty() {
-                    return Err(format!("source {source} appears twice"));
-                }
-                (entry.horizon, entry.open) = (horizon, open);
-                Ok(())
+                self.set_batches(source, applied, partial)
             }
             Some("legacy") => {
                 let source = parse_uuid(fields.next())?;
-                let horizon = parse_horizon(fields.next())?;
-                let ranges = parse_ranges(fields.next())?;
+                let rows = Spans::parse(fields.next().unwrap_or_default(), 1)?;
                 if fields.next().is_some() {
                     return Err("unexpected text after the ranges".into());
                 }
-                self.add_legacy(source, Ranges { horizon, ranges }.checked()?)
+                self.add_legacy(source, rows)
             }
             _ => Err(format!(
                 "expected a `source` or `legacy` line, found {:?}",
@@ -296,7 +286,22 @@ impl State {
         }
     }
 
-    fn add_legacy(&mut self, source: Uuid, rows: Ranges) -> Result<(), String> {
+    /// A source's batches from its line; refused if the source had one.
+    pub(super) fn set_batches(
+        &mut self,
+        source: Uuid,
+        applied: Spans,
+        partial: BTreeMap<i64, Partial>,
+    ) -> Result<(), String> {
+        let entry = self.sources.entry(source).or_default();
+        if !entry.applied.is_empty() || !entry.partial.is_empty() {
+            return Err(format!("source {source} appears twice"));
+        }
+        (entry.applied, entry.partial) = (applied, partial);
+        Ok(())
+    }
+
+    pub(super) fn add_legacy(&mut self, source: Uuid, rows: Spans) -> Result<(), String> {
         let entry = self.sources.entry(source).or_default();
         if entry.legacy.replace(rows).is_some() {
             return Err(format!("legacy rows of source {source} appear twice"));
@@ -308,151 +313,33 @@ impl State {
 impl Source {
     fn apply(&mut self, part: Part) -> Result<Outcome, Refusal> {
         let Part { batch, part, parts } = part;
-        if batch <= self.horizon {
+        if self.applied.contains(batch) {
             return Ok(Outcome::Duplicate);
         }
-        if batch - self.horizon > MAX_AHEAD {
-            return Err(Refusal::TooFarAhead {
-                batch,
-                horizon: self.horizon,
-            });
-        }
-        let open = self.open.entry(batch).or_insert_with(|| Open {
+        let entry = self.partial.entry(batch).or_insert_with(|| Partial {
             parts,
-            applied: Ranges::no_parts(),
+            applied: Spans::default(),
         });
-        if open.parts != parts {
+        if entry.parts != parts {
             return Err(Refusal::PartsDiffer {
                 batch,
                 parts,
-                known: open.parts,
+                known: entry.parts,
             });
         }
-        if !open.applied.insert(i64::from(part)) {
+        if !entry.applied.insert(i64::from(part)) {
             return Ok(Outcome::Duplicate);
         }
-        self.advance();
+        if entry.applied.covers(0, i64::from(parts) - 1) {
+            self.partial.remove(&batch);
+            self.applied.insert(batch);
+        }
         Ok(Outcome::Applied)
-    }
-
-    /// Moves the horizon over every complete batch right above it.
-    fn advance(&mut self) {
-        while let Some(entry) = self.open.first_entry() {
-            let complete = *entry.key() == self.horizon + 1
-                && entry.get().applied.horizon == i64::from(entry.get().parts) - 1;
-            if !complete {
-                return;
-            }
-            self.horizon = entry.remove_entry().0;
-        }
-    }
-}
-
-impl Ranges {
-    /// Parts (numbered from 0) of which none is in yet.
-    fn no_parts() -> Self {
-        Self {
-            horizon: -1,
-            ranges: Vec::new(),
-        }
-    }
-
-    fn contains(&self, n: i64) -> bool {
-        n <= self.horizon || self.ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&n))
-    }
-
-    /// Records `n`; false if it was in already.
-    fn insert(&mut self, n: i64) -> bool {
-        if self.contains(n) {
-            return false;
-        }
-        let at = self.ranges.partition_point(|&(_, hi)| hi < n);
-        self.ranges.insert(at, (n, n));
-        self.merge_around(at);
-        true
-    }
-
-    /// Joins the range at `at` with adjacent neighbours and the horizon.
-    fn merge_around(&mut self, mut at: usize) {
-        if at + 1 < self.ranges.len() && self.ranges[at].1 + 1 == self.ranges[at + 1].0 {
-            self.ranges[at].1 = self.ranges[at + 1].1;
-            self.ranges.remove(at + 1);
-        }
-        if at > 0 && self.ranges[at - 1].1 + 1 == self.ranges[at].0 {
-            self.ranges[at - 1].1 = self.ranges[at].1;
-            self.ranges.remove(at);
-            at -= 1;
-        }
-        if at == 0
-            && self
-                .ranges
-                .first()
-                .is_some_and(|&(lo, _)| lo == self.horizon + 1)
-        {
-            self.horizon = self.ranges.remove(0).1;
-        }
-    }
-
-    /// Everything in, as ranges (the horizon part from 0 for parts).
-    fn spans(&self) -> Vec<(i64, i64)> {
-        let mut spans = Vec::with_capacity(self.ranges.len() + 1);
-        if self.horizon >= 0 {
-            spans.push((0, self.horizon));
-        }
-        spans.extend(self.ranges.iter().copied());
-        spans
-    }
-
-    /// Parts applied as `lo-hi,lo-hi` (from part 0).
-    fn render(&self) -> String {
-        self.spans()
-            .iter()
-            .map(|(lo, hi)| format!("{lo}-{hi}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn render_ranges(&self) -> String {
-        self.ranges
-            .iter()
-            .map(|(lo, hi)| format!("{lo}-{hi}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The invariants `render` guarantees; a file breaking them is corrupt.
-    fn checked(self) -> Result<Self, String> {
-        let mut floor = self.horizon + 1;
-        for &(lo, hi) in &self.ranges {
-            if lo <= floor {
-                return Err(format!(
-                    "range {lo}-{hi} is not above the horizon or the previous range"
-                ));
-            }
-            floor = hi + 1;
-        }
-        Ok(self)
     }
 }
 
 fn parse_header(header: &str) -> Result<(Uuid, u64), String> {
-    let mut fields = header.split(' ');
-    let version = format!(
-        "{} {}",
-        fields.next().unwrap_or_default(),
-        fields.next().unwrap_or_default()
-    );
-    if version != VERSION {
-        return Err(format!(
-            "expected {VERSION:?} (or {VERSION_1:?}), found {:?}: a ledger of another version{}",
-            clip(header),
-            if version.starts_with("tally-ledger v") {
-                ", written by a newer Tally? Upgrade this totaler"
-            } else {
-                ""
-            }
-        ));
-    }
+    let mut fields = header.split(' ').skip(2);
     let id = parse_uuid(fields.next())?;
     let generation = fields
         .next()
@@ -464,80 +351,35 @@ fn parse_header(header: &str) -> Result<(Uuid, u64), String> {
     Ok((id, generation))
 }
 
-fn parse_uuid(field: Option<&str>) -> Result<Uuid, String> {
+pub(super) fn parse_uuid(field: Option<&str>) -> Result<Uuid, String> {
     field
         .and_then(|s| Uuid::parse_str(s).ok())
         .ok_or_else(|| "expected a uuid".to_owned())
 }
 
-fn parse_horizon(field: Option<&str>) -> Result<i64, String> {
-    field
-        .and_then(|s| s.parse::<i64>().ok())
-        .filter(|h| *h >= 0)
-        .ok_or_else(|| "expected a non-negative horizon".to_owned())
-}
-
-/// `<batch>/<parts>:<ranges of parts>`.
-fn parse_open(token: &str) -> Result<(i64, Open), String> {
+/// `<batch>/<parts>:<ranges of parts applied>`, at least one part applied.
+pub(super) fn parse_partial(token: &str) -> Result<(i64, Partial), String> {
     let bad = || format!("bad batch entry {:?}", clip(token));
     let (batch, rest) = token.split_once('/').ok_or_else(bad)?;
     let (parts, ranges) = rest.split_once(':').ok_or_else(bad)?;
-    let batch = batch.parse::<i64>().map_err(|_| bad())?;
+    let batch = batch
+        .parse::<i64>()
+        .ok()
+        .filter(|b| *b >= 1)
+        .ok_or_else(bad)?;
     let parts = parts
         .parse::<u32>()
         .ok()
         .filter(|p| *p >= 1)
         .ok_or_else(bad)?;
-    let mut applied = Ranges::no_parts();
-    for (lo, hi) in parse_ranges(Some(ranges))? {
-        if lo < 0 || hi >= i64::from(parts) {
-            return Err(bad());
-        }
-        for part in lo..=hi {
-            if !applied.insert(part) {
-                return Err(bad());
-            }
-        }
-    }
-    if batch < 1 {
+    let applied = Spans::parse(ranges, 0).map_err(|e| format!("{}: {e}", bad()))?;
+    if applied.is_empty() || applied.last().is_some_and(|top| top >= i64::from(parts)) {
         return Err(bad());
     }
-    Ok((batch, Open { parts, applied }))
+    Ok((batch, Partial { parts, applied }))
 }
 
-fn parse_ranges(field: Option<&str>) -> Result<Vec<(i64, i64)>, String> {
-    match field {
-        None => Ok(Vec::new()),
-        Some(list) => list.split(',').map(parse_range).collect(),
-    }
-}
-
-fn parse_range(text: &str) -> Result<(i64, i64), String> {
-    let (lo, hi) = text
-        .split_once('-')
-        .ok_or_else(|| format!("bad range {:?}", clip(text)))?;
-    match (lo.parse::<i64>(), hi.parse::<i64>()) {
-        (Ok(lo), Ok(hi)) if lo <= hi => Ok((lo, hi)),
-        _ => Err(format!("bad range {:?}", clip(text))),
-    }
-}
-
-/// A version 1 `source <uuid> <horizon> [ranges]` line.
-fn parse_v1_source(line: &str) -> Result<(Uuid, Ranges), String> {
-    let mut fields = line.split(' ');
-    if fields.next() != Some("source") {
-        return Err(format!("expected a `source` line, found {:?}", clip(line)));
-    }
-    let source = parse_uuid(fields.next())?;
-    let horizon = parse_horizon(fields.next())?;
-    let ranges = parse_ranges(fields.next())?;
-    if fields.next().is_some() {
-        return Err("unexpected text after the ranges".into());
-    }
-    Ok((source, Ranges { horizon, ranges }.checked()?))
-}
-
-fn clip(text: &str) -> String {
+pub(super) fn clip(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
@@ -568,12 +410,38 @@ mod tests {
         let text = state.render();
         assert_eq!(
             text,
-            "131\ntally-ledger v2 00000000-0000-0000-0000-000000000009 4\n\
-             source 00000000-0000-0000-0000-000000000001 1 2/3:1-1 4/1:0-0\n\
-             source 00000000-0000-0000-0000-000000000002 0 1/2:1-1\n\
-             legacy 00000000-0000-0000-0000-000000000002 0 7-7\n"
+            "131\ntally-ledger v3 00000000-0000-0000-0000-000000000009 4\n\
+             source 00000000-0000-0000-0000-000000000001 1-1,4-4 2/3:1-1\n\
+             source 00000000-0000-0000-0000-000000000002 - 1/2:1-1\n\
+             legacy 00000000-0000-0000-0000-000000000002 7-7\n"
         );
         assert_eq!(State::parse(&text).unwrap(), state);
+    }
+
+    /// Issue 21, item 3: a source running far past a gap (a fresh ledger,
+    /// a lost batch) is counted, and its state is a few ranges, not a line
+    /// per batch.
+    #[test]
+    fn batches_far_beyond_a_gap_are_counted_and_the_state_stays_small() {
+        let mut state = State::default();
+        state.apply_part(A, part(1, 0, 1), 1).unwrap();
+        for batch in 3..=150_002 {
+            assert_eq!(
+                state.apply_part(A, part(batch, 0, 1), 1),
+                Ok(Outcome::Applied),
+                "batch {batch}"
+            );
+        }
+        state.apply_part(A, part(1_000_000_000, 0, 1), 1).unwrap();
+        assert_eq!(state.total, 150_002);
+        let text = state.render();
+        assert!(text.len() < 300, "{} bytes: {}", text.len(), clip(&text));
+        assert_eq!(State::parse(&text).unwrap(), state);
+        assert_eq!(state.apply_part(A, part(2, 0, 1), 5), Ok(Outcome::Applied));
+        assert_eq!(
+            state.apply_part(A, part(70_000, 0, 1), 5),
+            Ok(Outcome::Duplicate)
+        );
     }
 
     #[test]
@@ -609,7 +477,7 @@ mod tests {
         }
         assert_eq!(state.total, 30_000);
         assert_eq!(state.open_count(), 0, "nothing in flight is left");
-        assert_eq!(state.batches(A).0, 10_000);
+        assert_eq!(state.batches(A).applied, [(1, 10_000)]);
     }
 
     /// The case that broke version 1: a gap open while far more than 1,024
@@ -622,31 +490,24 @@ mod tests {
             state.apply_part(A, part(batch + 1, 0, 1), 1).unwrap();
             state.apply_part(A, part(batch, 0, 1), 1).unwrap();
         }
-        assert_eq!(state.batches(A).0, 0, "batch 1 has not come");
+        assert_eq!(
+            state.batches(A).applied,
+            [(2, 50_000)],
+            "batch 1 has not come"
+        );
+        assert_eq!(state.open_count(), 1, "one gap");
         assert!(!state.contains_part(A, 1, 0));
         assert_eq!(state.apply_part(A, part(1, 0, 1), 7), Ok(Outcome::Applied));
-        assert_eq!(state.batches(A).0, 50_000);
+        assert_eq!(state.batches(A).applied, [(1, 50_000)]);
         assert_eq!(state.open_count(), 0);
         assert_eq!(state.total, 50_000 - 1 + 7);
     }
 
     #[test]
-    fn a_batch_far_above_the_horizon_is_refused_and_changes_nothing() {
+    fn a_part_count_contradicting_the_first_seen_is_refused_and_changes_nothing() {
         let mut state = State::default();
-        let before = state.clone();
-        assert_eq!(
-            state.apply_part(A, part(MAX_AHEAD + 1, 0, 1), 1_000_000),
-            Err(Refusal::TooFarAhead {
-                batch: MAX_AHEAD + 1,
-                horizon: 0
-            })
-        );
-        assert_eq!(
-            state.apply_part(A, part(MAX_AHEAD, 0, 1), 1),
-            Ok(Outcome::Applied)
-        );
-        assert_ne!(state, before);
         state.apply_part(A, part(3, 0, 2), 1).unwrap();
+        let before = state.clone();
         assert_eq!(
             state.apply_part(A, part(3, 1, 5), 1),
             Err(Refusal::PartsDiffer {
@@ -655,6 +516,9 @@ mod tests {
                 known: 2
             })
         );
+        assert_eq!(state, before);
+        assert_eq!(state.apply_part(A, part(3, 1, 2), 1), Ok(Outcome::Applied));
+        assert_eq!(state.batches(A).applied, [(3, 3)]);
         assert_eq!(state.total, 2);
     }
 
@@ -669,19 +533,13 @@ mod tests {
     }
 
     #[test]
-    fn a_legacy_row_far_above_the_applied_ones_is_refused() {
+    fn a_legacy_row_far_above_the_applied_ones_is_one_range_more() {
         let mut state = State::default();
         state.apply_row(A, 5, 1);
+        assert_eq!(state.apply_row(A, 10_000_000_006, 1), Outcome::Applied);
         assert_eq!(
-            state.check_rows(A, [6, MAX_LEGACY_AHEAD + 5].into_iter()),
-            Ok(())
-        );
-        assert_eq!(
-            state.check_rows(A, [6, MAX_LEGACY_AHEAD + 6].into_iter()),
-            Err(Refusal::LegacyTooFarAhead {
-                seq: MAX_LEGACY_AHEAD + 6,
-                top: 5
-            })
+            state.legacy_rows(A),
+            Some(vec![(5, 5), (10_000_000_006, 10_000_000_006)])
         );
     }
 
@@ -699,6 +557,33 @@ mod tests {
         assert_eq!(state.apply_row(A, 8, 1), Outcome::Applied);
         assert_eq!(state.apply_row(B, 5, 1), Outcome::Duplicate);
         assert_eq!(state.legacy_rows(A), Some(vec![(1, 3), (7, 10)]));
+    }
+
+    #[test]
+    fn a_version_2_ledger_is_read_into_ranges() {
+        let v2 = "77\ntally-ledger v2 00000000-0000-0000-0000-000000000009 12\n\
+                  source 00000000-0000-0000-0000-000000000001 5120 5122/3:0-1 5123/2:0-1 5125/1:0-0\n\
+                  legacy 00000000-0000-0000-0000-000000000001 10480 10482-10483\n";
+        let mut state = State::parse(v2).unwrap();
+        assert_eq!((state.total, state.generation), (77, 12));
+        assert_eq!(
+            state.batches(A),
+            Batches {
+                applied: vec![(1, 5120), (5123, 5123), (5125, 5125)],
+                partial: vec![(5122, 3, vec![(0, 1)])],
+            }
+        );
+        assert_eq!(state.legacy_rows(A), Some(vec![(1, 10480), (10482, 10483)]));
+        assert_eq!(
+            state.apply_part(A, part(5122, 2, 3), 1),
+            Ok(Outcome::Applied)
+        );
+        assert!(
+            state
+                .render()
+                .contains(&format!("source {A} 1-5120,5122-5123,5125-5125\n"))
+        );
+        assert_eq!(State::parse(&state.render()).unwrap(), state);
     }
 
     #[test]
@@ -721,7 +606,7 @@ mod tests {
 
     #[test]
     fn a_newer_version_is_refused_naming_it() {
-        let error = State::parse("1\ntally-ledger v3 x 1\n").unwrap_err();
+        let error = State::parse("1\ntally-ledger v4 x 1\n").unwrap_err();
         assert!(
             error.contains("line 2") && error.contains("newer"),
             "{error}"
@@ -731,6 +616,8 @@ mod tests {
     #[test]
     fn corrupt_text_is_refused_with_the_line() {
         let head = "1\ntally-ledger v2 00000000-0000-0000-0000-000000000009 3\n";
+        let v3 = "1\ntally-ledger v3 00000000-0000-0000-0000-000000000009 3\n";
+        let a = A;
         for (text, needle) in [
             ("".to_owned(), "newline"),
             ("12x\n".to_owned(), "line 1"),
@@ -755,6 +642,13 @@ mod tests {
                     .to_owned(),
                 "line 3",
             ),
+            (format!("{v3}source {a} 1-5 3/2:0-0\n"), "line 3"),
+            (format!("{v3}source {a} 5-3\n"), "line 3"),
+            (format!("{v3}source {a} 1-3,4-6\n"), "line 3"),
+            (format!("{v3}source {a} 0-3\n"), "line 3"),
+            (format!("{v3}source {a} 1-3 9/2:0-1\n"), "line 3"),
+            (format!("{v3}source {a}\n"), "line 3"),
+            (format!("{v3}legacy {a} 3-4,2-2\n"), "line 3"),
         ] {
             let error = State::parse(&text).unwrap_err();
             assert!(error.contains(needle), "{text:?}: {error}");

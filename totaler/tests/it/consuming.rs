@@ -7,7 +7,9 @@ use std::time::Duration;
 use testkit::{Broker, Proxy, metrics::sample, proxy::target_of};
 use uuid::Uuid;
 
-use crate::support::{config, file_total, get, message, pack, settle, spawn_totaler, temp_dir};
+use crate::support::{
+    config, file_total, get, message, pack, part_message, settle, spawn_totaler, temp_dir,
+};
 
 #[tokio::test]
 async fn messages_are_summed_into_the_file_and_acked() {
@@ -158,7 +160,11 @@ async fn a_refused_message_last_in_its_batch_is_not_acked_and_keeps_the_channel(
     // valid ones and one comes last: it has the highest delivery tag of
     // whichever batch it falls in.
     let source = Uuid::new_v4();
-    let forged = || message(Uuid::new_v4(), 500_000, 9);
+    // Contradicting the part count of batch 9, which its first part set.
+    broker
+        .publish(&part_message(source, (9, 0, 2), &[(90, 0)]))
+        .await;
+    let forged = || part_message(source, (9, 1, 3), &[(91, 9)]);
     broker.publish(&message(source, 1, 10)).await;
     broker.publish(&forged()).await;
     broker.publish(&message(source, 2, 10)).await;
@@ -179,7 +185,7 @@ async fn a_refused_message_last_in_its_batch_is_not_acked_and_keeps_the_channel(
     .await;
     let (_, metrics) = get(totaler.http, "/metrics").await.expect("metrics");
     for (series, expected) in [
-        (r#"totaler_messages_total{outcome="consumed"}"#, 6.0),
+        (r#"totaler_messages_total{outcome="consumed"}"#, 7.0),
         (r#"totaler_messages_total{outcome="dead_lettered"}"#, 2.0),
         (r#"totaler_sums_total{outcome="duplicate"}"#, 0.0),
     ] {

@@ -12,7 +12,7 @@ use testkit::{Broker, metrics::sample};
 use uuid::Uuid;
 
 use crate::support::{
-    TestTotaler, config, file_total, get, message, settle, spawn_totaler, temp_dir,
+    TestTotaler, config, file_total, get, message, part_message, settle, spawn_totaler, temp_dir,
 };
 
 #[tokio::test]
@@ -24,11 +24,15 @@ async fn list_shows_malformed_and_refused_messages_with_their_reasons_and_keeps_
     let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
     let forged = Uuid::new_v4();
     broker.publish(b"not json at all").await;
+    broker
+        .publish(&part_message(forged, (1, 0, 2), &[(1, 4)]))
+        .await;
+    // Contradicting the part count the ledger saw first.
     publish_with_id(
         &broker,
         &queue,
-        &message(forged, 500_000, 9),
-        &format!("{forged}/500000.0"),
+        &part_message(forged, (1, 1, 3), &[(2, 9)]),
+        &format!("{forged}/1.1"),
     )
     .await;
     wait_for(&broker, &dead, 2, "both messages dead-lettered").await;
@@ -42,12 +46,11 @@ async fn list_shows_malformed_and_refused_messages_with_their_reasons_and_keeps_
     assert!(listing.contains("why: malformed: "), "{listing}");
     assert!(listing.contains(r#"body: "not json at all""#), "{listing}");
     assert!(
-        listing.contains(&format!("id={forged}/500000.0 size=")),
+        listing.contains(&format!("id={forged}/1.1 size=")),
         "{listing}"
     );
     assert!(
-        listing
-            .contains("why: refused by the ledger: batch 500000 is more than 100000 batches above"),
+        listing.contains("why: refused by the ledger: batch 1 has 2 parts, the message claims 3"),
         "{listing}"
     );
     assert!(

@@ -133,14 +133,6 @@ async fn forged_and_oversized_messages_are_dead_lettered_and_move_nothing() {
     let totaler = spawn_totaler(config(&testkit::amqp_url(), &queue, &path)).await;
     let source = Uuid::new_v4();
     broker.publish(&message(source, 1, 5)).await;
-    // Far beyond anything the source can have cut by now.
-    broker
-        .publish(&message(
-            source,
-            1 + totaler::ledger::state::MAX_AHEAD + 1,
-            1_000_000,
-        ))
-        .await;
     // Contradicting the part count the ledger saw first.
     broker
         .publish(&part_message(source, (2, 0, 2), &[(2, 3)]))
@@ -159,13 +151,13 @@ async fn forged_and_oversized_messages_are_dead_lettered_and_move_nothing() {
         totaler.sum().await == 12
     })
     .await;
-    testkit::eventually(Duration::from_secs(10), "three dead letters", || async {
-        (broker.count(&dead).await == 3).then_some(())
+    testkit::eventually(Duration::from_secs(10), "two dead letters", || async {
+        (broker.count(&dead).await == 2).then_some(())
     })
     .await;
     let ledger = std::fs::read_to_string(&path).expect("ledger");
     assert!(
-        ledger.contains(&format!("source {source} 2\n")),
+        ledger.contains(&format!("source {source} 1-2\n")),
         "horizon 2, nothing open: {ledger}"
     );
     totaler.stop().await;
@@ -197,8 +189,8 @@ async fn a_version_1_ledger_carries_over_with_its_rows() {
     .await;
     totaler.stop().await;
     let text = std::fs::read_to_string(&path).expect("ledger");
-    assert!(text.contains("tally-ledger v2"), "{text}");
-    assert!(text.contains(&format!("legacy {source} 6\n")), "{text}");
+    assert!(text.contains("tally-ledger v3"), "{text}");
+    assert!(text.contains(&format!("legacy {source} 1-6\n")), "{text}");
     assert_eq!(broker.count(&queue).await, 0);
 }
 

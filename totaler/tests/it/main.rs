@@ -3,12 +3,14 @@
 //! `scripts/cluster`, whose three private broker nodes it starts itself.
 
 mod alerts;
+mod authenticity;
 mod cluster;
 mod cluster_script;
 mod consuming;
 mod crashes;
 mod dlq;
 mod exactness;
+mod gaps;
 mod http_limits;
 mod metrics;
 mod monitoring;

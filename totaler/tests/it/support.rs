@@ -60,6 +60,9 @@ pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
         otel: otel::Settings::default(),
         limits: totaler::config::Limits::default(),
         crash_after_apply: false,
+        // Test messages are published without a `user-id`; the
+        // authenticity tests name their publisher.
+        publishers: vec!["*".to_owned()],
         command: None,
         create_ledger: false,
     }
@@ -185,6 +188,7 @@ pub fn binary(queue: &str, sum_file: &Path, http_port: u16, extra: &[(&str, &str
     command
         .env("AMQP_URL", testkit::amqp_url())
         .env("TALLY_QUEUE", queue)
+        .env("TOTALER_PUBLISHERS", "*")
         .env("SUM_FILE", sum_file)
         .env("TOTALER_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("RUST_LOG", "warn")
