@@ -41,6 +41,8 @@
 //! - `crashes`: process, server and network faults, alone and combined.
 //! - `sum_file`: the full disk, the deleted and the replaced `sum.txt`.
 //! - `inputs`: hostile inputs, the slow transaction, totals beyond i64.
+//! - `stalls`: what time and size bring: a broker outage's large backlog,
+//!   a transaction open elsewhere, silent gRPC sockets, a silent PostgreSQL.
 //! - `disk`: the tmpfs under `sum.txt` and the ledger lock.
 //! - `hostile`: the hostile requests and messages themselves.
 //! - `outbox`: the suite's SQL on the outbox.
@@ -63,6 +65,7 @@ pub mod report;
 pub mod rng;
 pub mod servers;
 pub mod stack;
+pub mod stalls;
 pub mod sum_file;
 
 use std::time::{Duration, Instant};
@@ -101,6 +104,8 @@ pub struct Options {
     pub confirm_timeout_seconds: u64,
     /// The totaler's documented HTTP header-read timeout.
     pub header_timeout_seconds: u64,
+    /// Rows a broker outage leaves in the outbox (`BrokerOutageBacklog`).
+    pub backlog_rows: u64,
 }
 
 impl Options {
@@ -143,6 +148,7 @@ impl Options {
             min_ack_rate: number("TALLY_FAULTS_MIN_ACK_RATE", 200),
             confirm_timeout_seconds: number("TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS", 4),
             header_timeout_seconds: number("TALLY_FAULTS_HEADER_TIMEOUT_SECONDS", 10),
+            backlog_rows: number("TALLY_FAULTS_BACKLOG_ROWS", 200_000),
         }
     }
 }
@@ -173,10 +179,14 @@ pub enum Fault {
     BeyondI64,
     BrokerCrashDuringTotalerKill,
     PostgresCrashDuringAdderKill,
+    BrokerOutageBacklog,
+    TransactionElsewhere,
+    SilentGrpcSockets,
+    SilentPostgres,
 }
 
 /// Every kind (the soak and the first round draw from these).
-pub const ALL_FAULTS: [Fault; 22] = [
+pub const ALL_FAULTS: [Fault; 26] = [
     Fault::KillTotaler,
     Fault::KillAdder,
     Fault::CrashBroker,
@@ -199,12 +209,16 @@ pub const ALL_FAULTS: [Fault; 22] = [
     Fault::BeyondI64,
     Fault::BrokerCrashDuringTotalerKill,
     Fault::PostgresCrashDuringAdderKill,
+    Fault::BrokerOutageBacklog,
+    Fault::TransactionElsewhere,
+    Fault::SilentGrpcSockets,
+    Fault::SilentPostgres,
 ];
 
 /// The first round: every kind but the lone broker SIGKILL, which
 /// `BrokerCrashDuringTotalerKill` covers (a broker restart is the slowest
 /// fault, and CI time is bounded); it is drawn again afterwards.
-pub const FIRST_ROUND: [Fault; 21] = [
+pub const FIRST_ROUND: [Fault; 25] = [
     Fault::KillTotaler,
     Fault::KillAdder,
     Fault::StopBroker,
@@ -226,11 +240,16 @@ pub const FIRST_ROUND: [Fault; 21] = [
     Fault::BeyondI64,
     Fault::BrokerCrashDuringTotalerKill,
     Fault::PostgresCrashDuringAdderKill,
+    Fault::BrokerOutageBacklog,
+    Fault::TransactionElsewhere,
+    Fault::SilentGrpcSockets,
+    Fault::SilentPostgres,
 ];
 
 /// The kinds drawn again after the first round: the long ones (the
-/// partition, the slow transaction, the half-sent requests) run once.
-const REPEATED: [Fault; 15] = [
+/// partition, the slow transaction, the half-sent requests, the outage's
+/// backlog, the transaction held elsewhere) run once.
+const REPEATED: [Fault; 17] = [
     Fault::KillTotaler,
     Fault::KillAdder,
     Fault::CrashBroker,
@@ -246,6 +265,8 @@ const REPEATED: [Fault; 15] = [
     Fault::ReplaceSumFile,
     Fault::BrokerCrashDuringTotalerKill,
     Fault::PostgresCrashDuringAdderKill,
+    Fault::SilentGrpcSockets,
+    Fault::SilentPostgres,
 ];
 
 /// How long the load runs before the first fault.
@@ -280,6 +301,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let fault_time = faulting.elapsed();
     eprintln!("faults: load stopping; waiting for every started Add to be acknowledged");
     let tally = load.finish().await;
+    stack.release_elsewhere().await;
     injected?;
     stack.ensure_running().await?;
     let report =

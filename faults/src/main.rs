@@ -61,6 +61,10 @@ struct Args {
         default_value_t = 10
     )]
     header_timeout_seconds: u64,
+    /// Rows a broker outage leaves in the outbox (the BrokerOutageBacklog
+    /// fault); soak runs use 1000000.
+    #[arg(long, env = "TALLY_FAULTS_BACKLOG_ROWS", default_value_t = 200_000)]
+    backlog_rows: u64,
 }
 
 #[tokio::main]
@@ -78,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         min_ack_rate: args.min_ack_rate,
         confirm_timeout_seconds: args.confirm_timeout_seconds,
         header_timeout_seconds: args.header_timeout_seconds,
+        backlog_rows: args.backlog_rows,
     };
     let seed = options.seed;
     let problems = if args.cluster {

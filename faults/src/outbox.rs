@@ -48,6 +48,17 @@ pub async fn reconcile(url: &str) -> anyhow::Result<Outbox> {
     })
 }
 
+/// Rows not yet confirmed by the broker (as `reconcile` counts them).
+pub async fn unpublished(connection: &mut PgConnection) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) \
+         - (SELECT coalesce(sum(rows), 0)::bigint FROM outbox_batch WHERE confirmed_at IS NOT NULL) \
+         - count(*) FILTER (WHERE xid IS NULL AND published_at IS NOT NULL) FROM outbox",
+    )
+    .fetch_one(connection)
+    .await?)
+}
+
 /// The outbox's source UUID and its highest id.
 pub async fn source_and_top(url: &str) -> anyhow::Result<(String, i64)> {
     let mut connection = PgConnection::connect(url).await?;

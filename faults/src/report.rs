@@ -72,6 +72,14 @@ pub struct Counts {
     pub beyond_i64_seen: Vec<i128>,
     pub broker_crashes_during_totaler_kills: u32,
     pub postgres_crashes_during_adder_kills: u32,
+    /// Rows committed straight to the outbox while the broker was down.
+    pub backlog_rows: u64,
+    /// Each outage's backlog (rows) and the rate it drained at (rows/s).
+    pub backlogs_drained: Vec<(u64, f64)>,
+    pub transactions_elsewhere: u32,
+    pub silent_sockets: usize,
+    pub silent_sockets_closed: usize,
+    pub silent_postgres: u32,
     /// What went wrong while faults ran.
     pub failures: Vec<String>,
 }
@@ -129,7 +137,7 @@ impl Report {
     }
 
     fn expected_rows(&self) -> i64 {
-        (self.acknowledged + self.uncertain_committed as u64) as i64
+        (self.acknowledged + self.uncertain_committed as u64 + self.counts.backlog_rows) as i64
     }
 
     fn total_problems(&self) -> Vec<String> {
@@ -319,6 +327,25 @@ impl fmt::Display for Report {
             f,
             "  slow transactions    {} ({} rows in {} gaps, {} other Adds meanwhile)",
             c.slow_transactions, c.slow_rows, c.slow_gaps, c.slow_others
+        )?;
+        let largest = c
+            .backlogs_drained
+            .iter()
+            .copied()
+            .max_by_key(|(rows, _)| *rows)
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "  broker outages       {} backlogs, {} rows in all; the largest {} rows drained at {:.0} rows/s",
+            c.backlogs_drained.len(),
+            c.backlog_rows,
+            largest.0,
+            largest.1
+        )?;
+        writeln!(
+            f,
+            "  stalls               {} transactions held open elsewhere, {} of {} silent gRPC sockets closed, {} silent PostgreSQL periods",
+            c.transactions_elsewhere, c.silent_sockets_closed, c.silent_sockets, c.silent_postgres
         )?;
         writeln!(
             f,

@@ -58,7 +58,12 @@ impl Postgres {
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://tally@127.0.0.1:{}/postgres", self.port)
+        self.url_of("postgres")
+    }
+
+    /// The URL of another database of the same server.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://tally@127.0.0.1:{}/{database}", self.port)
     }
 
     fn data(&self) -> PathBuf {

@@ -38,6 +38,10 @@ pub struct Stack {
     pub second: Service,
     pub sampler: Sampler,
     pub proxy: Proxy,
+    /// Between the adders and PostgreSQL (the silent server fault).
+    pub pg_proxy: Proxy,
+    /// A transaction held open in another database (`TransactionElsewhere`).
+    pub held_elsewhere: Option<sqlx::PgConnection>,
     pub postgres: Postgres,
     pub rabbit: Rabbit,
     pub counts: Counts,
@@ -64,6 +68,7 @@ impl Stack {
             .await
             .context("declaring the queues")?;
         let proxy = Proxy::start(target_of(&rabbit.url())).await;
+        let pg_proxy = Proxy::start(target_of(&postgres.url())).await;
         let sum_file = data.sum_file();
         let totaler_env = |http: u16| {
             vec![
@@ -75,14 +80,23 @@ impl Stack {
                 ("TOTALER_HTTP_ADDR".to_owned(), format!("127.0.0.1:{http}")),
             ]
         };
-        // The adders reach the broker through the proxy (the partition fault).
+        // The adders reach the broker through the proxy (the partition
+        // fault), and PostgreSQL through another (the silent server).
         let adder_env = |grpc: u16, http: u16| {
             vec![
                 ("AMQP_URL".to_owned(), proxy.url(&rabbit.url())),
                 ("TALLY_QUEUE".to_owned(), "tally.sums".to_owned()),
                 ("RUST_LOG".to_owned(), "info".to_owned()),
                 ("RUST_BACKTRACE".to_owned(), "0".to_owned()),
-                ("DATABASE_URL".to_owned(), postgres.url()),
+                ("DATABASE_URL".to_owned(), pg_proxy.url(&postgres.url())),
+                (
+                    "ADDER_GRPC_HANDSHAKE_TIMEOUT_MS".to_owned(),
+                    crate::stalls::HANDSHAKE_TIMEOUT.as_millis().to_string(),
+                ),
+                (
+                    "ADDER_DB_STATEMENT_TIMEOUT_MS".to_owned(),
+                    crate::stalls::STATEMENT_TIMEOUT.as_millis().to_string(),
+                ),
                 ("ADDER_GRPC_ADDR".to_owned(), format!("127.0.0.1:{grpc}")),
                 ("ADDER_HTTP_ADDR".to_owned(), format!("127.0.0.1:{http}")),
                 (
@@ -148,6 +162,8 @@ impl Stack {
             options: options.clone(),
             sampler,
             proxy,
+            pg_proxy,
+            held_elsewhere: None,
             postgres,
             rabbit,
             counts,
@@ -189,6 +205,10 @@ impl Stack {
             Fault::BeyondI64 => self.beyond_i64().await,
             Fault::BrokerCrashDuringTotalerKill => self.broker_crash_during_totaler_kill().await,
             Fault::PostgresCrashDuringAdderKill => self.postgres_crash_during_adder_kill().await,
+            Fault::BrokerOutageBacklog => self.broker_outage_backlog().await,
+            Fault::TransactionElsewhere => self.transaction_elsewhere().await,
+            Fault::SilentGrpcSockets => self.silent_grpc_sockets().await,
+            Fault::SilentPostgres => self.silent_postgres().await,
         }
     }
 

@@ -92,9 +92,9 @@ async fn an_old_outbox_and_a_v1_ledger_upgrade_without_losing_or_doubling_a_sum(
         text.starts_with(&format!("{expected}\n")),
         "nothing counted twice: {text}"
     );
-    assert!(text.contains("tally-ledger v2"), "converted: {text}");
+    assert!(text.contains("tally-ledger v3"), "converted: {text}");
     assert!(
-        text.contains(&format!("legacy {source} 10\n")),
+        text.contains(&format!("legacy {source} 1-10\n")),
         "every legacy row once: {text}"
     );
     let (ok, report) = verify(&sum_file, &database);

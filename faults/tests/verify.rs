@@ -111,8 +111,8 @@ async fn verify_passes_a_clean_system_and_names_what_a_broken_one_lacks() {
         .await
         .expect("the newest batch");
     let forged = good.replace(
-        &format!("source {source} {newest}\n"),
-        &format!("source {source} {}\n", newest + 5),
+        &format!("source {source} 1-{newest}\n"),
+        &format!("source {source} 1-{}\n", newest + 5),
     );
     assert_ne!(
         forged, good,

@@ -52,6 +52,9 @@ impl Pair {
                 ("TALLY_QUEUE".into(), queue.to_owned()),
                 ("SUM_FILE".into(), sum_file.display().to_string()),
                 ("TOTALER_HTTP_ADDR".into(), totaler_http.to_string()),
+                // The upgrade test queues a message as a relay from before
+                // the user-id check did (none): the upgrade's setting.
+                ("TOTALER_PUBLISHERS".into(), "*".to_owned()),
             ],
             dir,
             totaler_http,
@@ -63,8 +66,8 @@ impl Pair {
         }
     }
 
-    /// Starts the adder and waits until it is ready (outbox open, broker
-    /// connected), so its first Add cannot be UNAVAILABLE.
+    /// Starts the adder and waits until it is ready (its outbox open), so
+    /// its first Add cannot be UNAVAILABLE.
     pub async fn start_adder(&mut self) {
         self.adder.start().await.expect("start the adder");
         let http = self.adder.http;
