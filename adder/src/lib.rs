@@ -14,6 +14,8 @@
 //! - `status`: what `/readyz` reports of the relays (their broker channels).
 //! - `housekeeping`: per database: pending gauge, up/down probe, retention
 //!   purge.
+//! - `republish`: `adder republish`, an operator's command: cut batches
+//!   published again, as the relay did.
 //! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
 //! - `trace`: the Add's request span and the relay's publish span (on only
 //!   while tracing is).
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod outboxes;
 pub mod relay;
+pub mod republish;
 pub mod status;
 pub mod telemetry;
 pub mod trace;

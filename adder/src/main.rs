@@ -1,4 +1,6 @@
 //! The adder binary: parse config, start telemetry, bind, run until SIGTERM.
+//! `adder republish` publishes cut batches again instead (its own
+//! arguments, `adder republish --help`).
 
 use clap::Parser;
 
@@ -13,6 +15,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "republish")
+    {
+        return republish().await;
+    }
     let config = Config::parse();
     let _traces = telemetry::init(config.log_format, &config.otel)?;
     // Many concurrent gRPC clients each hold a connection: lift the soft limit.
@@ -21,4 +29,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let listeners = Listeners::bind(&config).await?;
     adder::run(config, listeners, shutdown_signal()).await
+}
+
+/// `adder republish`: prints what it published, or fails naming why.
+async fn republish() -> anyhow::Result<()> {
+    let args = adder::republish::Args::parse_from(std::env::args_os().skip(1));
+    println!("{}", adder::republish::run(&args).await?);
+    Ok(())
 }

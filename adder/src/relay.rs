@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    outbox::{self, Active, Claim, Cut, Outbox, Row},
+    outbox::{self, Active, Batch, Claim, Cut, Outbox, Row},
     status::Status,
 };
 
@@ -70,7 +70,7 @@ pub struct Relay {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum Error {
+pub(crate) enum Error {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     #[error("broker: {0}")]
@@ -285,21 +285,10 @@ impl Relay {
         } else {
             None
         };
-        let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
-        let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
-        let mut confirms = Vec::with_capacity(parts as usize);
-        for (part, chunk) in rows.chunks(pack).enumerate() {
-            let message = SumMessage {
-                source: batch.source,
-                part: Some(Part {
-                    batch: batch.id,
-                    part: part as u32,
-                    parts,
-                }),
-                published_us: now_us(),
-                sums: sums(chunk),
-            };
-            let confirm = self.send(channel, &message, traceparent.as_deref()).await?;
+        let messages = batch_messages(&batch, &rows);
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let confirm = self.send(channel, message, traceparent.as_deref()).await?;
             confirms.push((message.id(), confirm));
         }
         self.metrics.relay_messages.inc_by(confirms.len() as u64);
@@ -320,28 +309,8 @@ impl Relay {
         message: &SumMessage,
         traceparent: Option<&str>,
     ) -> Result<PublisherConfirm, Error> {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(message.id().into())
-            // The author, which the broker checks against this connection's
-            // user and the totaler against its publishers.
-            .with_user_id(self.amqp_url.user().into());
-        if let Some(traceparent) = traceparent {
-            properties = otel::context::to_amqp(properties, traceparent);
-        }
-        Ok(channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message.encode(),
-                properties,
-            )
-            .await?)
+        let target = (self.exchange.as_str(), self.queue.as_str());
+        Ok(send(channel, target, self.amqp_url.user(), message, traceparent).await?)
     }
 
     /// Awaits every confirm of the oldest batch in flight (until `until`,
@@ -405,6 +374,60 @@ impl Relay {
     }
 }
 
+/// The messages of a batch, as the relay publishes it (and `adder
+/// republish` again): its rows in parts of the batch's `pack`, in order.
+pub(crate) fn batch_messages(batch: &Batch, rows: &[Row]) -> Vec<SumMessage> {
+    let pack = usize::try_from(batch.pack).unwrap_or(1).max(1);
+    let parts = u32::try_from(rows.len().div_ceil(pack)).unwrap_or(u32::MAX);
+    rows.chunks(pack)
+        .enumerate()
+        .map(|(part, chunk)| SumMessage {
+            source: batch.source,
+            part: Some(Part {
+                batch: batch.id,
+                part: part as u32,
+                parts,
+            }),
+            published_us: now_us(),
+            sums: sums(chunk),
+        })
+        .collect()
+}
+
+/// Publishes `message` persistent and mandatory through `(exchange,
+/// queue)` as `user`, with its trace context if any; the confirm is the
+/// caller's.
+pub(crate) async fn send(
+    channel: &Channel,
+    (exchange, queue): (&str, &str),
+    user: &str,
+    message: &SumMessage,
+    traceparent: Option<&str>,
+) -> Result<PublisherConfirm, lapin::Error> {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message.id().into())
+        // The author, which the broker checks against this connection's
+        // user and the totaler against its publishers.
+        .with_user_id(user.into());
+    if let Some(traceparent) = traceparent {
+        properties = otel::context::to_amqp(properties, traceparent);
+    }
+    channel
+        .basic_publish(
+            exchange.into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &message.encode(),
+            properties,
+        )
+        .await
+}
+
 /// Outbox rows as message rows.
 fn sums(rows: &[Row]) -> Vec<Sum> {
     rows.iter()
@@ -417,7 +440,7 @@ fn sums(rows: &[Row]) -> Vec<Sum> {
 }
 
 /// Waits for every confirm; Err names the first message not acked.
-async fn await_confirms(confirms: Vec<(String, PublisherConfirm)>) -> Result<(), Error> {
+pub(crate) async fn await_confirms(confirms: Vec<(String, PublisherConfirm)>) -> Result<(), Error> {
     for (id, confirm) in confirms {
         match confirm.await? {
             Confirmation::Ack(None) => {}

@@ -9,14 +9,23 @@
 //!   the newest batch it still holds may be lost from the outbox.
 //! - **extra**: the ledger counts a batch (or part) the outbox never cut.
 //! - **missing**: the outbox has a batch the broker confirmed more than
-//!   `--in-flight-secs` ago that the ledger has not (wholly) applied.
+//!   `--in-flight-secs` ago that the ledger has not (wholly) applied: the
+//!   `adder republish` command that publishes it again is printed. Or
+//!   retention purged it before the ledger applied it: it cannot be
+//!   republished, and the total's difference is the sum it carried.
 //! - **in flight**: batches cut or confirmed since, not yet applied: normal
 //!   on a live system, reported, not a discrepancy.
-//! - **purged**: batches retention deleted; their count and sum were kept
-//!   with their source, so the total stays checkable.
+//! - **purged**: batches and legacy rows retention deleted; their count and
+//!   sum were kept with their source, so the total stays checkable. Legacy
+//!   rows an adder purged before it kept them (`purged_legacy_*`) have no
+//!   known sum: a total that differs while the ledger counts legacy rows
+//!   the outbox cannot account for is a WARNING, not a discrepancy.
 //! - **total**: the ledger's total against the outbox's sum of what the
 //!   ledger claims applied; checked only when every source the ledger knows
 //!   is in the given databases.
+//!
+//! Each database is read in one snapshot (a purge committing meanwhile is
+//! seen whole or not at all).
 //!
 //! It prints every finding and exits 1 on any discrepancy, 0 otherwise.
 
@@ -31,6 +40,12 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::ledger::State;
+
+mod batches;
+mod legacy;
+
+use batches::{check_beyond, purged_unapplied, ranges, render_range, whole};
+use legacy::check_legacy;
 
 /// `totaler verify`'s arguments.
 #[derive(Clone, Debug, clap::Args)]
@@ -101,8 +116,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Findings> {
         state.sources().len(),
         state.open_count()
     ));
-    let mut covered = BTreeSet::new();
-    let mut expected: i128 = 0;
+    let mut audit = Audit::default();
     let urls = args
         .database_urls
         .iter()
@@ -111,49 +125,142 @@ pub async fn run(args: &Args) -> anyhow::Result<Findings> {
         let mut db = connect_primary(&url)
             .await
             .with_context(|| format!("connecting to outbox database {}", n + 1))?;
-        let sources: Vec<(Uuid, i64, i64, String)> = sqlx::query_as(
-            "SELECT source, purged_through, purged_rows, purged_total::text FROM outbox_sources ORDER BY started_at",
-        )
-        .fetch_all(&mut db)
-        .await
-        .with_context(|| format!("reading the sources of outbox database {}", n + 1))?;
-        for (source, purged_through, purged_rows, purged_total) in sources {
-            covered.insert(source);
-            findings.line(format!(
-                "source {source} (database {}): purged by retention: {purged_through} batches, {purged_rows} rows",
-                n + 1
-            ));
-            if purged_through > 0 {
-                expected += parse_total(&purged_total)?;
-            }
-            expected +=
-                check_source(&mut db, &state, source, purged_through, args, &mut findings).await?;
-        }
-        expected += check_legacy(&mut db, &state, &mut findings).await?;
+        let database = Database {
+            number: n + 1,
+            state: &state,
+            args,
+        };
+        database
+            .check(&mut db, &mut audit, &mut findings)
+            .await
+            .with_context(|| format!("reading outbox database {}", n + 1))?;
     }
+    if audit.republish {
+        findings.line(REPUBLISH_NOTE.to_owned());
+    }
+    conclude(&state, &audit, &mut findings);
+    Ok(findings)
+}
+
+/// What the audit of the databases adds up, for the total.
+#[derive(Debug, Default)]
+struct Audit {
+    /// The sources of the databases read.
+    covered: BTreeSet<Uuid>,
+    /// The outbox's sum of what the ledger claims applied.
+    expected: i128,
+    /// Legacy row ids the ledger counted that the outbox neither holds nor
+    /// counted as purged: purged by an adder before `purged_legacy_*`.
+    legacy_unknown: i64,
+    /// Whether batches were purged before the ledger applied them.
+    purged_missing: bool,
+    /// Whether an `adder republish` command was printed.
+    republish: bool,
+}
+
+/// One outbox database, as the audit reads it.
+struct Database<'a> {
+    number: usize,
+    state: &'a State,
+    args: &'a Args,
+}
+
+/// A row of `outbox_sources`: a source and what retention purged of it.
+#[derive(Debug, sqlx::FromRow)]
+struct Source {
+    source: Uuid,
+    purged_through: i64,
+    purged_rows: i64,
+    purged_total: String,
+    purged_legacy_rows: i64,
+    purged_legacy_total: String,
+}
+
+const REPUBLISH_NOTE: &str = "  (run `adder republish` with the adders' DATABASE_URL, AMQP_URL, TALLY_QUEUE and \
+     TALLY_EXCHANGE: it finds the database that holds the source, publishes the batches as the relay did, and \
+     the ledger counts each part once)";
+
+impl Database<'_> {
+    /// Audits every source of the database and its legacy rows, in one
+    /// snapshot (a purge committing meanwhile is seen whole or not at all).
+    async fn check(
+        &self,
+        db: &mut PgConnection,
+        audit: &mut Audit,
+        findings: &mut Findings,
+    ) -> anyhow::Result<()> {
+        let mut tx = db.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let sources: Vec<Source> = sqlx::query_as(
+            "SELECT source, purged_through, purged_rows, purged_total::text AS purged_total, \
+             purged_legacy_rows, purged_legacy_total::text AS purged_legacy_total \
+             FROM outbox_sources ORDER BY started_at",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for source in &sources {
+            audit.covered.insert(source.source);
+            findings.line(format!(
+                "source {} (database {}): purged by retention: {} batches, {} rows",
+                source.source, self.number, source.purged_through, source.purged_rows
+            ));
+            if source.purged_through > 0 {
+                audit.expected += parse_total(&source.purged_total)?;
+            }
+            audit.expected += parse_total(&source.purged_legacy_total)?;
+            audit.expected += self.check_source(&mut tx, source, audit, findings).await?;
+        }
+        if let Some(oldest) = sources.first() {
+            let purged: i64 = sources.iter().map(|s| s.purged_legacy_rows).sum();
+            check_legacy(&mut tx, self.state, oldest.source, purged, audit, findings).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The total, when every source of the ledger was in the databases read.
+fn conclude(state: &State, audit: &Audit, findings: &mut Findings) {
     let uncovered: Vec<Uuid> = state
         .sources()
         .into_iter()
-        .filter(|s| !covered.contains(s))
+        .filter(|s| !audit.covered.contains(s))
         .collect();
-    if uncovered.is_empty() {
-        if expected == state.total {
-            findings.line(format!("total: ledger {} = outbox {expected}", state.total));
-        } else {
-            findings.discrepancy(format!(
-                "TOTAL ledger {} != outbox {expected} (difference {})",
-                state.total,
-                state.total - expected
-            ));
-        }
+    for source in &uncovered {
+        findings.discrepancy(format!(
+            "UNKNOWN source {source} is in the ledger but in none of the given databases: the total cannot be checked"
+        ));
+    }
+    if !uncovered.is_empty() {
+        return;
+    }
+    let (ledger, outbox) = (state.total, audit.expected);
+    if ledger == outbox {
+        findings.line(format!("total: ledger {ledger} = outbox {outbox}"));
+    } else if audit.legacy_unknown > 0 {
+        findings.line(format!(
+            "WARNING legacy rows purged before this version: {} legacy row ids the ledger counted are neither in \
+             the outbox nor counted as purged (an adder older than `purged_legacy_rows` purged them and kept no \
+             sum, or a version 1 ledger's horizon covers ids no row had); their sum is unknown, so the total is \
+             not checked: ledger {ledger}, outbox {outbox} (difference {})",
+            audit.legacy_unknown,
+            ledger - outbox
+        ));
     } else {
-        for source in uncovered {
-            findings.discrepancy(format!(
-                "UNKNOWN source {source} is in the ledger but in none of the given databases: the total cannot be checked"
+        findings.discrepancy(format!(
+            "TOTAL ledger {ledger} != outbox {outbox} (difference {})",
+            ledger - outbox
+        ));
+        if audit.purged_missing {
+            findings.line(format!(
+                "  missing sum {}: what the batches purged before the ledger applied them carried (outbox - \
+                 ledger; exact unless another finding above adds to the difference)",
+                outbox - ledger
             ));
         }
     }
-    Ok(findings)
 }
 
 /// A connection to `url`'s writable primary: its only server, or the first
@@ -185,63 +292,53 @@ async fn connect_primary(url: &str) -> anyhow::Result<PgConnection> {
         .context("no server of the database is a writable primary"))
 }
 
-/// Compares one source's batches; returns the sum of what the ledger applied
-/// of the batches still in the outbox.
-async fn check_source(
-    db: &mut PgConnection,
-    state: &State,
-    source: Uuid,
-    purged_through: i64,
-    args: &Args,
-    findings: &mut Findings,
-) -> anyhow::Result<i128> {
-    let cuts: Vec<Cut> = sqlx::query_as(
-        "SELECT id, rows, total::text AS total, pack, lo::text AS lo, hi::text AS hi, first_id, last_id, \
-         (confirmed_at IS NOT NULL AND confirmed_at < clock_timestamp() - make_interval(secs => $2)) AS settled \
-         FROM outbox_batch WHERE source = $1 ORDER BY id",
-    )
-    .bind(source)
-    .bind(args.in_flight_secs as f64)
-    .fetch_all(&mut *db)
-    .await?;
-    let batches = state.batches(source);
-    let (top, open) = (batches.top(), &batches.partial);
-    let mut applied_sum: i128 = 0;
-    let mut in_flight = 0;
-    let known: BTreeSet<i64> = cuts.iter().map(|c| c.id).collect();
-    let newest = cuts.last().map_or(purged_through, |c| c.id);
-    if top > newest {
-        findings.discrepancy(format!(
-            "REWOUND source {source}: the ledger counted batches up to {top}, the outbox holds only up to \
-             {newest}: the database lost batches {}..={top} that were published and counted (a standby promoted \
-             after asynchronous replication, or a restored backup). Adds acknowledged after batch {newest}'s rows \
-             may be missing from the outbox; those never published are counted nowhere",
-            newest + 1
-        ));
-    }
-    for (batch, parts, spans) in open {
-        if *batch > newest || (!known.contains(batch) && *batch > purged_through) {
+impl Database<'_> {
+    /// Compares one source's batches; returns the sum of what the ledger
+    /// applied of the batches still in the outbox. Prints the command that
+    /// republishes the missing ones, and which were purged unapplied.
+    async fn check_source(
+        &self,
+        db: &mut PgConnection,
+        row: &Source,
+        audit: &mut Audit,
+        findings: &mut Findings,
+    ) -> anyhow::Result<i128> {
+        let (source, purged_through) = (row.source, row.purged_through);
+        let cuts = self.cuts(db, source).await?;
+        let ledger = self.state.batches(source);
+        let open = &ledger.partial;
+        let known: BTreeSet<i64> = cuts.iter().map(|c| c.id).collect();
+        let newest = cuts.last().map_or(purged_through, |c| c.id);
+        check_beyond(
+            source,
+            (ledger.top(), open),
+            &known,
+            (purged_through, newest),
+            findings,
+        );
+        let purged = purged_unapplied(&ledger.applied, open, &known, purged_through);
+        for &(first, last) in &purged {
+            audit.purged_missing = true;
             findings.discrepancy(format!(
-                "EXTRA source {source} batch {batch} ({parts} parts, applied {spans:?}): not in the outbox"
+                "MISSING source {source} batches {first}..={last}: confirmed, purged by retention before the \
+                 ledger applied them (whole), so they cannot be republished; the sum they carried is below"
             ));
         }
-    }
-    for cut in &cuts {
-        let entry = open.iter().find(|(b, _, _)| *b == cut.id);
-        let pack = i64::from(cut.pack.max(1));
-        let parts = (cut.rows + pack - 1) / pack;
-        let whole = batches.whole(cut.id)
-            || entry.is_some_and(|(_, p, spans)| {
-                i64::from(*p) == parts && spans == &vec![(0, parts - 1)]
-            });
-        if whole {
-            applied_sum += parse_total(&cut.total)?;
-            continue;
-        }
-        if let Some((_, _, spans)) = entry {
-            applied_sum += partial_sum(db, cut, spans).await?;
-        }
-        if cut.settled {
+        let (mut applied_sum, mut in_flight, mut missing) = (0, 0, Vec::new());
+        for cut in &cuts {
+            let entry = open.iter().find(|(b, _, _)| *b == cut.id);
+            if ledger.whole(cut.id) || entry.is_some_and(|(_, p, spans)| whole(cut, *p, spans)) {
+                applied_sum += parse_total(&cut.total)?;
+                continue;
+            }
+            if let Some((_, _, spans)) = entry {
+                applied_sum += partial_sum(db, cut, spans).await?;
+            }
+            if !cut.settled {
+                in_flight += 1;
+                continue;
+            }
+            missing.push(cut.id);
             findings.discrepancy(format!(
                 "MISSING source {source} batch {} (outbox ids {}..={}, {} rows, sum {}): confirmed, {}",
                 cut.id,
@@ -251,16 +348,35 @@ async fn check_source(
                 cut.total,
                 entry.map_or("not applied".to_owned(), |(_, _, s)| format!("only parts {s:?} applied"))
             ));
-        } else {
-            in_flight += 1;
         }
+        for (first, last) in ranges(&missing) {
+            audit.republish = true;
+            findings.line(format!(
+                "  republish: adder republish --source {source} --batches {}",
+                render_range(first, last)
+            ));
+        }
+        findings.line(format!(
+            "source {source}: {} batches in the outbox, ledger applied {:?}, {in_flight} in flight",
+            cuts.len(),
+            ledger.applied
+        ));
+        Ok(applied_sum)
     }
-    findings.line(format!(
-        "source {source}: {} batches in the outbox, ledger applied {:?}, {in_flight} in flight",
-        cuts.len(),
-        batches.applied
-    ));
-    Ok(applied_sum)
+
+    /// The source's batches in the outbox, each with whether it was
+    /// confirmed longer than `--in-flight-secs` ago.
+    async fn cuts(&self, db: &mut PgConnection, source: Uuid) -> anyhow::Result<Vec<Cut>> {
+        Ok(sqlx::query_as(
+            "SELECT id, rows, total::text AS total, pack, lo::text AS lo, hi::text AS hi, first_id, last_id, \
+             (confirmed_at IS NOT NULL AND confirmed_at < clock_timestamp() - make_interval(secs => $2)) AS settled \
+             FROM outbox_batch WHERE source = $1 ORDER BY id",
+        )
+        .bind(source)
+        .bind(self.args.in_flight_secs as f64)
+        .fetch_all(&mut *db)
+        .await?)
+    }
 }
 
 /// The sum of the parts of `cut` that `spans` says are applied.
@@ -288,39 +404,6 @@ async fn partial_sum(
         })
         .flat_map(|(_, rows)| rows.iter().map(|&s| i128::from(s)))
         .sum())
-}
-
-/// Legacy rows (recorded before batches): applied row by row; returns the sum
-/// of those the ledger applied.
-async fn check_legacy(
-    db: &mut PgConnection,
-    state: &State,
-    findings: &mut Findings,
-) -> anyhow::Result<i128> {
-    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(
-        "SELECT id, sum, published_at IS NOT NULL FROM outbox WHERE xid IS NULL ORDER BY id",
-    )
-    .fetch_all(&mut *db)
-    .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let source: Uuid =
-        sqlx::query_scalar("SELECT source FROM outbox_sources ORDER BY started_at LIMIT 1")
-            .fetch_one(&mut *db)
-            .await?;
-    let mut sum: i128 = 0;
-    for (id, row_sum, published) in &rows {
-        if state.contains_row(source, *id) {
-            sum += i128::from(*row_sum);
-        } else if *published {
-            findings.discrepancy(format!(
-                "MISSING source {source} legacy row {id} (sum {row_sum}): published, not applied"
-            ));
-        }
-    }
-    findings.line(format!("source {source}: {} legacy rows", rows.len()));
-    Ok(sum)
 }
 
 fn parse_total(text: &str) -> anyhow::Result<i128> {

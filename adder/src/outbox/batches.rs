@@ -32,6 +32,10 @@ use super::{Error, Outbox, identity, primary};
 /// The relay lock's key: one active relay per outbox database.
 const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
 
+/// The purge lock's key (held for a purge's transaction): one adder's
+/// housekeeping purges a database at a time, so batches go in order.
+const PURGE_LOCK: i64 = 0x7461_6c6c_7970_7267; // "tallyprg"
+
 /// The connection holding the relay lock; dropping it releases the lock.
 pub struct Active {
     connection: PgConnection,
@@ -301,8 +305,19 @@ impl Deref for Claim {
 /// Deletes the oldest confirmed batches created before `retention` ago,
 /// whole and in order, as many as fit in `limit` rows (at least one): their
 /// rows, then their summaries (added to the purged totals of their source).
+/// One purge at a time per database (the purge lock; another adder's
+/// housekeeping meanwhile purges nothing), and `purged_through` only ever
+/// rises: purges side by side (`SKIP LOCKED`) once let the one holding the
+/// older batches commit last and move it back.
 pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, Error> {
     let mut tx = pool.begin().await?;
+    let alone: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PURGE_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !alone {
+        return Ok(0);
+    }
     let batches: Vec<Batch> = sqlx::query_as(
         "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id, traceparent \
          FROM outbox_batch b \
@@ -332,7 +347,7 @@ pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Res
         deleted += result.rows_affected();
         sqlx::query(
             "WITH gone AS (DELETE FROM outbox_batch WHERE source = $1 AND id = $2 RETURNING rows, total) \
-             UPDATE outbox_sources s SET purged_through = $2, purged_rows = purged_rows + gone.rows, \
+             UPDATE outbox_sources s SET purged_through = greatest(purged_through, $2), purged_rows = purged_rows + gone.rows, \
              purged_total = purged_total + gone.total FROM gone WHERE s.source = $1",
         )
         .bind(batch.source)

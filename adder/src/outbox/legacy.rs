@@ -2,7 +2,8 @@
 //! published row by row as before: the active relay publishes them first,
 //! in messages without a batch (deduplicated by the ledger row by row, as
 //! they always were), and marks each row's `published_at` after the
-//! broker's confirm. New rows never enter this path.
+//! broker's confirm. New rows never enter this path. Retention deletes
+//! them once published, keeping their count and sum (`purged_legacy_*`).
 
 use std::{ops::Deref, time::Duration};
 
@@ -57,15 +58,24 @@ async fn legacy_rows(connection: &mut PgConnection, limit: i64) -> Result<Vec<Ro
     .await?)
 }
 
-/// Deletes up to `limit` legacy rows published before `retention` ago.
+/// Deletes up to `limit` legacy rows published before `retention` ago, and
+/// adds their count and sum to the purged legacy totals of the oldest
+/// source (the one `totaler verify` audits legacy rows under), in the same
+/// statement: a row deleted by two purges at once is deleted, and counted,
+/// by one of them.
 pub(super) async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, Error> {
-    let result = sqlx::query(
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE xid IS NULL \
-         AND published_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2)",
+    let deleted: Option<i64> = sqlx::query_scalar(
+        "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE xid IS NULL \
+           AND published_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2) RETURNING sum) \
+         UPDATE outbox_sources SET purged_legacy_rows = purged_legacy_rows + (SELECT count(*) FROM gone), \
+           purged_legacy_total = purged_legacy_total + (SELECT coalesce(sum(sum), 0) FROM gone) \
+         WHERE source = (SELECT source FROM outbox_sources ORDER BY started_at LIMIT 1) \
+           AND EXISTS (SELECT 1 FROM gone) \
+         RETURNING (SELECT count(*) FROM gone)",
     )
     .bind(retention.as_secs_f64())
     .bind(limit)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(result.rows_affected())
+    Ok(deleted.map_or(0, |n| n.unsigned_abs()))
 }

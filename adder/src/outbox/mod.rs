@@ -18,6 +18,7 @@ mod identity;
 mod legacy;
 mod position;
 mod primary;
+mod reader;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,6 +30,7 @@ pub use bounds::{Bounds, Unanswered};
 pub use identity::Identity;
 pub use legacy::LegacyClaim;
 pub use position::Place;
+pub use reader::{Held, Reader};
 
 /// The outbox of one PostgreSQL database.
 #[derive(Clone)]

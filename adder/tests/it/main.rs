@@ -11,6 +11,7 @@ mod http_api;
 mod limits;
 mod metrics;
 mod outboxes;
+mod purges;
 mod relay;
 mod request_ids;
 mod shutdown;

@@ -16,6 +16,7 @@ mod metrics;
 mod monitoring;
 mod outboxes;
 mod pg_ha_compose;
+mod repair;
 mod rewind;
 mod shutdown;
 mod startup;
