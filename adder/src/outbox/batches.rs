@@ -27,7 +27,7 @@ use proto::outbox_in_pair as in_pair;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Error, Outbox, identity, primary};
+use super::{Bounds, Error, Outbox, identity, primary};
 
 /// The relay lock's key: one active relay per outbox database.
 const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
@@ -37,8 +37,13 @@ const RELAY_LOCK: i64 = 0x7461_6c6c_7972_6c79; // "tallyrly"
 const PURGE_LOCK: i64 = 0x7461_6c6c_7970_7267; // "tallyprg"
 
 /// The connection holding the relay lock; dropping it releases the lock.
+/// Each of its waits is bounded (`Bounds::answer`): one the database does
+/// not answer in time is an error, and the relay then drops the connection
+/// (the server, probing with keepalives, soon ends the session and with it
+/// the lock).
 pub struct Active {
     connection: PgConnection,
+    bounds: Bounds,
 }
 
 /// A batch read for publishing, and the right to mark it confirmed: only
@@ -118,16 +123,23 @@ impl Active {
             Some(connection) => connection,
             None => primary::connect_within(&pool.connect_options()).await?,
         };
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut connection)
-            .await?;
+        let locked: bool = outbox
+            .bounds
+            .within(
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(RELAY_LOCK)
+                    .fetch_one(&mut connection),
+            )
+            .await??;
         if !locked {
             standby.connection = Some(connection);
             return Ok(None);
         }
-        let active = Self { connection };
-        identity::check(pool).await?;
+        let active = Self {
+            connection,
+            bounds: outbox.bounds,
+        };
+        outbox.bounds.within(identity::check(pool)).await??;
         Ok(Some(active))
     }
 
@@ -136,26 +148,34 @@ impl Active {
     /// when no new row is visible. The cut carries its rows, so its first
     /// publish needs no second read.
     pub async fn cut(&mut self, max_rows: i64, pack: i32) -> Result<Option<Cut>, Error> {
-        let cut: CutRow = sqlx::query_as(
-            "SELECT b_source, b_id, b_lo, b_hi, b_rows, b_first_id, b_last_id, r_ids, r_sums, r_created_us \
-             FROM tally_cut($1, $2)",
-        )
-        .bind(max_rows)
-        .bind(pack)
-        .fetch_one(&mut self.connection)
-        .await?;
+        let cut: CutRow = self
+            .bounds
+            .within(
+                sqlx::query_as(
+                    "SELECT b_source, b_id, b_lo, b_hi, b_rows, b_first_id, b_last_id, r_ids, r_sums, r_created_us \
+                     FROM tally_cut($1, $2)",
+                )
+                .bind(max_rows)
+                .bind(pack)
+                .fetch_one(&mut self.connection),
+            )
+            .await??;
         Ok(cut.into_cut(pack))
     }
 
     /// The rows of `batch`, in id order: the same rows every time.
     pub async fn rows(&mut self, batch: &Batch) -> Result<Vec<Row>, Error> {
-        let rows: Vec<Row> = sqlx::query_as(proto::outbox::BATCH_ROWS)
-            .bind(&batch.lo)
-            .bind(&batch.hi)
-            .bind(batch.first_id)
-            .bind(batch.last_id)
-            .fetch_all(&mut self.connection)
-            .await?;
+        let rows: Vec<Row> = self
+            .bounds
+            .within(
+                sqlx::query_as(proto::outbox::BATCH_ROWS)
+                    .bind(&batch.lo)
+                    .bind(&batch.hi)
+                    .bind(batch.first_id)
+                    .bind(batch.last_id)
+                    .fetch_all(&mut self.connection),
+            )
+            .await??;
         if rows.len() as i64 != batch.rows {
             return Err(Error::Copied(format!(
                 "batch {} of source {} had {} rows when cut and has {} now: outbox rows were deleted or changed",
@@ -180,22 +200,29 @@ impl Active {
 
     /// Every batch cut but not confirmed, oldest first.
     pub async fn unconfirmed(&mut self) -> Result<Vec<Batch>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id, traceparent \
-             FROM outbox_batch WHERE confirmed_at IS NULL ORDER BY created_at, source, id",
-        )
-        .fetch_all(&mut self.connection)
-        .await?)
+        Ok(self
+            .bounds
+            .within(
+                sqlx::query_as(
+                    "SELECT source, id, lo::text AS lo, hi::text AS hi, pack, rows, first_id, last_id, traceparent \
+                     FROM outbox_batch WHERE confirmed_at IS NULL ORDER BY created_at, source, id",
+                )
+                .fetch_all(&mut self.connection),
+            )
+            .await??)
     }
 
     /// Records that the broker confirmed every part of the claimed batch.
     /// One round trip, committed asynchronously (`tally_confirm`).
     pub async fn confirm(&mut self, claim: Claim) -> Result<(), Error> {
-        sqlx::query("SELECT tally_confirm($1, $2)")
-            .bind(claim.batch.source)
-            .bind(claim.batch.id)
-            .execute(&mut self.connection)
-            .await?;
+        self.bounds
+            .within(
+                sqlx::query("SELECT tally_confirm($1, $2)")
+                    .bind(claim.batch.source)
+                    .bind(claim.batch.id)
+                    .execute(&mut self.connection),
+            )
+            .await??;
         Ok(())
     }
 
@@ -207,7 +234,7 @@ impl Active {
         batch: &Batch,
         limit: i64,
     ) -> Result<(Vec<String>, usize), Error> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+        let query = sqlx::query_as(concat!(
             "SELECT traceparent, count(*) OVER () FROM outbox WHERE id BETWEEN $3 AND $4 AND ",
             in_pair!(),
             " AND traceparent IS NOT NULL ORDER BY id LIMIT $5"
@@ -216,9 +243,11 @@ impl Active {
         .bind(&batch.hi)
         .bind(batch.first_id)
         .bind(batch.last_id)
-        .bind(limit)
-        .fetch_all(&mut self.connection)
-        .await?;
+        .bind(limit);
+        let rows: Vec<(String, i64)> = self
+            .bounds
+            .within(query.fetch_all(&mut self.connection))
+            .await??;
         let all = rows
             .first()
             .map_or(0, |(_, all)| usize::try_from(*all).unwrap_or(0));
@@ -244,13 +273,16 @@ impl Active {
         &mut self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<(), Error> {
-        let mut tx = self.connection.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        query.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+        let connection = &mut self.connection;
+        let commit = async move {
+            let mut tx = connection.begin().await?;
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+            query.execute(&mut *tx).await?;
+            tx.commit().await
+        };
+        Ok(self.bounds.within(commit).await??)
     }
 
     pub(super) fn connection(&mut self) -> &mut PgConnection {

@@ -82,8 +82,15 @@ pub enum Error {
     /// was rolled back: nothing was written for it, a retry is safe.
     #[error("the request id raced another adder's insert that was rolled back, retry")]
     Raced,
-    #[error("migrating the outbox failed")]
+    #[error("migrating the outbox failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was migrated by a newer adder: this binary does not know
+    /// its schema. Fatal: roll forward, not back.
+    #[error(
+        "the outbox database was migrated by a newer adder (migration {0} is unknown to this binary): \
+         run that version or newer; an adder binary cannot be rolled back past a migration"
+    )]
+    Newer(i64),
     /// The database is a logical copy of an outbox: its transaction ids mean
     /// nothing to the batches it holds. Fatal.
     #[error("{0}")]
@@ -115,7 +122,7 @@ impl Error {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Error::Copied(_) | Error::Misplaced(_) | Error::Config(_)
+            Error::Copied(_) | Error::Misplaced(_) | Error::Config(_) | Error::Newer(_)
         )
     }
 
@@ -159,7 +166,10 @@ async fn migrate(options: sqlx::postgres::PgConnectOptions) -> Result<(), Error>
         .connect_lazy_with(options);
     let migrated = sqlx::migrate!("./migrations").run(&pool).await;
     pool.close().await;
-    Ok(migrated?)
+    match migrated {
+        Err(sqlx::migrate::MigrateError::VersionMissing(version)) => Err(Error::Newer(version)),
+        other => Ok(other?),
+    }
 }
 
 /// Opens a connection for each writer before the first Add, all at once:

@@ -3,6 +3,7 @@
 
 mod adds;
 mod batches;
+mod bounds;
 mod drain;
 mod failover;
 mod grouping;
@@ -18,3 +19,4 @@ mod shutdown;
 mod startup;
 mod support;
 mod traces;
+mod upgrades;
