@@ -352,7 +352,7 @@ impl Relay {
             if rows.is_empty() {
                 return Ok(());
             }
-            let source = self.outbox.source().await?;
+            let source = self.outbox.legacy_source().await?;
             let mut confirms = Vec::new();
             for chunk in rows.chunks(self.pack.max(1)) {
                 let message = SumMessage {

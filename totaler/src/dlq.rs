@@ -279,8 +279,21 @@ fn describe(out: &mut String, n: usize, delivery: &Delivery, state: Option<&Stat
     for death in deaths(delivery) {
         let _ = writeln!(out, "   x-death: {death}");
     }
+    let _ = writeln!(out, "   user-id: {}", author(delivery));
     let _ = writeln!(out, "   why: {}", verdict(&delivery.data, state));
     let _ = writeln!(out, "   body: {}", escaped(&delivery.data, bytes));
+}
+
+/// The message's broker-validated author, or why it has none that counts:
+/// the totaler counts only messages whose `user_id` is one of
+/// `TOTALER_PUBLISHERS`, and a replay keeps the original `user_id`.
+fn author(delivery: &Delivery) -> String {
+    match delivery.properties.user_id() {
+        Some(user) => user.to_string(),
+        None => "<none>: not sent by a validated publisher; refused again on replay \
+                 (unless TOTALER_PUBLISHERS is *)"
+            .to_owned(),
+    }
 }
 
 /// What the totaler makes of the body: why it was dead-lettered and what

@@ -258,6 +258,19 @@ impl Outbox {
             .await?)
     }
 
+    /// The source legacy rows are published under, whatever the source of
+    /// new batches: the oldest, the one in force when they were recorded
+    /// (and the one `totaler verify` audits them under). Under the current
+    /// source, a promotion between a legacy row's publish and its mark
+    /// would publish it again under a new source, and it would count twice.
+    pub async fn legacy_source(&self) -> Result<uuid::Uuid, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT source FROM outbox_sources ORDER BY started_at, source LIMIT 1",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Commits a row for `a + b = sum`. With a request id, a repeat of the same
     /// numbers returns the first row and writes nothing.
     pub async fn record(

@@ -1,14 +1,18 @@
 //! Upgrades against a real PostgreSQL: an adder older than its database's
 //! schema stops with an error that says so (it used to retry forever,
 //! answering only UNAVAILABLE), and a snapshot pair half cut by the
-//! previous `tally_cut` is finished by the linear one with every row once.
+//! previous `tally_cut` is finished by the linear one with every row once,
+//! and legacy rows keep the source they were recorded under after a
+//! promotion (under a new source they would count twice).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use sqlx::{Connection, PgConnection, migrate::Migrator};
-use testkit::database;
+use testkit::{Broker, database};
 
 use adder::outbox::{Active, Outbox, Standby};
+
+use crate::support::{config, drain_messages, outbox_counts, pool, spawn_adder};
 
 /// The migration the linear cut follows.
 const BEFORE_LINEAR_CUT: &str = "20261203000001";
@@ -96,4 +100,50 @@ async fn migrate_through(connection: &mut PgConnection, last: &str) {
         .await
         .expect("migrate through {last}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn legacy_rows_keep_their_source_after_a_promotion() {
+    let db = database::fresh().await;
+    let queue = testkit::unique_queue("legacy-promoted");
+    let broker = Broker::connect(&queue).await;
+    let outbox = Outbox::open(&db, 2, 1).await.expect("migrate");
+    let recorded_under = outbox.source().await.expect("the source");
+    drop(outbox);
+    let sql = pool(&db).await;
+    sqlx::query(
+        "INSERT INTO outbox (a, b, sum, xid) SELECT i, 0, i, NULL FROM generate_series(1, 4) i",
+    )
+    .execute(&sql)
+    .await
+    .expect("legacy rows");
+    // As a promotion leaves it: the stored timeline is not the server's.
+    sqlx::query("UPDATE outbox_source SET timeline = timeline + 1")
+        .execute(&sql)
+        .await
+        .expect("a new timeline");
+    let adder = spawn_adder(config(&db, &testkit::amqp_url(), &queue)).await;
+    testkit::eventually(Duration::from_secs(20), "everything confirmed", || async {
+        (outbox_counts(&sql).await.1 == 0).then_some(())
+    })
+    .await;
+    let now: uuid::Uuid = sqlx::query_scalar("SELECT source FROM outbox_source")
+        .fetch_one(&sql)
+        .await
+        .expect("the source now");
+    assert_ne!(now, recorded_under, "the promotion started a new source");
+    let legacy: Vec<_> = drain_messages(&broker)
+        .await
+        .into_iter()
+        .filter(|m| m.part.is_none())
+        .collect();
+    assert!(!legacy.is_empty(), "the legacy rows were published");
+    for message in legacy {
+        assert_eq!(
+            message.source, recorded_under,
+            "legacy rows keep their source"
+        );
+    }
+    adder.stop().await;
+    broker.delete().await;
 }
