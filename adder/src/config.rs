@@ -43,6 +43,14 @@ pub struct Config {
     #[arg(long, env = "ADDER_OUTBOX_RESHARD", default_value_t = false)]
     pub outbox_reshard: bool,
 
+    /// The outbox databases went through pg_upgrade (a new system
+    /// identifier, transaction ids kept): continue each under a new source,
+    /// as after a promotion, instead of refusing it as a logical copy. Only
+    /// once, after the upgrade; refused anyway when the server's transaction
+    /// ids are behind the outbox's (a copy, not an upgrade).
+    #[arg(long, env = "ADDER_OUTBOX_UPGRADED", default_value_t = false)]
+    pub outbox_upgraded: bool,
+
     /// RabbitMQ URL the relay publishes to, or a comma-separated list of
     /// the URLs of a cluster's nodes: it connects to any that answers and,
     /// when that one is lost, to the next [default: amqp://guest:guest@127.0.0.1:5672/%2f].
@@ -280,10 +288,15 @@ impl Config {
         Duration::from_millis(self.relay_poll_ms)
     }
 
-    /// The bounds on every wait on an outbox database.
-    pub fn db_bounds(&self) -> crate::outbox::Bounds {
-        crate::outbox::Bounds {
-            statement: Duration::from_millis(self.db_statement_timeout_ms),
+    /// How each outbox database is opened.
+    pub fn outbox_settings(&self) -> crate::outbox::Settings {
+        crate::outbox::Settings {
+            max_connections: self.db_pool,
+            writers: self.commit_writers(),
+            bounds: crate::outbox::Bounds {
+                statement: Duration::from_millis(self.db_statement_timeout_ms),
+            },
+            upgraded: self.outbox_upgraded,
         }
     }
 

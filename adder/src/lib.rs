@@ -186,13 +186,7 @@ async fn open_outbox(config: &Config, url: &str, place: Place) -> anyhow::Result
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = async {
-            let outbox = Outbox::open_bounded(
-                url,
-                config.db_pool,
-                config.commit_writers(),
-                config.db_bounds(),
-            )
-            .await?;
+            let outbox = Outbox::open_with(url, config.outbox_settings()).await?;
             outbox.settle_place(place, config.outbox_reshard).await?;
             Ok::<_, outbox::Error>(outbox)
         };

@@ -139,7 +139,7 @@ impl Active {
             connection,
             bounds: outbox.bounds,
         };
-        outbox.bounds.within(identity::check(pool)).await??;
+        outbox.bounds.within(identity::check(pool, false)).await??;
         Ok(Some(active))
     }
 

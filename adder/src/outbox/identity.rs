@@ -11,6 +11,13 @@
 //!   restored, a database created from a template): its transaction ids are
 //!   not the ones its batches were cut by. That is refused, naming both
 //!   identities; an operator must start such a database as a new outbox.
+//! - Except after `pg_upgrade`, which makes a new system identifier (and,
+//!   before PostgreSQL 15, a new database oid) but keeps the transaction
+//!   ids: an operator says so once (`upgraded`, `--outbox-upgraded`), and
+//!   the outbox continues under a new source as after a promotion, its
+//!   unpublished rows and unconfirmed batches kept. It is refused all the
+//!   same when the server's transaction ids are behind the outbox's (they
+//!   were not kept: a copy, not an upgrade).
 
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -26,15 +33,16 @@ pub struct Identity {
 }
 
 /// Checks the stored identity against the database's and settles it (see the
-/// module docs); returns the source to cut new batches under.
-pub async fn check(pool: &PgPool) -> Result<Uuid, Error> {
+/// module docs); returns the source to cut new batches under. `upgraded`:
+/// the operator says the database went through `pg_upgrade`.
+pub async fn check(pool: &PgPool, upgraded: bool) -> Result<Uuid, Error> {
     let mut tx = pool.begin().await?;
-    let source = settle(&mut tx).await?;
+    let source = settle(&mut tx, upgraded).await?;
     tx.commit().await?;
     Ok(source)
 }
 
-async fn settle(tx: &mut Transaction<'static, Postgres>) -> Result<Uuid, Error> {
+async fn settle(tx: &mut Transaction<'static, Postgres>, upgraded: bool) -> Result<Uuid, Error> {
     let (source, system_id, db_oid, timeline): (Uuid, Option<String>, Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT source, system_id, db_oid, timeline FROM outbox_source FOR UPDATE")
             .fetch_one(&mut **tx)
@@ -51,20 +59,23 @@ async fn settle(tx: &mut Transaction<'static, Postgres>) -> Result<Uuid, Error> 
             return Ok(source);
         }
     };
-    if stored.system_id != now.system_id || stored.db_oid != now.db_oid {
+    let moved = stored.system_id != now.system_id || stored.db_oid != now.db_oid;
+    if moved && !(upgraded && xids_kept(tx).await?) {
         return Err(Error::Copied(format!(
             "this database is a logical copy of outbox source {source} (stored system {} database oid {}, \
              found system {} database oid {}): its transaction ids do not match its batches; \
-             publishing from it could reuse ids already counted. Start it as a new outbox (a fresh database)",
+             publishing from it could reuse ids already counted. Start it as a new outbox (a fresh database); \
+             if it was upgraded in place with pg_upgrade (transaction ids kept), start the adder once with \
+             --outbox-upgraded (ADDER_OUTBOX_UPGRADED=true) to continue under a new source",
             stored.system_id, stored.db_oid, now.system_id, now.db_oid
         )));
     }
-    if stored.timeline == now.timeline {
+    if !moved && stored.timeline == now.timeline {
         return Ok(source);
     }
     let fresh = Uuid::new_v4();
     tracing::warn!(old = %source, new = %fresh, from = stored.timeline, to = now.timeline,
-        "the outbox database is on a new timeline (promoted or restored); new batches go under a new source");
+        "the outbox database is on a new timeline or was upgraded (promoted, restored, pg_upgrade); new batches go under a new source");
     sqlx::query("INSERT INTO outbox_sources (source) VALUES ($1)")
         .bind(fresh)
         .execute(&mut **tx)
@@ -99,6 +110,18 @@ async fn record(
             .await?;
     }
     Ok(())
+}
+
+/// Whether the server's transaction ids are ahead of every one the outbox
+/// recorded (as `pg_upgrade` leaves them; a restored copy starts over).
+async fn xids_kept(tx: &mut Transaction<'static, Postgres>) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT pg_current_xact_id() >= greatest( \
+             (SELECT pg_snapshot_xmax(hi) FROM outbox_cursor), \
+             (SELECT max(xid) FROM outbox))",
+    )
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 /// The identity of the database `tx` runs in.

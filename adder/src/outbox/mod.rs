@@ -45,6 +45,20 @@ pub struct Outbox {
     bounds: Bounds,
 }
 
+/// How an outbox database is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Most connections of its pool (each waited for at most 3 s).
+    pub max_connections: u32,
+    /// Group-commit writers (at least one).
+    pub writers: usize,
+    /// The bounds on every wait on it.
+    pub bounds: Bounds,
+    /// The operator says it went through `pg_upgrade`: a new system
+    /// identifier is then an upgrade, not a copy (see `identity`).
+    pub upgraded: bool,
+}
+
 /// A recorded Add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
@@ -194,18 +208,26 @@ impl Outbox {
     /// so fewer WAL flushes, at the price of an Add sometimes waiting for the
     /// commit before its own).
     pub async fn open(url: &str, max_connections: u32, writers: usize) -> Result<Self, Error> {
-        Self::open_bounded(url, max_connections, writers, Bounds::default()).await
+        let settings = Settings {
+            max_connections,
+            writers,
+            bounds: Bounds::default(),
+            upgraded: false,
+        };
+        Self::open_with(url, settings).await
     }
 
-    /// [`Outbox::open`] with the given bounds on every wait (`bounds`); the
+    /// [`Outbox::open`] with every setting: the bounds on every wait (the
     /// migrations alone run without a statement timeout, on a connection of
-    /// their own (a migration of a large outbox may take long).
-    pub async fn open_bounded(
-        url: &str,
-        max_connections: u32,
-        writers: usize,
-        bounds: Bounds,
-    ) -> Result<Self, Error> {
+    /// their own: a migration of a large outbox may take long), and whether
+    /// the operator says the database went through `pg_upgrade`.
+    pub async fn open_with(url: &str, settings: Settings) -> Result<Self, Error> {
+        let Settings {
+            max_connections,
+            writers,
+            bounds,
+            upgraded,
+        } = settings;
         let unbounded = primary::Servers::parse(url)?;
         let servers = unbounded.bounded(&bounds);
         let options = if servers.len() > 1 {
@@ -219,7 +241,7 @@ impl Outbox {
             .after_connect(|connection, _| Box::pin(primary::require(connection)))
             .connect_lazy_with(options.clone());
         migrate(unbounded.same_server(&options)).await?;
-        identity::check(&pool).await?;
+        identity::check(&pool, upgraded).await?;
         let (follower, moves) = if servers.len() > 1 {
             let (follower, moves) = primary::follow(pool.clone(), servers);
             (Some(Arc::new(follower)), Some(moves))

@@ -11,12 +11,25 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 use testkit::{Proxy, database, proxy::target_of};
 
-use adder::outbox::{Bounds, Error, Outbox};
+use adder::outbox::{Bounds, Error, Outbox, Settings};
 
-fn bounds(statement_ms: u64) -> Bounds {
-    Bounds {
-        statement: Duration::from_millis(statement_ms),
-    }
+/// An outbox of `max_connections` and `writers` whose statements may take
+/// `statement_ms`.
+async fn open(
+    url: &str,
+    max_connections: u32,
+    writers: usize,
+    statement_ms: u64,
+) -> Result<Outbox, Error> {
+    let settings = Settings {
+        max_connections,
+        writers,
+        bounds: Bounds {
+            statement: Duration::from_millis(statement_ms),
+        },
+        upgraded: false,
+    };
+    Outbox::open_with(url, settings).await
 }
 
 /// A transaction of the test's own that inserted the request id `id` and
@@ -46,9 +59,7 @@ async fn rows(db: &str) -> i64 {
 #[tokio::test]
 async fn a_commit_stuck_on_a_row_lock_holds_no_other_add_back() {
     let db = database::fresh().await;
-    let outbox = Outbox::open_bounded(&db, 8, 2, bounds(30_000))
-        .await
-        .expect("open");
+    let outbox = open(&db, 8, 2, 30_000).await.expect("open");
     let mut holder = hold_request_id(&db, "held").await;
     let stuck = tokio::spawn({
         let outbox = outbox.clone();
@@ -79,9 +90,7 @@ async fn a_commit_stuck_on_a_row_lock_holds_no_other_add_back() {
 #[tokio::test]
 async fn a_commit_past_the_statement_timeout_fails_clearly_and_writes_nothing() {
     let db = database::fresh().await;
-    let outbox = Outbox::open_bounded(&db, 8, 2, bounds(1_000))
-        .await
-        .expect("open");
+    let outbox = open(&db, 8, 2, 1_000).await.expect("open");
     let mut holder = hold_request_id(&db, "held").await;
     let failed = tokio::time::timeout(
         Duration::from_secs(10),
@@ -110,9 +119,7 @@ async fn a_commit_past_the_statement_timeout_fails_clearly_and_writes_nothing() 
 async fn a_server_that_stops_answering_fails_its_adds_within_the_bound_and_the_pool_recovers() {
     let db = database::fresh().await;
     let proxy = Proxy::start(target_of(&db)).await;
-    let outbox = Outbox::open_bounded(&proxy.url(&db), 2, 1, bounds(1_000))
-        .await
-        .expect("open");
+    let outbox = open(&proxy.url(&db), 2, 1, 1_000).await.expect("open");
     outbox.record(1, 1, 2, None).await.expect("a first Add");
     for round in 0..3 {
         proxy.hold_replies();
@@ -142,9 +149,7 @@ async fn a_server_that_stops_answering_fails_its_adds_within_the_bound_and_the_p
 async fn a_commit_whose_reply_never_comes_may_have_been_recorded_and_its_retry_replays() {
     let db = database::fresh().await;
     let proxy = Proxy::start(target_of(&db)).await;
-    let outbox = Outbox::open_bounded(&proxy.url(&db), 2, 1, bounds(1_000))
-        .await
-        .expect("open");
+    let outbox = open(&proxy.url(&db), 2, 1, 1_000).await.expect("open");
     outbox.record(1, 1, 2, None).await.expect("a first Add");
     // The Add's INSERT is sent and waits on the lock; its reply is held,
     // then the lock goes, and the server commits the Add unheard.
@@ -181,9 +186,7 @@ async fn a_commit_whose_reply_never_comes_may_have_been_recorded_and_its_retry_r
 #[tokio::test]
 async fn an_add_whose_caller_left_before_its_group_started_is_not_written() {
     let db = database::fresh().await;
-    let outbox = Outbox::open_bounded(&db, 8, 1, bounds(30_000))
-        .await
-        .expect("open");
+    let outbox = open(&db, 8, 1, 30_000).await.expect("open");
     let mut holder = hold_request_id(&db, "held").await;
     // The one writer is stuck on the held id; what queues behind it waits.
     let stuck = tokio::spawn({

@@ -22,6 +22,7 @@ pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
     Config {
         database_url: database_url.to_owned(),
         outbox_reshard: false,
+        outbox_upgraded: false,
         amqp_url: amqp_url.parse().expect("a valid AMQP URL"),
         queue: queue.to_owned(),
         exchange: String::new(),

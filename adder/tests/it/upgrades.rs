@@ -2,15 +2,18 @@
 //! schema stops with an error that says so (it used to retry forever,
 //! answering only UNAVAILABLE), and a snapshot pair half cut by the
 //! previous `tally_cut` is finished by the linear one with every row once,
-//! and legacy rows keep the source they were recorded under after a
-//! promotion (under a new source they would count twice).
+//! legacy rows keep the source they were recorded under after a promotion
+//! (under a new source they would count twice), and a database that went
+//! through pg_upgrade (a new system identifier, its transaction ids kept)
+//! continues under a new source when the operator says so, with nothing
+//! stranded, while a copy is still refused.
 
 use std::{path::PathBuf, time::Duration};
 
 use sqlx::{Connection, PgConnection, migrate::Migrator};
 use testkit::{Broker, database};
 
-use adder::outbox::{Active, Outbox, Standby};
+use adder::outbox::{Active, Bounds, Outbox, Settings, Standby};
 
 use crate::support::{config, drain_messages, outbox_counts, pool, spawn_adder};
 
@@ -146,4 +149,85 @@ async fn legacy_rows_keep_their_source_after_a_promotion() {
     }
     adder.stop().await;
     broker.delete().await;
+}
+
+fn settings(upgraded: bool) -> Settings {
+    Settings {
+        max_connections: 2,
+        writers: 1,
+        bounds: Bounds::default(),
+        upgraded,
+    }
+}
+
+#[tokio::test]
+async fn a_database_upgraded_with_pg_upgrade_continues_under_a_new_source_when_told() {
+    let db = database::fresh().await;
+    let outbox = Outbox::open(&db, 2, 1).await.expect("migrate");
+    let before = outbox.source().await.expect("the source");
+    for i in 0..5 {
+        outbox.record(i, 1, i + 1, None).await.expect("an Add");
+    }
+    drop(outbox);
+    // As pg_upgrade leaves it: another system identifier, the same xids.
+    let sql = pool(&db).await;
+    sqlx::query("UPDATE outbox_source SET system_id = '1'")
+        .execute(&sql)
+        .await
+        .expect("another system");
+    let error = match Outbox::open_with(&db, settings(false)).await {
+        Ok(_) => panic!("a new system identifier was taken without being told"),
+        Err(error) => error,
+    };
+    assert!(error.is_fatal());
+    assert!(error.to_string().contains("--outbox-upgraded"), "{error}");
+
+    let outbox = Outbox::open_with(&db, settings(true))
+        .await
+        .expect("told it was upgraded");
+    let after = outbox.source().await.expect("the source");
+    assert_ne!(after, before, "new batches go under a new source");
+    let mut active = Active::try_acquire(&outbox, &mut Standby::default())
+        .await
+        .expect("the relay lock")
+        .expect("no other relay");
+    let cut = active
+        .cut(100, 100)
+        .await
+        .expect("cut")
+        .expect("the rows recorded before");
+    assert_eq!(
+        (cut.claim.source, cut.claim.id, cut.rows.len()),
+        (after, 1, 5)
+    );
+    drop(active);
+    drop(outbox);
+    // Settled: the next start needs no flag.
+    Outbox::open(&db, 2, 1)
+        .await
+        .expect("open again without the flag");
+}
+
+#[tokio::test]
+async fn a_copy_whose_transaction_ids_are_behind_is_refused_even_when_told_upgraded() {
+    let db = database::fresh().await;
+    let outbox = Outbox::open(&db, 2, 1).await.expect("migrate");
+    outbox.record(1, 1, 2, None).await.expect("an Add");
+    drop(outbox);
+    let sql = pool(&db).await;
+    // Its recorded transaction ids are far ahead of the server's.
+    for statement in [
+        "UPDATE outbox_source SET system_id = '1'",
+        "UPDATE outbox_cursor SET hi = '4000000000:4000000000:'",
+    ] {
+        sqlx::query(statement)
+            .execute(&sql)
+            .await
+            .expect("a copy's identity");
+    }
+    let error = match Outbox::open_with(&db, settings(true)).await {
+        Ok(_) => panic!("a copy was taken for an upgrade"),
+        Err(error) => error,
+    };
+    assert!(error.is_fatal(), "{error:?}");
 }
