@@ -330,6 +330,7 @@ async fn inject_faults(
     // consumer), which is the broker's, not Tally's: the faults start once
     // the queues have run under load a while.
     tokio::time::sleep(FIRST_FAULT_AFTER).await;
+    stack.record_resources(true);
     let until = Instant::now() + duration;
     let mut first_round = FIRST_ROUND.to_vec();
     for i in (1..first_round.len()).rev() {

@@ -19,6 +19,14 @@ const TERM_GRACE: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One service binary and how to start it.
+/// What a process holds at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub pid: u32,
+    pub rss_kb: u64,
+    pub fds: usize,
+}
+
 pub struct Service {
     pub name: String,
     binary: PathBuf,
@@ -119,6 +127,20 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(None)
+    }
+
+    /// The running process's resident memory (KiB) and open file
+    /// descriptors, from `/proc`.
+    pub fn resources(&self) -> Option<Resources> {
+        let pid = self.child.as_ref()?.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kb = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse().ok())?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+        Some(Resources { pid, rss_kb, fds })
     }
 
     pub fn is_running(&self) -> bool {

@@ -28,7 +28,7 @@ use crate::{
         PUBLISHED_ROWS,
     },
     outbox::{self, Outbox},
-    process::http_get,
+    process::{Resources, http_get},
     stack::Stack,
 };
 
@@ -80,6 +80,10 @@ pub struct Counts {
     pub silent_sockets: usize,
     pub silent_sockets_closed: usize,
     pub silent_postgres: u32,
+    /// Each service's process at the first fault and at the end, by name.
+    pub resources: BTreeMap<String, (Option<Resources>, Option<Resources>)>,
+    /// The size of `sum.txt` at the end, in bytes.
+    pub sum_file_bytes: Option<u64>,
     /// What went wrong while faults ran.
     pub failures: Vec<String>,
 }
@@ -347,6 +351,20 @@ impl fmt::Display for Report {
             "  stalls               {} transactions held open elsewhere, {} of {} silent gRPC sockets closed, {} silent PostgreSQL periods",
             c.transactions_elsewhere, c.silent_sockets_closed, c.silent_sockets, c.silent_postgres
         )?;
+        for (name, (first, last)) in &c.resources {
+            let show = |r: &Option<Resources>| {
+                r.map_or("not running".to_owned(), |r| {
+                    format!("pid {} {} KiB {} fds", r.pid, r.rss_kb, r.fds)
+                })
+            };
+            writeln!(
+                f,
+                "  {name:<20} first fault: {}; end: {}",
+                show(first),
+                show(last)
+            )?;
+        }
+        writeln!(f, "  sum.txt size         {:?} bytes", c.sum_file_bytes)?;
         writeln!(
             f,
             "  hostile              {} NUL rounds, {} messages, {} half-sent rounds",
@@ -423,6 +441,7 @@ pub(crate) async fn settle_and_check(
     // Hold a moment longer: a total that is exact now must stay exact.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.sampler.sample_now().await;
+    stack.record_resources(false);
     report = gather(stack, tally, options).await?;
     report.dead_letter_problem = dead_letter_problem(stack).await;
     report.verify = verify(stack);

@@ -212,6 +212,28 @@ impl Stack {
         }
     }
 
+    /// Notes each service's memory and file descriptors (`first`: at the
+    /// first fault, else at the end) and, at the end, the size of `sum.txt`.
+    pub fn record_resources(&mut self, first: bool) {
+        for service in [&self.adder, &self.second_adder, &self.totaler, &self.second] {
+            let entry = self
+                .counts
+                .resources
+                .entry(service.name.clone())
+                .or_default();
+            if first {
+                entry.0 = service.resources();
+            } else {
+                entry.1 = service.resources();
+            }
+        }
+        if !first {
+            self.counts.sum_file_bytes = std::fs::metadata(self.data.sum_file())
+                .ok()
+                .map(|m| m.len());
+        }
+    }
+
     /// Records a problem a fault saw (the run then fails).
     pub fn fail(&mut self, problem: String) {
         eprintln!("faults:          PROBLEM: {problem}");
