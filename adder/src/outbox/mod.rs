@@ -6,7 +6,8 @@
 //! keeps the database's identity (`identity`) and its place in the adders'
 //! list of databases (`position`), uses only the writable
 //! primary of the database's servers and follows it to a new one
-//! (`primary`) and purges what retention allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
+//! (`primary`), bounds every wait on the database (`bounds`) and purges
+//! what retention allows. It knows neither tonic nor lapin, and no sqlx type leaves it:
 //! callers hold an [`Outbox`], the relay lock ([`Active`]) and claims
 //! ([`Claim`], [`LegacyClaim`]), the only values that can mark what the
 //! broker confirmed.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 use testkit::{Proxy, database, proxy::target_of};
 
-use adder::outbox::{Bounds, Error, Outbox, Settings};
+use adder::outbox::{Bounds, Error, Outbox, Recorded, Settings};
+use tokio::task::JoinHandle;
 
 /// An outbox of `max_connections` and `writers` whose statements may take
 /// `statement_ms`.
@@ -48,6 +49,21 @@ async fn hold_request_id(db: &str, id: &str) -> PgConnection {
     holder
 }
 
+/// An Add with the request id "held", which the returned connection holds
+/// locked: it waits on that lock, and so does the writer committing it.
+async fn stuck_on_a_held_id(
+    db: &str,
+    outbox: &Outbox,
+) -> (PgConnection, JoinHandle<Result<Recorded, Error>>) {
+    let holder = hold_request_id(db, "held").await;
+    let stuck = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.record(1, 1, 2, Some("held")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (holder, stuck)
+}
+
 async fn rows(db: &str) -> i64 {
     let mut connection = PgConnection::connect(db).await.expect("connect");
     sqlx::query_scalar("SELECT count(*) FROM outbox")
@@ -60,12 +76,7 @@ async fn rows(db: &str) -> i64 {
 async fn a_commit_stuck_on_a_row_lock_holds_no_other_add_back() {
     let db = database::fresh().await;
     let outbox = open(&db, 8, 2, 30_000).await.expect("open");
-    let mut holder = hold_request_id(&db, "held").await;
-    let stuck = tokio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.record(1, 1, 2, Some("held")).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut holder, stuck) = stuck_on_a_held_id(&db, &outbox).await;
     for i in 0..5 {
         let recorded =
             tokio::time::timeout(Duration::from_secs(5), outbox.record(i, 1, i + 1, None))
@@ -187,13 +198,8 @@ async fn a_commit_whose_reply_never_comes_may_have_been_recorded_and_its_retry_r
 async fn an_add_whose_caller_left_before_its_group_started_is_not_written() {
     let db = database::fresh().await;
     let outbox = open(&db, 8, 1, 30_000).await.expect("open");
-    let mut holder = hold_request_id(&db, "held").await;
     // The one writer is stuck on the held id; what queues behind it waits.
-    let stuck = tokio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.record(1, 1, 2, Some("held")).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut holder, stuck) = stuck_on_a_held_id(&db, &outbox).await;
     for i in 0..5 {
         let gave_up =
             tokio::time::timeout(Duration::from_millis(200), outbox.record(i, 0, i, None)).await;
