@@ -1,6 +1,6 @@
 //! The harness's own RabbitMQ client: a queue with Tally's topology under a
 //! name of this run, persistent publishes with a sliding window of
-//! confirms, a plain consumer that acks like the totaler (one `multiple`
+//! confirms (authored, as the relay's are, by the URL's user), a plain consumer that acks like the totaler (one `multiple`
 //! ack per batch, no disk), queue depth, and clean-up.
 
 use std::{
@@ -17,6 +17,7 @@ use lapin::{
         ConfirmSelectOptions, QueueDeleteOptions,
     },
     types::FieldTable,
+    uri::AMQPUri,
 };
 use proto::{Sum, SumMessage, message::now_us};
 use uuid::Uuid;
@@ -26,6 +27,8 @@ pub struct Broker {
     _connection: Connection,
     channel: Channel,
     url: String,
+    /// The broker user the URL logs in as: the author of what is published.
+    user: String,
 }
 
 /// A bound on a publish run: whichever comes first.
@@ -37,6 +40,12 @@ pub struct Bound {
 
 impl Broker {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let user = url
+            .parse::<AMQPUri>()
+            .map_err(|_| anyhow::anyhow!("AMQP_URL is not an AMQP URL"))?
+            .authority
+            .userinfo
+            .username;
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .context("connecting to RabbitMQ")?;
@@ -48,6 +57,7 @@ impl Broker {
             _connection: connection,
             channel,
             url: url.to_owned(),
+            user,
         })
     }
 
@@ -98,7 +108,11 @@ impl Broker {
             let properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
-                .with_message_id(message.id().into());
+                .with_message_id(message.id().into())
+                // The author, as the relay sets it: the broker checks it
+                // against this connection's user, the totaler against its
+                // publishers (TOTALER_PUBLISHERS: `guest` by default).
+                .with_user_id(self.user.as_str().into());
             let confirm = self
                 .channel
                 .basic_publish(

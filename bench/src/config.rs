@@ -3,7 +3,7 @@
 //! all for a smoke check. Also the two hidden subcommands that run the bare
 //! servers the limits are measured against.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -71,6 +71,25 @@ pub struct Config {
     /// the same backlog for both, packed `pack` rows to a message.
     #[arg(long, env = "BENCH_DRAIN_ROWS", default_value_t = 1_000_000)]
     pub drain_rows: u64,
+
+    /// The two outbox backlogs the outbox drain is measured at, in rows,
+    /// `SMALLER,LARGER`: each is left in the outbox as a broker outage
+    /// leaves it (the adder stopped, the rows inserted), then the adder is
+    /// started and timed until `GET /sum` counts every row. `0` skips the
+    /// phase (its figures read "not measured").
+    #[arg(
+        long,
+        env = "BENCH_OUTBOX_DRAIN_ROWS",
+        default_value = "100000,1000000"
+    )]
+    pub outbox_drain_rows: Backlogs,
+
+    /// A SQL file run once on the run's outbox database after the adder
+    /// migrated it, before any load, and kept for the whole run. For
+    /// experiments only: for example an older `tally_cut`, to measure what
+    /// a change to it did.
+    #[arg(long, env = "BENCH_OUTBOX_SQL", value_name = "FILE")]
+    pub outbox_sql: Option<PathBuf>,
 
     /// The adder's rows per message (`ADDER_RELAY_PACK`); the raw consume's
     /// backlog is packed as densely.
@@ -166,6 +185,42 @@ pub struct Config {
     pub amqp_server: Option<String>,
 }
 
+/// The outbox drain's two backlogs, in rows: `None` skips the phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backlogs(pub Option<(u64, u64)>);
+
+impl FromStr for Backlogs {
+    type Err = String;
+
+    /// `0`, or `SMALLER,LARGER` with 0 < SMALLER <= LARGER.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "0" {
+            return Ok(Self(None));
+        }
+        let rows = |part: &str| part.trim().replace('_', "").parse::<u64>();
+        match s.split_once(',') {
+            Some((smaller, larger)) => match (rows(smaller), rows(larger)) {
+                (Ok(smaller), Ok(larger)) if 0 < smaller && smaller <= larger => {
+                    Ok(Self(Some((smaller, larger))))
+                }
+                _ => Err(format!(
+                    "{s:?}: expected SMALLER,LARGER row counts with 0 < SMALLER <= LARGER"
+                )),
+            },
+            None => Err(format!("{s:?}: expected SMALLER,LARGER (or 0 to skip)")),
+        }
+    }
+}
+
+impl fmt::Display for Backlogs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((smaller, larger)) => write!(f, "{smaller},{larger}"),
+            None => f.write_str("0"),
+        }
+    }
+}
+
 /// The servers `scripts/services` sets up.
 const DEFAULT_DATABASE_URL: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -190,6 +245,10 @@ impl Config {
             self.duration_secs = self.duration_secs.min(1);
             self.latency_secs = self.latency_secs.min(2);
             self.drain_rows = self.drain_rows.min(50_000);
+            self.outbox_drain_rows.0 = self
+                .outbox_drain_rows
+                .0
+                .map(|(smaller, larger)| (smaller.min(10_000), larger.min(100_000)));
             self.settle_secs = self.settle_secs.min(60);
         }
         self.repeats = self.repeats.max(1);
@@ -216,5 +275,32 @@ impl Config {
 
     pub fn settle(&self) -> Duration {
         Duration::from_secs(self.settle_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlogs_are_two_ascending_row_counts_or_zero() {
+        assert_eq!(
+            "100000,1_000_000".parse(),
+            Ok(Backlogs(Some((100_000, 1_000_000))))
+        );
+        assert_eq!("0".parse(), Ok(Backlogs(None)));
+        for wrong in ["", "100000", "0,10", "10,5", "a,b", "1,2,3"] {
+            assert!(wrong.parse::<Backlogs>().is_err(), "{wrong:?}");
+        }
+        assert_eq!(Backlogs(Some((1, 2))).to_string(), "1,2");
+    }
+
+    #[test]
+    fn quick_shrinks_the_outbox_backlogs() {
+        let cli = Cli::parse_from(["bench", "--quick"]);
+        let config = cli.config.effective();
+        assert_eq!(config.outbox_drain_rows, Backlogs(Some((10_000, 100_000))));
+        let cli = Cli::parse_from(["bench", "--quick", "--outbox-drain-rows", "0"]);
+        assert_eq!(cli.config.effective().outbox_drain_rows, Backlogs(None));
     }
 }

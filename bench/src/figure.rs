@@ -163,6 +163,14 @@ figures! {
         "CPU at the fixed rate: everything else";
     DrainPerS => "drain_per_s", "rows/s", None,
         "Tally backlog drain (totaler started on a queued backlog)";
+    OutboxDrainSmallRows => "outbox_drain_small_rows", "rows", None,
+        "outbox drain, smaller backlog: its rows (left in the outbox as a broker outage leaves them)";
+    OutboxDrainSmallPerS => "outbox_drain_small_per_s", "rows/s", None,
+        "Tally outbox drain, smaller backlog (from the relay's start after the outage until GET /sum counts every row)";
+    OutboxDrainLargeRows => "outbox_drain_large_rows", "rows", None,
+        "outbox drain, larger backlog: its rows (left in the outbox as a broker outage leaves them)";
+    OutboxDrainLargePerS => "outbox_drain_large_per_s", "rows/s", None,
+        "Tally outbox drain, larger backlog (from the relay's start after the outage until GET /sum counts every row)";
     SumGetPerS => "sum_get_per_s", "req/s", None,
         "Tally GET /sum";
     AdderRssMb => "adder_rss_mb", "MiB", at_most(64.0),
@@ -193,7 +201,8 @@ pub struct Ratio {
     pub target: Option<Target>,
 }
 
-/// The ratios of Tally to the limits, in table order.
+/// The ratios of Tally to the limits, and of one Tally figure to the same
+/// at another size, in table order.
 pub const RATIOS: &[Ratio] = &[
     Ratio {
         key: "ratio_e2e_to_broker",
@@ -228,6 +237,13 @@ pub const RATIOS: &[Ratio] = &[
         label: "backlog drain / raw consume",
         numerator: Figure::DrainPerS,
         denominator: Figure::RawConsumePerS,
+        target: at_least(0.5),
+    },
+    Ratio {
+        key: "ratio_outbox_drain_large_to_small",
+        label: "outbox drain, larger backlog / smaller (issue 21: 1M rows / 100k)",
+        numerator: Figure::OutboxDrainLargePerS,
+        denominator: Figure::OutboxDrainSmallPerS,
         target: at_least(0.5),
     },
     Ratio {

@@ -110,6 +110,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "idle_connections": config.idle_connections,
         "idle_settle_secs": config.idle_settle_secs,
         "drain_rows": config.drain_rows,
+        "outbox_drain_rows": config.outbox_drain_rows.0.map(|(smaller, larger)| [smaller, larger]),
+        "outbox_sql": config.outbox_sql.as_ref().map(|file| file.display().to_string()),
         "confirm_window": config.confirm_window,
         "db_pool": config.db_pool,
         "prefetch": config.prefetch,

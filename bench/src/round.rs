@@ -1,8 +1,8 @@
-//! One round of measurements: every phase in turn (but the memory per
-//! connection, measured once after the rounds), each figure recorded
-//! under its [`Figure`] into the round, a failed phase logged and the stack
-//! resynced so later phases still check exactly. Also the stage
-//! distributions the round saw, for the charts.
+//! One round of measurements: every phase in turn, the outbox drain last
+//! (but the memory per connection, measured once after the rounds), each
+//! figure recorded under its [`Figure`] into the round, a failed phase
+//! logged and the stack resynced so later phases still check exactly. Also
+//! the stage distributions the round saw, for the charts.
 
 use std::{future::Future, path::Path};
 
@@ -31,6 +31,7 @@ pub async fn measure(config: &Config, stack: &mut Stack, run_dir: &Path, round: 
         measure_limits(config, stack, run_dir, &label, &mut measured.round).await;
     }
     measure_tally(stack, &label, &mut measured).await;
+    measure_outbox_drains(config, stack, &label, &mut measured.round).await;
     measured
 }
 
@@ -144,6 +145,43 @@ async fn measure_tally(stack: &mut Stack, label: &str, measured: &mut Measured) 
         Err(e) => failed(stack, label, Figure::DrainPerS.key(), e).await,
     }
     record(r, label, Figure::SumGetPerS, stack.sum_gets()).await;
+}
+
+/// The outbox drain at both backlogs, smaller first (none when skipped).
+async fn measure_outbox_drains(config: &Config, stack: &mut Stack, label: &str, r: &mut Round) {
+    let Some((smaller, larger)) = config.outbox_drain_rows.0 else {
+        return;
+    };
+    let sizes = [
+        (
+            smaller,
+            Figure::OutboxDrainSmallRows,
+            Figure::OutboxDrainSmallPerS,
+        ),
+        (
+            larger,
+            Figure::OutboxDrainLargeRows,
+            Figure::OutboxDrainLargePerS,
+        ),
+    ];
+    for (rows, rows_figure, rate_figure) in sizes {
+        let key = rate_figure.key();
+        progress(&format!("[{label}] measuring {key} ({rows} rows)"));
+        match stack.outbox_drain(rows).await {
+            Ok(d) => {
+                r.insert(rows_figure, rows as f64);
+                r.insert(rate_figure, d.per_s);
+                progress(&format!(
+                    "[{label}] {key}: {:.0} ({rows} rows, left in {:.1} s; the relay started {:.0} ms after the adder, cut its first batch {} ms after its start)",
+                    d.per_s,
+                    d.left_secs,
+                    d.start_up_ms,
+                    d.first_cut_ms.map_or("-".into(), |ms| format!("{ms:.0}")),
+                ));
+            }
+            Err(e) => failed(stack, label, key, e).await,
+        }
+    }
 }
 
 /// The memory-per-connection phase, once a run after every round: the

@@ -61,7 +61,11 @@ impl Stack {
     pub async fn connections(&mut self) -> anyhow::Result<Connections> {
         let n = self.config.idle_connections;
         let settle = Duration::from_secs(self.config.idle_settle_secs);
-        let adder_pid = self.adder.pid();
+        let adder_pid = self
+            .adder
+            .as_ref()
+            .map(process::Process::pid)
+            .context("the adder is not running")?;
         let grpc = self.grpc_addr;
         let adder = hold(adder_pid, n, settle, || open_grpc(grpc, n))
             .await

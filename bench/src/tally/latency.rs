@@ -154,10 +154,13 @@ fn distributions(before: &(Snapshot, Snapshot), after: &(Snapshot, Snapshot)) ->
 }
 
 /// Highest resident memory of the processes every 250 ms until `stop`.
-async fn sample_rss(pids: (u32, Option<u32>), mut stop: oneshot::Receiver<()>) -> (f64, f64) {
+async fn sample_rss(
+    pids: (Option<u32>, Option<u32>),
+    mut stop: oneshot::Receiver<()>,
+) -> (f64, f64) {
     let mut highest = (0.0f64, 0.0f64);
     loop {
-        if let Ok(memory) = process::memory_of(pids.0) {
+        if let Some(Ok(memory)) = pids.0.map(process::memory_of) {
             highest.0 = highest.0.max(memory.rss_mb);
         }
         if let Some(Ok(memory)) = pids.1.map(process::memory_of) {

@@ -1,8 +1,8 @@
 //! The stack under test and its lifecycle: a fresh database, a queue and a
 //! sum file of this run, the release `adder` and `totaler` in their own
 //! processes, the harness's gRPC clients; starting, warming up, stopping
-//! and restarting the totaler, and the exact-total check every phase ends
-//! with ([`Stack::settle`]). The phases themselves are in the sibling
+//! and restarting either service, and the exact-total check every phase
+//! ends with ([`Stack::settle`]). The phases themselves are in the sibling
 //! modules.
 
 use std::{
@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use sqlx::{Connection, PgConnection};
 use testkit::{database::Fresh, free_addr, queue_name};
 
 use crate::{
@@ -30,7 +31,8 @@ pub struct Stack {
     pub(super) queue: String,
     sum_file: PathBuf,
     log: PathBuf,
-    pub(super) adder: Process,
+    /// `None` only while a phase has it stopped.
+    pub(super) adder: Option<Process>,
     pub(super) totaler: Option<Process>,
     pub(super) grpc_addr: SocketAddr,
     pub(super) adder_http: SocketAddr,
@@ -47,7 +49,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const POLL: Duration = Duration::from_millis(1);
 
 impl Stack {
-    /// Creates the database, starts adder and totaler, and warms them up.
+    /// Creates the database, starts adder and totaler, and warms them up;
+    /// runs `outbox_sql` on the database once the adder migrated it.
     pub async fn start(config: &Config, run_dir: &Path) -> anyhow::Result<Self> {
         let db = Fresh::create(config.database_url(), "tally_bench_tally").await?;
         let queue = queue_name("bench", "tally");
@@ -55,32 +58,20 @@ impl Stack {
         broker.declare(&queue).await?;
         let (grpc_addr, adder_http, totaler_http) = (free_addr()?, free_addr()?, free_addr()?);
         let log = run_dir.join("services.log");
-        let mut adder = Process::start(
-            "adder",
-            &config.bin_dir.join("adder"),
-            &[],
-            &[
-                ("DATABASE_URL", db.url.clone()),
-                ("AMQP_URL", config.amqp_url().to_owned()),
-                ("TALLY_QUEUE", queue.clone()),
-                ("ADDER_GRPC_ADDR", grpc_addr.to_string()),
-                ("ADDER_HTTP_ADDR", adder_http.to_string()),
-                ("ADDER_DB_POOL", config.db_pool.to_string()),
-                ("ADDER_RELAY_PACK", config.pack.to_string()),
-                ("RUST_LOG", "warn".into()),
-            ],
-            &log,
-        )?;
-        adder
-            .wait_ready(adder_http, "/readyz", READY_TIMEOUT)
-            .await?;
+        let place = AdderPlace {
+            db_url: &db.url,
+            queue: &queue,
+            grpc_addr,
+            http_addr: adder_http,
+        };
+        let adder = spawn_adder(config, &place, &log).await?;
         let mut stack = Self {
             config: config.clone(),
             db: Some(db),
             queue,
             sum_file: run_dir.join("data").join("sum.txt"),
             log,
-            adder,
+            adder: Some(adder),
             totaler: None,
             grpc_addr,
             adder_http,
@@ -90,6 +81,9 @@ impl Stack {
             expected: 0,
             peak_mb: (0.0, 0.0),
         };
+        if let Some(file) = &config.outbox_sql {
+            stack.run_outbox_sql(file).await?;
+        }
         stack.start_totaler().await?;
         stack.warm_up().await?;
         Ok(stack)
@@ -100,6 +94,53 @@ impl Stack {
         self.sum_file
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
+    /// The run's outbox database.
+    pub(super) fn db_url(&self) -> anyhow::Result<&str> {
+        self.db
+            .as_ref()
+            .map(|db| db.url.as_str())
+            .context("the run's database is gone")
+    }
+
+    /// Starts the adder (again) on the same database, queue and addresses,
+    /// and reconnects the gRPC clients to it.
+    pub(super) async fn start_adder(&mut self) -> anyhow::Result<()> {
+        let place = AdderPlace {
+            db_url: self.db_url()?,
+            queue: &self.queue,
+            grpc_addr: self.grpc_addr,
+            http_addr: self.adder_http,
+        };
+        let adder = spawn_adder(&self.config, &place, &self.log).await?;
+        self.adder = Some(adder);
+        self.clients = Clients::connect(self.grpc_addr, self.config.grpc_connections).await?;
+        Ok(())
+    }
+
+    pub(super) async fn stop_adder(&mut self) -> anyhow::Result<()> {
+        self.sample_memory();
+        if let Some(adder) = self.adder.take() {
+            adder.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the SQL of `file` on the run's outbox database, as one script.
+    async fn run_outbox_sql(&self, file: &Path) -> anyhow::Result<()> {
+        let sql =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let mut connection = PgConnection::connect(self.db_url()?).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("running {} on the outbox database", file.display()))?;
+        eprintln!(
+            "bench: ran {} on the outbox database (kept for the whole run)",
+            file.display()
+        );
+        Ok(())
     }
 
     pub(super) async fn start_totaler(&mut self) -> anyhow::Result<()> {
@@ -133,7 +174,7 @@ impl Stack {
         Ok(())
     }
 
-    async fn warm_up(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn warm_up(&mut self) -> anyhow::Result<()> {
         let done = grpc::saturate(&self.clients, 16, READY_TIMEOUT, 500, |_| (1, 0)).await;
         self.settle(&done).await?;
         Ok(())
@@ -150,6 +191,9 @@ impl Stack {
     /// After a failed phase: waits until the total stops moving and takes it
     /// as the new expected total, so later phases still check exactly.
     pub async fn resync(&mut self) -> anyhow::Result<()> {
+        if self.adder.is_none() {
+            self.start_adder().await?;
+        }
         if self.totaler.is_none() {
             self.start_totaler().await?;
         }
@@ -174,7 +218,7 @@ impl Stack {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.sample_memory();
         let stopped_totaler = self.stop_totaler().await;
-        let stopped_adder = self.adder.stop().await;
+        let stopped_adder = self.stop_adder().await;
         self.broker.delete(&self.queue).await;
         if let Some(db) = self.db.take() {
             crate::drop_database(db).await;
@@ -183,12 +227,15 @@ impl Stack {
         stopped_adder
     }
 
-    pub(super) fn pids(&self) -> (u32, Option<u32>) {
-        (self.adder.pid(), self.totaler.as_ref().map(Process::pid))
+    pub(super) fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.adder.as_ref().map(Process::pid),
+            self.totaler.as_ref().map(Process::pid),
+        )
     }
 
     pub(super) fn sample_memory(&mut self) {
-        if let Ok(Memory { peak_mb, .. }) = self.adder.memory() {
+        if let Some(Ok(Memory { peak_mb, .. })) = self.adder.as_ref().map(Process::memory) {
             self.peak_mb.0 = self.peak_mb.0.max(peak_mb);
         }
         if let Some(Ok(Memory { peak_mb, .. })) = self.totaler.as_ref().map(Process::memory) {
@@ -217,6 +264,42 @@ impl Stack {
         let (_, body) = connection.get().await?;
         http::parse_sum(&body)
     }
+}
+
+/// Where the adder runs: its database, queue and addresses.
+struct AdderPlace<'a> {
+    db_url: &'a str,
+    queue: &'a str,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+/// Starts the release adder and waits until it is ready.
+async fn spawn_adder(
+    config: &Config,
+    place: &AdderPlace<'_>,
+    log: &Path,
+) -> anyhow::Result<Process> {
+    let mut adder = Process::start(
+        "adder",
+        &config.bin_dir.join("adder"),
+        &[],
+        &[
+            ("DATABASE_URL", place.db_url.to_owned()),
+            ("AMQP_URL", config.amqp_url().to_owned()),
+            ("TALLY_QUEUE", place.queue.to_owned()),
+            ("ADDER_GRPC_ADDR", place.grpc_addr.to_string()),
+            ("ADDER_HTTP_ADDR", place.http_addr.to_string()),
+            ("ADDER_DB_POOL", config.db_pool.to_string()),
+            ("ADDER_RELAY_PACK", config.pack.to_string()),
+            ("RUST_LOG", "warn".into()),
+        ],
+        log,
+    )?;
+    adder
+        .wait_ready(place.http_addr, "/readyz", READY_TIMEOUT)
+        .await?;
+    Ok(adder)
 }
 
 /// Polls `GET /sum` until the total is `target`; fails if it passes it or
