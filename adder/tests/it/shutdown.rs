@@ -107,9 +107,14 @@ async fn sigterm_under_load_exits_within_the_grace_and_loses_no_acknowledged_add
             *when >= terminated,
             "Add {id} failed before the SIGTERM: {status:?}"
         );
-        assert_eq!(
-            status.code(),
-            Code::Unavailable,
+        // A stopping server fails a call as UNAVAILABLE, or, for a call
+        // sent as its graceful GOAWAY (NO_ERROR) crossed it, the client's
+        // HTTP/2 layer reports that GOAWAY (tonic: INTERNAL): a call the
+        // server never took. Seen once in a run of this suite.
+        let refused_by_goaway = status.code() == Code::Internal
+            && format!("{status:?}").contains("GoAway(b\"\", NO_ERROR, Remote)");
+        assert!(
+            status.code() == Code::Unavailable || refused_by_goaway,
             "Add {id} failed as a stopping server fails a call: {status:?}"
         );
     }
