@@ -165,27 +165,9 @@ impl Active {
 
     /// The rows of `batch`, in id order: the same rows every time.
     pub async fn rows(&mut self, batch: &Batch) -> Result<Vec<Row>, Error> {
-        let rows: Vec<Row> = self
-            .bounds
-            .within(
-                sqlx::query_as(proto::outbox::BATCH_ROWS)
-                    .bind(&batch.lo)
-                    .bind(&batch.hi)
-                    .bind(batch.first_id)
-                    .bind(batch.last_id)
-                    .fetch_all(&mut self.connection),
-            )
-            .await??;
-        if rows.len() as i64 != batch.rows {
-            return Err(Error::Copied(format!(
-                "batch {} of source {} had {} rows when cut and has {} now: outbox rows were deleted or changed",
-                batch.id,
-                batch.source,
-                batch.rows,
-                rows.len()
-            )));
-        }
-        Ok(rows)
+        self.bounds
+            .within(read_rows(&mut self.connection, batch))
+            .await?
     }
 
     /// The rows of `batch` to publish again, and its claim, which alone can
@@ -293,6 +275,32 @@ impl Active {
     pub async fn release(self) {
         let _ = self.connection.close().await;
     }
+}
+
+/// The rows of `batch` in publishing order (`proto::outbox::BATCH_ROWS`),
+/// what the relay and `adder republish` both read; an error if they are not
+/// all there (deleted, or purged meanwhile).
+pub(super) async fn read_rows(
+    connection: &mut PgConnection,
+    batch: &Batch,
+) -> Result<Vec<Row>, Error> {
+    let rows: Vec<Row> = sqlx::query_as(proto::outbox::BATCH_ROWS)
+        .bind(&batch.lo)
+        .bind(&batch.hi)
+        .bind(batch.first_id)
+        .bind(batch.last_id)
+        .fetch_all(connection)
+        .await?;
+    if rows.len() as i64 != batch.rows {
+        return Err(Error::Copied(format!(
+            "batch {} of source {} had {} rows when cut and has {} now: outbox rows were deleted or changed (purged meanwhile?)",
+            batch.id,
+            batch.source,
+            batch.rows,
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }
 
 impl CutRow {

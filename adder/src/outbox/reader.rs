@@ -7,7 +7,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Batch, Error, Row, primary};
+use super::{Batch, Error, Row, batches, primary};
 
 /// A connection to a database's writable primary, for reading batches.
 pub struct Reader {
@@ -87,22 +87,6 @@ impl Reader {
     /// The rows of `batch` in publishing order, the same the relay read;
     /// an error if they are not all there (purged meanwhile).
     pub async fn rows(&mut self, batch: &Batch) -> Result<Vec<Row>, Error> {
-        let rows: Vec<Row> = sqlx::query_as(proto::outbox::BATCH_ROWS)
-            .bind(&batch.lo)
-            .bind(&batch.hi)
-            .bind(batch.first_id)
-            .bind(batch.last_id)
-            .fetch_all(&mut self.connection)
-            .await?;
-        if rows.len() as i64 != batch.rows {
-            return Err(Error::Copied(format!(
-                "batch {} of source {} had {} rows when cut and has {} now (purged meanwhile?)",
-                batch.id,
-                batch.source,
-                batch.rows,
-                rows.len()
-            )));
-        }
-        Ok(rows)
+        batches::read_rows(&mut self.connection, batch).await
     }
 }
