@@ -38,7 +38,7 @@ function hostOf(addr) {
 
 const adderAddr = __ENV.ADDER_ADDR || '127.0.0.1:50051';
 
-// Every setting, with its default. README.md documents them.
+// Every setting, with its default. docs/operating/load-tests.md documents them.
 export const config = {
   adderAddr,
   adderHttpUrl: (__ENV.ADDER_HTTP_URL || `http://${hostOf(adderAddr)}:8081`).replace(/\/$/, ''),

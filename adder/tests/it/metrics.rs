@@ -1,4 +1,4 @@
-//! Every metric the README lists for the adder is exported and moves when
+//! Every metric docs/reference/http.md lists for the adder is exported and moves when
 //! it should: requests and their latency by front end and outcome, the
 //! pending gauge (refreshed by housekeeping), the relay's rows, messages,
 //! batch sizes and confirm times, the broker gauge through an outage, and

@@ -1,4 +1,4 @@
-//! Every metric the README lists for the totaler is exported and moves when
+//! Every metric docs/reference/http.md lists for the totaler is exported and moves when
 //! it should: queue time and end to end per message and row, deliveries and
 //! rows by outcome, the open batches of the dedupe state, batch size, apply
 //! time, the total, ledger errors, and the HTTP requests and their latency.

@@ -4,7 +4,7 @@
 //! `prometheus.cluster.yml`), no target names a service the file does not
 //! start, and the Grafana dashboard draws each adder, totaler and broker node
 //! as a series of its own (by `instance`). Checks of the files' text, without
-//! Docker; README.md ("What was verified here") has the runs on Docker.
+//! Docker; docs/operating/compose-cluster.md says what to look at on Docker.
 
 use std::collections::BTreeSet;
 

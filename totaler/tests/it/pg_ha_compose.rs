@@ -4,8 +4,8 @@
 //! `bootstrap.initdb` sections: synchronous and strict, `use_pg_rewind`,
 //! data checksums, the failover timing), every member names itself, and the
 //! adder's `DATABASE_URL` names every member and asks for the writable
-//! primary. Checks of the files' text; README.md ("PostgreSQL failover with
-//! Docker Compose") has the runs on Docker.
+//! primary. Checks of the files' text; docs/operating/compose-pg-ha.md has
+//! the runs on Docker.
 
 use std::collections::BTreeSet;
 
