@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::{
     outbox::{self, Recorded},
-    outboxes::{self, Outboxes},
+    outboxes::{self, Agreement, Outboxes},
     status::Status,
 };
 
@@ -43,7 +43,10 @@ pub enum Error {
 /// What an Add that failed for the database tells its caller: whether it
 /// may have been recorded all the same, and what retry is safe.
 fn unavailable(cause: &outbox::Error) -> &'static str {
-    if cause.outcome_unknown() {
+    if let outbox::Error::Misplaced(_) = cause {
+        "this adder's list of outbox databases (DATABASE_URL) disagrees with the one the databases \
+         record: it takes no Add with a request_id until an operator fixes it; retry on another adder"
+    } else if cause.outcome_unknown() {
         "the outbox database did not confirm this Add in time: it may have been recorded; \
          a retry with the same request_id is safe (without one it may be counted twice)"
     } else {
@@ -113,6 +116,17 @@ impl Adder {
             up.push(slot.ping().await);
         }
         up
+    }
+
+    /// Why a database refuses this adder's list of databases, if one does.
+    pub fn list_refused(&self) -> Option<String> {
+        self.outboxes
+            .slots()
+            .iter()
+            .find_map(|slot| match slot.agreement() {
+                Agreement::Refused(why) => Some(why),
+                _ => None,
+            })
     }
 
     /// Whether the relay currently holds a broker channel.

@@ -1,19 +1,22 @@
 //! Periodic upkeep of one outbox database: refreshes its pending gauge
 //! (and the adder's `adder_outbox_pending`) every second, which is also the
 //! probe that marks the database up or down for Adds without a request id,
-//! and purges rows of confirmed batches past retention, whole batches at a
-//! time in rounds of about `PURGE_BATCH` rows, every minute: off the hot
-//! path, in its own transactions. Work waiting on a primary the adder has
+//! re-checks every 5 s that the database's list of databases agrees with
+//! the adder's (`membership`), and purges rows of confirmed batches past
+//! retention, whole batches at a time in rounds of about `PURGE_BATCH`
+//! rows, every minute: off the hot path, in its own transactions. Work waiting on a primary the adder has
 //! left (a hung one) is given up at the move.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, outbox::Outbox, outboxes::Outboxes};
+use crate::{membership, metrics::Metrics, outbox::Outbox, outboxes::Outboxes};
 
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
 const PURGE_EVERY: u32 = 60;
+/// Ticks between re-checks of the database's list of databases.
+const MEMBERS_EVERY: u32 = 5;
 const PURGE_BATCH: i64 = 10_000;
 
 /// Runs until `shutdown`, for the database at `index` of `outboxes`, which
@@ -50,6 +53,12 @@ pub async fn run(
             None => {}
         }
         ticks += 1;
+        if ticks.is_multiple_of(MEMBERS_EVERY) {
+            tokio::select! {
+                () = membership::recheck(&outboxes, index) => {}
+                () = outbox.moved() => {}
+            }
+        }
         if ticks.is_multiple_of(PURGE_EVERY) {
             purge(outbox, retention, &shutdown).await;
         }

@@ -144,17 +144,23 @@ async fn post_add(
 /// Ready means "can take Adds": an outbox database answers. The relays'
 /// broker channels are reported, never required: while the broker is away
 /// the outbox takes the Adds, and a balancer that dropped the adder then
-/// would refuse them instead.
+/// would refuse them instead. An adder whose list of databases a database
+/// refuses (`membership`) is not ready: it would refuse Adds with a
+/// request id, which another adder takes.
 async fn readyz(adder: Adder) -> warp::reply::Response {
     let databases = adder.databases_up().await;
     let brokers = adder.status.brokers_up();
+    let refused = adder.list_refused();
     let database = databases.contains(&true);
-    let status = if database {
+    let status = if database && refused.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let mut body = json!({"database": database, "broker": adder.broker_up()});
+    if let Some(why) = refused {
+        body["error"] = json!(why);
+    }
     if databases.len() > 1 {
         body["databases"] = json!(databases);
         body["brokers"] = json!(brokers);

@@ -9,11 +9,13 @@
 //! - `outbox`: every SQL statement, of one outbox database.
 //! - `outboxes`: the K outbox databases and which one an Add goes to
 //!   (a request id's hash, else round robin over those that answer).
+//! - `membership`: whether each database's recorded list of databases
+//!   agrees with this adder's (it decides which take request ids).
 //! - `relay`: outbox -> broker: one active relay per database, snapshot
 //!   batches published in parts with pipelined confirms.
 //! - `status`: what `/readyz` reports of the relays (their broker channels).
-//! - `housekeeping`: per database: pending gauge, up/down probe, retention
-//!   purge.
+//! - `housekeeping`: per database: pending gauge, up/down probe, the list's
+//!   re-check, retention purge.
 //! - `republish`: `adder republish`, an operator's command: cut batches
 //!   published again, as the relay did.
 //! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod grpc;
 pub mod housekeeping;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod outbox;
 pub mod outboxes;
@@ -116,8 +119,11 @@ pub async fn run(
         loop {
             tokio::select! {
                 Some(opened) = opening.join_next() => {
-                    let (index, outbox) = opened.context("opening an outbox database")?;
-                    start_database(&config, index, outbox?, &adder, &metrics, &tracker, &token).await;
+                    let (index, opened) = opened.context("opening an outbox database")?;
+                    let (outbox, member) = opened?;
+                    let _ = adder.outboxes.slots()[index].member.set(member);
+                    agree_on_the_list(&adder, index, &outbox, config.outbox_reshard).await?;
+                    start_database(&config, index, outbox, &adder, &metrics, &tracker, &token).await;
                     if opening.is_empty() {
                         tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, "adder serving");
                     }
@@ -179,19 +185,43 @@ async fn start_database(
     ));
 }
 
+/// Agrees on the list of databases with those open so far as database
+/// `index` opens (`membership::settle`); a disagreement stops the adder, a
+/// database that does not answer leaves it to the periodic re-check.
+async fn agree_on_the_list(
+    adder: &Adder,
+    index: usize,
+    opened: &Outbox,
+    reshard: bool,
+) -> anyhow::Result<()> {
+    match membership::settle(&adder.outboxes, index, opened, reshard).await {
+        Err(e) if e.is_fatal() => Err(e).context("checking the list of outbox databases"),
+        Err(e) => {
+            tracing::warn!(error = %e, "checking the list of outbox databases failed, the re-check retries");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Connects to the database at `place` and migrates it, retrying with
 /// backoff while PostgreSQL is down; a database that must not be published
 /// from (a logical copy) or that another list placed elsewhere is an error.
-async fn open_outbox(config: &Config, url: &str, place: Place) -> anyhow::Result<Outbox> {
+/// Returns it with its member id.
+async fn open_outbox(
+    config: &Config,
+    url: &str,
+    place: Place,
+) -> anyhow::Result<(Outbox, uuid::Uuid)> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = async {
             let outbox = Outbox::open_with(url, config.outbox_settings()).await?;
-            outbox.settle_place(place, config.outbox_reshard).await?;
-            Ok::<_, outbox::Error>(outbox)
+            let member = outbox.settle_place(place, config.outbox_reshard).await?;
+            Ok::<_, outbox::Error>((outbox, member))
         };
         match opened.await {
-            Ok(outbox) => return Ok(outbox),
+            Ok(opened) => return Ok(opened),
             Err(e) if e.is_fatal() => {
                 return Err(e).with_context(|| format!("opening outbox {place}"));
             }

@@ -13,13 +13,17 @@
 //!   certainly not written (not open yet, or no connection could be had:
 //!   `outbox::Error::nothing_sent`). An Add whose commit failed in any other
 //!   way may have been recorded, so it is never sent again elsewhere.
+//! - An Add with a request id is taken on a database only while its
+//!   recorded list of databases agrees with this adder's (`Agreement`, kept
+//!   by `crate::membership`): until then it fails as `UNAVAILABLE`.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex, OnceLock,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use tokio::sync::{Notify, OnceCell};
+use uuid::Uuid;
 
 use crate::{
     metrics::DatabaseGauges,
@@ -33,9 +37,25 @@ pub struct Slot {
     /// Wakes this database's relay once a row is committed.
     pub wake: Arc<Notify>,
     pub place: Place,
+    /// The database's member id, once open.
+    pub member: OnceLock<Uuid>,
+    /// Whether its recorded list of databases agrees with this adder's.
+    agreement: Mutex<Agreement>,
     /// Whether the database answered last time it was used or probed.
     up: AtomicBool,
     pub gauges: DatabaseGauges,
+}
+
+/// Whether a database's recorded list of databases agrees with this
+/// adder's list, which decides whether it takes Adds with a request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Agreement {
+    /// Not known yet: no list is recorded (not every database has been open
+    /// at once yet), or the database is not open.
+    Pending,
+    Agreed,
+    /// The lists differ: why, for the operator and the caller.
+    Refused(String),
 }
 
 /// Every outbox database of the adder, in `DATABASE_URL` order.
@@ -68,6 +88,8 @@ impl Outboxes {
                     position: u32::try_from(i + 1).unwrap_or(u32::MAX),
                     databases,
                 },
+                member: OnceLock::new(),
+                agreement: Mutex::new(Agreement::Pending),
                 up: AtomicBool::new(false),
                 gauges,
             })
@@ -127,6 +149,13 @@ impl Slot {
         traceparent: Option<String>,
     ) -> Result<Recorded, outbox::Error> {
         let outbox = self.outbox.get().ok_or(outbox::Error::NotOpen)?;
+        if add.request_id.is_some() {
+            match self.agreement() {
+                Agreement::Agreed => {}
+                Agreement::Pending => return Err(outbox::Error::NotOpen),
+                Agreement::Refused(why) => return Err(outbox::Error::Misplaced(why)),
+            }
+        }
         let result = outbox
             .record_traced(add.a, add.b, add.sum, add.request_id, traceparent)
             .await;
@@ -138,6 +167,22 @@ impl Slot {
             Err(_) => self.set_up(false),
         }
         result
+    }
+
+    pub fn agreement(&self) -> Agreement {
+        self.agreement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets the agreement; returns the one it replaces.
+    pub fn set_agreement(&self, agreement: Agreement) -> Agreement {
+        let mut held = self
+            .agreement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut held, agreement)
     }
 
     pub fn is_up(&self) -> bool {

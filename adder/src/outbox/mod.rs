@@ -30,7 +30,7 @@ pub use batches::{Active, Batch, Claim, Cut, Row, Standby};
 pub use bounds::{Bounds, Unanswered};
 pub use identity::Identity;
 pub use legacy::LegacyClaim;
-pub use position::Place;
+pub use position::{Membership, Place, disagreement};
 pub use reader::{Held, Reader};
 
 /// The outbox of one PostgreSQL database.
@@ -270,8 +270,21 @@ impl Outbox {
     /// Records this database's place in the adders' list, or checks it
     /// against the one recorded (`Error::Misplaced`); `reshard` records the
     /// new place instead of refusing it.
-    pub async fn settle_place(&self, place: Place, reshard: bool) -> Result<(), Error> {
+    /// Returns the database's member id.
+    pub async fn settle_place(&self, place: Place, reshard: bool) -> Result<uuid::Uuid, Error> {
         position::settle(&self.pool, place, reshard).await
+    }
+
+    /// What the database records of the adders' list now.
+    pub async fn membership(&self) -> Result<Membership, Error> {
+        self.bounds.within(position::membership(&self.pool)).await?
+    }
+
+    /// Records `list` (member ids in order) as the adders' list, or refuses
+    /// a different one already recorded (`Error::Misplaced`) unless
+    /// `reshard`.
+    pub async fn agree_members(&self, list: &[uuid::Uuid], reshard: bool) -> Result<(), Error> {
+        position::agree(&self.pool, list, reshard).await
     }
 
     /// The source new batches are cut under.

@@ -150,6 +150,75 @@ async fn a_list_in_another_order_or_of_another_length_is_refused_naming_both_pla
     assert!(swapped_places(&error), "{error}");
 }
 
+#[tokio::test]
+async fn another_database_at_a_listed_place_is_refused_though_place_and_count_agree() {
+    let (urls, list) = two_databases().await;
+    spawn_on_both(&list, &unique_queue("outboxes-members"))
+        .await
+        .stop()
+        .await;
+    // A fresh database in the second place: position 2 of 2 is new to it,
+    // and the first database is still position 1 of 2.
+    let other = database::fresh().await;
+    let error = refusal(&format!("{} {other}", urls[0]), false)
+        .await
+        .expect("another database in the second place is refused");
+    assert!(error.contains("DATABASE_URL lists"), "{error}");
+}
+
+#[tokio::test]
+async fn an_adder_forgotten_during_a_reshard_refuses_request_ids_and_leaves_readiness() {
+    let (urls, list) = two_databases().await;
+    let queue = unique_queue("outboxes-forgotten");
+    let forgotten = spawn_on_both(&list, &queue).await;
+    let client = forgotten.client().await;
+    call(&mut client.clone(), 1, 1, "before-the-reshard")
+        .await
+        .expect("a request id is taken before the reshard");
+    let resharded = spawn_open({
+        let mut config = config(
+            &format!("{} {}", urls[1], urls[0]),
+            &testkit::amqp_url(),
+            &queue,
+        );
+        config.outbox_reshard = true;
+        config
+    })
+    .await;
+    let mut n = 0;
+    let refused = eventually(
+        Duration::from_secs(30),
+        "the forgotten adder refuses request ids",
+        || {
+            n += 1;
+            let mut client = client.clone();
+            async move {
+                call(&mut client, n, 1, &format!("after-the-reshard-{n}"))
+                    .await
+                    .err()
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("disagrees"), "{refused:?}");
+    let (status, body) = http(forgotten.http, "GET", "/readyz", "")
+        .await
+        .expect("readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("DATABASE_URL lists"), "{body}");
+    // Adds without a request id need no list: still taken.
+    call(&mut client.clone(), 1, 2, "")
+        .await
+        .expect("an Add without a request id is still taken");
+    // The resharding adder takes request ids under the new list.
+    call(&mut resharded.client().await, 1, 3, "after-the-reshard")
+        .await
+        .expect("the resharded adder takes request ids");
+    forgotten.stop().await;
+    resharded.stop().await;
+}
+
 /// Whether `error` names a database recorded at one place of two and
 /// listed at the other (either database of a swapped pair may be refused
 /// first).
