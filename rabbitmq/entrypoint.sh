@@ -1,27 +1,53 @@
 #!/bin/sh
 # Renders /etc/rabbitmq/definitions.json into /tmp/rabbitmq/definitions.json
-# with the credentials from the environment, then hands over to the image's
-# own entrypoint. Three users (see README.md, "Broker users"): the adder's
-# (publish only), the totaler's (consume only) and the management UI's
-# administrator. Names default to tally-adder, tally-totaler and admin; the
-# passwords have no default: the broker does not start without them. Names
-# and passwords may not contain a double quote, a backslash or a '|'.
+# with the credentials of the three broker users (see README.md, "Broker
+# users"): the adder's (publish only), the totaler's (consume only) and the
+# management UI's administrator; then hands over to the image's own
+# entrypoint. Names default to tally-adder, tally-totaler and admin.
+# Each password comes from RABBITMQ_<USER>_PASSWORD_FILE (a file, as compose's
+# generated secrets: the official images' *_FILE convention, trailing line
+# break dropped) or RABBITMQ_<USER>_PASSWORD, never both; there is no
+# default: the broker does not start without them, and a file that is
+# missing or empty is named. Names and passwords may not contain a double
+# quote, a backslash or a '|'.
+#
+#   entrypoint.sh render-definitions   renders the definitions and stops
+#                                      (a check, without a broker)
+# TALLY_DEFINITIONS_TEMPLATE and TALLY_DEFINITIONS_DIR move the template
+# (/etc/rabbitmq/definitions.json) and the output (/tmp/rabbitmq).
 #
 # Two settings for a cluster node (compose.cluster.yml), unset on a single node:
-# - RABBITMQ_ERLANG_COOKIE_FILE: a file (e.g. a compose secret) holding the
-#   Erlang cookie every node of the cluster shares; it is installed as the
-#   node's (and the CLI tools') ~/.erlang.cookie. The repo carries no cookie.
+# - RABBITMQ_ERLANG_COOKIE_FILE: a file (compose's generated secret) holding
+#   the Erlang cookie every node of the cluster shares; it is installed as
+#   the node's (and the CLI tools') ~/.erlang.cookie. The repo carries no cookie.
 # - RABBITMQ_QUORUM_GROUP_SIZE: replicas of each quorum queue; the rendered
 #   definitions declare it as x-quorum-initial-group-size.
 set -eu
+
+template=${TALLY_DEFINITIONS_TEMPLATE:-/etc/rabbitmq/definitions.json}
+out=${TALLY_DEFINITIONS_DIR:-/tmp/rabbitmq}
 
 : "${RABBITMQ_ADDER_USER:=tally-adder}"
 : "${RABBITMQ_TOTALER_USER:=tally-totaler}"
 : "${RABBITMQ_ADMIN_USER:=admin}"
 for name in RABBITMQ_ADDER_PASSWORD RABBITMQ_TOTALER_PASSWORD RABBITMQ_ADMIN_PASSWORD; do
-    eval "value=\${$name:-}"
-    if [ -z "$value" ]; then
-        echo "entrypoint.sh: set $name (see .env.example)" >&2
+    eval "value=\${$name:-} file=\${${name}_FILE:-}"
+    if [ -n "$file" ]; then
+        if [ -n "$value" ]; then
+            echo "entrypoint.sh: set ${name}_FILE or $name, not both" >&2
+            exit 64
+        fi
+        value=$(cat "$file") || {
+            echo "entrypoint.sh: ${name}_FILE: cannot read $file" >&2
+            exit 64
+        }
+        [ -n "$value" ] || {
+            echo "entrypoint.sh: ${name}_FILE: $file is empty" >&2
+            exit 64
+        }
+        eval "$name=\$value"
+    elif [ -z "$value" ]; then
+        echo "entrypoint.sh: set ${name}_FILE or $name (compose.yml's secrets service makes the file)" >&2
         exit 64
     fi
 done
@@ -69,7 +95,7 @@ install_cookie() {
     chmod 0400 "$target"
 }
 
-mkdir -p /tmp/rabbitmq
+mkdir -p "$out"
 sed -e "s|\${RABBITMQ_ADDER_USER}|$(escape "$RABBITMQ_ADDER_USER")|g" \
     -e "s|\${RABBITMQ_ADDER_PASSWORD}|$(escape "$RABBITMQ_ADDER_PASSWORD")|g" \
     -e "s|\${RABBITMQ_TOTALER_USER}|$(escape "$RABBITMQ_TOTALER_USER")|g" \
@@ -77,12 +103,13 @@ sed -e "s|\${RABBITMQ_ADDER_USER}|$(escape "$RABBITMQ_ADDER_USER")|g" \
     -e "s|\${RABBITMQ_ADMIN_USER}|$(escape "$RABBITMQ_ADMIN_USER")|g" \
     -e "s|\${RABBITMQ_ADMIN_PASSWORD}|$(escape "$RABBITMQ_ADMIN_PASSWORD")|g" \
     -e "$group_size" \
-    /etc/rabbitmq/definitions.json > /tmp/rabbitmq/definitions.json.tmp
-chmod 0640 /tmp/rabbitmq/definitions.json.tmp
-mv /tmp/rabbitmq/definitions.json.tmp /tmp/rabbitmq/definitions.json
+    "$template" > "$out/definitions.json.tmp"
+chmod 0640 "$out/definitions.json.tmp"
+mv "$out/definitions.json.tmp" "$out/definitions.json"
+[ "${1:-}" != render-definitions ] || exit 0
 # The node may run as the rabbitmq user: let it read the rendered file.
 if id rabbitmq >/dev/null 2>&1; then
-    chown -R rabbitmq:rabbitmq /tmp/rabbitmq 2>/dev/null || true
+    chown -R rabbitmq:rabbitmq "$out" 2>/dev/null || true
 fi
 
 install_cookie

@@ -1,10 +1,18 @@
 //! The adder's configuration: every setting is a flag and an environment
 //! variable, documented here once; this doc text is the `--help` output.
-//! Parsed once in `main`; tests build `Config` directly.
+//! Parsed once in `main` ([`Config::load`], which also reads the password
+//! files); tests build `Config` directly.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
 
 use clap::{Args, Parser, ValueEnum};
+use proto::nodes::Nodes;
 
 /// gRPC `Add(a, b)` that records every sum in a PostgreSQL outbox and relays
 /// it to RabbitMQ with publisher confirms.
@@ -21,8 +29,12 @@ pub struct Config {
     /// starts a new URL, as for `totaler verify`). Adds with a request id
     /// go to the database at FNV-1a-64(id) mod K, so every adder must list
     /// the same databases in the same order: each database records its
-    /// position and K on first use, and an adder whose list differs refuses
-    /// to start. Adds without one go round robin to the databases that answer
+    /// position and K on first use, and the whole list (each database's
+    /// member id) once one adder has opened them all; an adder whose list
+    /// differs refuses to start, and one whose list a database stops
+    /// agreeing with (it missed a reshard; it is re-checked every 5 s)
+    /// refuses Adds with a request id and is not ready. Adds without one go
+    /// round robin to the databases that answer
     /// [default: postgres://tally:tally@127.0.0.1:5432/tally].
     #[arg(
         long,
@@ -33,13 +45,21 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// A file holding the password of every URL in DATABASE_URL, which then
+    /// names the user and no password (postgres://tally@host:5432/db), e.g.
+    /// a Docker secret. Read once at start, trailing line break dropped,
+    /// any character allowed; a missing, unreadable or empty file stops the
+    /// adder with an error naming it.
+    #[arg(long, env = "DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+
     /// Resharding: record this adder's list as every listed database's new
     /// position and count, instead of refusing a list that places a
     /// database elsewhere. Only with every adder stopped and no client still
     /// retrying an Add sent before: a retried request id may now map to
-    /// another database and be counted twice (README: "Several outbox
-    /// databases", adding a database). Start one adder with it, then the
-    /// others without.
+    /// another database and be counted twice (docs/concepts/outboxes.md,
+    /// "Adding a database"). Start one adder with it, then the others
+    /// without.
     #[arg(long, env = "ADDER_OUTBOX_RESHARD", default_value_t = false)]
     pub outbox_reshard: bool,
 
@@ -61,7 +81,16 @@ pub struct Config {
         hide_default_value = true,
         hide_env_values = true
     )]
-    pub amqp_url: proto::nodes::Nodes,
+    pub amqp_url: Nodes,
+
+    /// A file holding the broker password of every node in AMQP_URL, which
+    /// then names the user and no password
+    /// (amqp://tally-adder@rabbitmq:5672/%2f), e.g. a Docker secret. Read
+    /// once at start, trailing line break dropped, any character allowed;
+    /// a missing, unreadable or empty file stops the adder with an error
+    /// naming it.
+    #[arg(long, env = "AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
 
     /// Queue the sums are published to; dead letters go to `<queue>.dead`.
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
@@ -279,6 +308,24 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The configuration from the command line and the environment, with
+    /// the passwords of DATABASE_PASSWORD_FILE and AMQP_PASSWORD_FILE put
+    /// into the URLs. Errors name the setting and the file, never a password.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::parse().with_password_files()
+    }
+
+    /// Reads the password files that are set into the URLs (and unsets them).
+    pub fn with_password_files(mut self) -> anyhow::Result<Self> {
+        if let Some(path) = self.database_password_file.take() {
+            self.database_url = database_url_with_password_file(&self.database_url, &path)?;
+        }
+        if let Some(path) = self.amqp_password_file.take() {
+            self.amqp_url = amqp_url_with_password_file(&self.amqp_url, &path)?;
+        }
+        Ok(self)
+    }
+
     /// The outbox databases `database_url` lists, in order.
     pub fn database_urls(&self) -> Vec<String> {
         proto::outbox::split_urls(&self.database_url)
@@ -325,6 +372,31 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+}
+
+/// DATABASE_URL's databases (whitespace-separated) logging in with the
+/// password in DATABASE_PASSWORD_FILE `path`.
+pub fn database_url_with_password_file(list: &str, path: &Path) -> anyhow::Result<String> {
+    let password = proto::nodes::read_password_file("DATABASE_PASSWORD_FILE", path)?;
+    let urls = proto::outbox::split_urls(list)
+        .iter()
+        .enumerate()
+        .map(|(index, url)| {
+            proto::nodes::url_with_password(url, &password).with_context(|| {
+                format!(
+                    "DATABASE_PASSWORD_FILE: database {} of DATABASE_URL",
+                    index + 1
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(urls.join(" "))
+}
+
+/// AMQP_URL's nodes logging in with the password in AMQP_PASSWORD_FILE `path`.
+pub fn amqp_url_with_password_file(nodes: &Nodes, path: &Path) -> anyhow::Result<Nodes> {
+    let password = proto::nodes::read_password_file("AMQP_PASSWORD_FILE", path)?;
+    Ok(nodes.with_password(&password)?)
 }
 
 #[cfg(test)]

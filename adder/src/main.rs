@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     {
         return republish().await;
     }
-    let config = Config::parse();
+    let config = Config::load()?;
     let _traces = telemetry::init(config.log_format, &config.otel)?;
     // Many concurrent gRPC clients each hold a connection: lift the soft limit.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
 
 /// `adder republish`: prints what it published, or fails naming why.
 async fn republish() -> anyhow::Result<()> {
-    let args = adder::republish::Args::parse_from(std::env::args_os().skip(1));
+    let args =
+        adder::republish::Args::parse_from(std::env::args_os().skip(1)).with_password_files()?;
     println!("{}", adder::republish::run(&args).await?);
     Ok(())
 }

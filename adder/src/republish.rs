@@ -12,7 +12,7 @@
 //! publishing anything, a range with a batch the outbox does not hold:
 //! purged by retention (verify names the sum it carried) or not cut yet.
 
-use std::{fmt, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use lapin::options::ConfirmSelectOptions;
@@ -49,6 +49,13 @@ pub struct Args {
         hide_env_values = true
     )]
     pub amqp_url: Nodes,
+    /// A file holding DATABASE_URL's password, as the adders'
+    /// DATABASE_PASSWORD_FILE.
+    #[arg(long, env = "DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+    /// A file holding AMQP_URL's password, as the adders' AMQP_PASSWORD_FILE.
+    #[arg(long, env = "AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
     /// Queue the sums are published to, as the adders' TALLY_QUEUE.
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
     pub queue: String,
@@ -75,6 +82,21 @@ pub struct Republished {
     pub batches: u64,
     pub messages: u64,
     pub rows: i64,
+}
+
+impl Args {
+    /// Reads the password files that are set into the URLs (and unsets
+    /// them), as the adder does (`Config::load`).
+    pub fn with_password_files(mut self) -> anyhow::Result<Self> {
+        if let Some(path) = self.database_password_file.take() {
+            self.database_url =
+                crate::config::database_url_with_password_file(&self.database_url, &path)?;
+        }
+        if let Some(path) = self.amqp_password_file.take() {
+            self.amqp_url = crate::config::amqp_url_with_password_file(&self.amqp_url, &path)?;
+        }
+        Ok(self)
+    }
 }
 
 /// Publishes the batches `args` names again, every part confirmed.

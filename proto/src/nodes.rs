@@ -10,11 +10,17 @@
 //! is the service's broker identity, which the relay writes into each
 //! message's `user-id` for the broker to validate.
 //!
+//! A password may come from a file instead of the URLs (`AMQP_PASSWORD_FILE`,
+//! a Docker secret): [`read_password_file`] reads it, [`Nodes::with_password`]
+//! puts it into every node's URL; [`url_with_password`] does the same for
+//! any URL of this shape (the adder's `DATABASE_URL`).
+//!
 //! Nothing here retries: a connection attempt walks the list once and the
 //! caller's reconnect loop (with its backoff) walks it again.
 
 use std::{
     fmt,
+    path::{Path, PathBuf},
     str::FromStr,
     sync::{
         Arc,
@@ -55,6 +61,39 @@ pub enum ParseError {
     NotAnAmqpUrl { position: usize },
     #[error("the nodes of AMQP_URL name different broker users: a service has one broker identity")]
     UsersDiffer,
+    #[error(
+        "node {position} of AMQP_URL has a password and a password file gives one too: give it once"
+    )]
+    PasswordTwice { position: usize },
+    #[error("node {position} of AMQP_URL names no user for the password file's password")]
+    NoUser { position: usize },
+}
+
+/// Why a URL cannot take a password from a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("the URL has a password and a password file gives one too: give it once")]
+    Twice,
+    #[error("the URL names no user for the password file's password")]
+    NoUser,
+}
+
+/// A `*_PASSWORD_FILE` that gives no password; names the setting and the
+/// file, never the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordFileError {
+    #[error("{setting}: cannot read {}", path.display())]
+    Unreadable {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{setting}: {} is empty", path.display())]
+    Empty {
+        setting: &'static str,
+        path: PathBuf,
+    },
 }
 
 /// The node a connection was opened to.
@@ -117,6 +156,80 @@ impl Nodes {
     pub fn addresses(&self) -> impl Iterator<Item = &str> {
         self.nodes.iter().map(|node| node.address.as_str())
     }
+
+    /// The same nodes logging in with `password` (from a password file):
+    /// each URL must name the user and no password.
+    pub fn with_password(&self, password: &str) -> Result<Self, ParseError> {
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let position = index + 1;
+                let url = url_with_password(&node.url, password).map_err(|e| match e {
+                    PasswordError::Twice => ParseError::PasswordTwice { position },
+                    PasswordError::NoUser => ParseError::NoUser { position },
+                })?;
+                Node::parse(&url, position)
+            })
+            .collect::<Result<Arc<[Node]>, _>>()?;
+        Ok(Self {
+            nodes,
+            next: Arc::default(),
+        })
+    }
+}
+
+/// The password in a `*_PASSWORD_FILE`: the file's text without its
+/// trailing line break. A missing, unreadable or empty file is an error
+/// naming `setting` and the file.
+pub fn read_password_file(setting: &'static str, path: &Path) -> Result<String, PasswordFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PasswordFileError::Unreadable {
+        setting,
+        path: path.to_owned(),
+        source,
+    })?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(PasswordFileError::Empty {
+            setting,
+            path: path.to_owned(),
+        });
+    }
+    Ok(password.to_owned())
+}
+
+/// `scheme://user@hosts/...` with `password` put in after the user,
+/// percent-encoded (so any character may be in the file). The URL must
+/// name a user and no password.
+pub fn url_with_password(url: &str, password: &str) -> Result<String, PasswordError> {
+    let (scheme, rest) = url.split_once("://").ok_or(PasswordError::NoUser)?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (user, hosts) = rest[..end].rsplit_once('@').ok_or(PasswordError::NoUser)?;
+    if user.contains(':') {
+        return Err(PasswordError::Twice);
+    }
+    if user.is_empty() {
+        return Err(PasswordError::NoUser);
+    }
+    let tail = &rest[end..];
+    Ok(format!(
+        "{scheme}://{user}:{}@{hosts}{tail}",
+        percent_encode(password)
+    ))
+}
+
+/// Every byte but RFC 3986's unreserved characters as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// No node could be opened: the last one's error.
@@ -218,6 +331,45 @@ mod tests {
     fn debug_output_holds_no_credentials() {
         let nodes: Nodes = "amqp://u:secret@a:5672/%2f".parse().expect("a valid URL");
         assert_eq!(format!("{nodes:?}"), "Nodes(a:5672)");
+    }
+
+    #[test]
+    fn a_password_file_gives_every_node_its_password_percent_encoded() {
+        let nodes: Nodes = "amqp://u@a:5672/%2f,amqp://u@b:5672/%2f"
+            .parse()
+            .expect("two valid URLs");
+        let with = nodes
+            .with_password("p@ss:w/rd%")
+            .expect("users, no passwords");
+        assert_eq!(with.addresses().collect::<Vec<_>>(), ["a:5672", "b:5672"]);
+        assert_eq!(with.user(), "u");
+        assert_eq!(format!("{with:?}"), "Nodes(a:5672, b:5672)");
+        let url = url_with_password("amqp://u@a:5672/%2f", "p@ss:w/rd%").expect("a user");
+        assert_eq!(url, "amqp://u:p%40ss%3Aw%2Frd%25@a:5672/%2f");
+        let uri = AMQPUri::from_str(&url).expect("the driver reads it");
+        assert_eq!(uri.authority.userinfo.password, "p@ss:w/rd%");
+        assert_eq!(
+            url_with_password("postgres://tally@pg1:5432,pg2:5432/tally?x=1", "s3cret"),
+            Ok("postgres://tally:s3cret@pg1:5432,pg2:5432/tally?x=1".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_password_file_is_refused_beside_a_password_or_without_a_user() {
+        let nodes: Nodes = "amqp://u@a:5672/%2f,amqp://u:secret@b:5672/%2f"
+            .parse()
+            .expect("valid URLs");
+        let error = nodes.with_password("p").err().expect("node 2 has one");
+        assert_eq!(error, ParseError::PasswordTwice { position: 2 });
+        assert!(!error.to_string().contains("secret"));
+        assert_eq!(
+            url_with_password("amqp://a:5672/%2f", "p"),
+            Err(PasswordError::NoUser)
+        );
+        assert_eq!(
+            url_with_password("postgres://u:x@a/db", "p"),
+            Err(PasswordError::Twice)
+        );
     }
 
     #[tokio::test]

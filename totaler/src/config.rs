@@ -1,6 +1,7 @@
 //! The totaler's configuration: every setting is a flag and an environment
 //! variable, documented here once; this doc text is the `--help` output.
-//! Parsed once in `main`; tests build `Config` directly.
+//! Parsed once in `main` ([`Config::load`], which also reads the password
+//! file); tests build `Config` directly.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -23,6 +24,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub amqp_url: proto::nodes::Nodes,
+
+    /// A file holding the broker password of every node in AMQP_URL, which
+    /// then names the user and no password
+    /// (amqp://tally-totaler@rabbitmq:5672/%2f), e.g. a Docker secret. Read
+    /// once at start, trailing line break dropped, any character allowed;
+    /// a missing, unreadable or empty file stops the totaler with an error
+    /// naming it.
+    #[arg(long, env = "AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
 
     /// Queue to consume; malformed messages are dead-lettered to `<queue>.dead`.
     #[arg(long, env = "TALLY_QUEUE", default_value = proto::topology::DEFAULT_QUEUE)]
@@ -169,6 +179,22 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The configuration from the command line and the environment, with
+    /// the password of AMQP_PASSWORD_FILE put into AMQP_URL. Errors name the
+    /// setting and the file, never a password.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::parse().with_password_file()
+    }
+
+    /// Reads AMQP_PASSWORD_FILE, when set, into AMQP_URL (and unsets it).
+    pub fn with_password_file(mut self) -> anyhow::Result<Self> {
+        if let Some(path) = self.amqp_password_file.take() {
+            let password = proto::nodes::read_password_file("AMQP_PASSWORD_FILE", &path)?;
+            self.amqp_url = self.amqp_url.with_password(&password)?;
+        }
+        Ok(self)
+    }
+
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }

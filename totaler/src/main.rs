@@ -4,7 +4,6 @@
 //! dead-letter commands.
 
 use anyhow::Context;
-use clap::Parser;
 use tokio::net::TcpListener;
 
 use totaler::{
@@ -23,7 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config = Config::load()?;
     let _traces = telemetry::init(config.log_format, &config.otel)?;
     match &config.command {
         Some(Command::Verify(args)) => return verify(args).await,

@@ -21,9 +21,11 @@ pub struct TestAdder {
 pub fn config(database_url: &str, amqp_url: &str, queue: &str) -> Config {
     Config {
         database_url: database_url.to_owned(),
+        database_password_file: None,
         outbox_reshard: false,
         outbox_upgraded: false,
         amqp_url: amqp_url.parse().expect("a valid AMQP URL"),
+        amqp_password_file: None,
         queue: queue.to_owned(),
         exchange: String::new(),
         grpc_addr: "127.0.0.1:0".parse().expect("an address"),

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod authenticity;
+mod compose_secrets;
 mod cluster;
 mod cluster_script;
 mod consuming;
@@ -15,6 +16,7 @@ mod http_limits;
 mod metrics;
 mod monitoring;
 mod outboxes;
+mod password_files;
 mod pg_ha_compose;
 mod repair;
 mod rewind;

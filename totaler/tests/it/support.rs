@@ -48,6 +48,7 @@ pub fn temp_dir(test: &str) -> PathBuf {
 pub fn config(amqp_url: &str, queue: &str, sum_file: &Path) -> Config {
     Config {
         amqp_url: amqp_url.parse().expect("a valid AMQP URL"),
+        amqp_password_file: None,
         queue: queue.to_owned(),
         sum_file: sum_file.to_path_buf(),
         http_addr: "127.0.0.1:0".parse().expect("an address"),
