@@ -359,7 +359,7 @@ mod tests {
         let nodes: Nodes = "amqp://u@a:5672/%2f,amqp://u:secret@b:5672/%2f"
             .parse()
             .expect("valid URLs");
-        let error = nodes.with_password("p").err().expect("node 2 has one");
+        let error = nodes.with_password("p").expect_err("node 2 has one");
         assert_eq!(error, ParseError::PasswordTwice { position: 2 });
         assert!(!error.to_string().contains("secret"));
         assert_eq!(
