@@ -23,6 +23,7 @@
 //! - `process`: child processes with a log file, stopped with a grace
 //!   period; waiting for a real binary with a deadline.
 //! - `proxy`: the cuttable TCP proxy.
+//! - `reference`: the generated `docs/reference/` pages (`--help`).
 //! - `replicas`: private PostgreSQL servers: a primary, streaming standbys,
 //!   restored base backups; crashed and promoted by the test.
 
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod proxy;
+pub mod reference;
 pub mod replicas;
 
 use std::{future::Future, net::SocketAddr, time::Duration};

@@ -14,6 +14,7 @@ mod metrics;
 mod outboxes;
 mod password_files;
 mod purges;
+mod reference;
 mod relay;
 mod request_ids;
 mod shutdown;
