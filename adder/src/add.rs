@@ -1,5 +1,5 @@
 //! The Add operation both front ends share: check the sum fits in int64,
-//! commit it to an outbox database (`outboxes` picks which), wake that
+//! commit it to an outbox database (`routing` picks which), wake that
 //! database's relay. Its `Error` is what gRPC and HTTP translate to their
 //! wire codes; it never exposes SQL.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::{
     outbox::{self, Recorded},
-    outboxes::{self, Agreement, Outboxes},
+    routing::{self, Agreement, Outboxes},
     status::Status,
 };
 
@@ -84,7 +84,7 @@ impl Adder {
         } else {
             None
         };
-        let add = outboxes::Add {
+        let add = routing::Add {
             a,
             b,
             sum,

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{membership, metrics::Metrics, outbox::Outbox, outboxes::Outboxes};
+use crate::{membership, metrics::Metrics, outbox::Outbox, routing::Outboxes};
 
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
 const PURGE_EVERY: u32 = 60;

@@ -7,7 +7,7 @@
 //! - `add`: the Add operation shared by both front ends.
 //! - `grpc`, `http`: the front ends; the only modules that know tonic / warp.
 //! - `outbox`: every SQL statement, of one outbox database.
-//! - `outboxes`: the K outbox databases and which one an Add goes to
+//! - `routing`: the K outbox databases and which one an Add goes to
 //!   (a request id's hash, else round robin over those that answer).
 //! - `membership`: whether each database's recorded list of databases
 //!   agrees with this adder's (it decides which take request ids).
@@ -22,20 +22,20 @@
 //! - `trace`: the Add's request span and the relay's publish span (on only
 //!   while tracing is).
 
-pub mod add;
+mod add;
 pub mod config;
-pub mod grpc;
-pub mod housekeeping;
-pub mod http;
-pub mod membership;
-pub mod metrics;
+mod grpc;
+mod housekeeping;
+mod http;
+mod membership;
+mod metrics;
 pub mod outbox;
-pub mod outboxes;
-pub mod relay;
+mod routing;
+mod relay;
 pub mod republish;
-pub mod status;
+mod status;
 pub mod telemetry;
-pub mod trace;
+mod trace;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -44,6 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
+pub use routing::home;
 /// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
 pub use listen::shutdown::signal as shutdown_signal;
 
@@ -51,7 +52,7 @@ use crate::{
     add::Adder,
     metrics::Metrics,
     outbox::{Outbox, Place},
-    outboxes::Outboxes,
+    routing::Outboxes,
     relay::Relay,
     status::Status,
 };

@@ -1,6 +1,6 @@
 //! Whether each outbox database's recorded list of databases agrees with
 //! this adder's `DATABASE_URL` list, which decides whether the database
-//! takes Adds with a request id (`outboxes::Agreement`). A request id is
+//! takes Adds with a request id (`routing::Agreement`). A request id is
 //! routed by its hash to one position of the list, so two adders whose
 //! lists put different databases at a position would record a retry twice.
 //!
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     outbox::{self, Membership, Outbox, disagreement},
-    outboxes::{Agreement, Outboxes, Slot},
+    routing::{Agreement, Outboxes, Slot},
 };
 
 /// Agrees on the list as database `index` opens (`opened`, its member id

@@ -25,21 +25,21 @@
 //! - `chart`: the SVG charts.
 
 pub mod bare;
-pub mod broker;
-pub mod chart;
+mod broker;
+mod chart;
 pub mod config;
-pub mod cpu;
-pub mod database;
-pub mod figure;
-pub mod grpc;
-pub mod http;
-pub mod limits;
-pub mod process;
-pub mod report;
-pub mod round;
-pub mod scale;
-pub mod stages;
-pub mod tally;
+mod cpu;
+mod database;
+mod figure;
+mod grpc;
+mod http;
+mod limits;
+mod process;
+mod report;
+mod round;
+mod scale;
+mod stages;
+mod tally;
 
 use std::{path::Path, time::Instant};
 

@@ -14,12 +14,12 @@
 //! - `metrics`, `telemetry`: Prometheus registry, log and trace set-up.
 
 pub mod config;
-pub mod consumer;
+mod consumer;
 pub mod dlq;
-pub mod http;
-pub mod ledger;
-pub mod metrics;
-pub mod status;
+mod http;
+mod ledger;
+mod metrics;
+mod status;
 pub mod telemetry;
 pub mod verify;
 

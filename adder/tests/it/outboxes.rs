@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use adder::{Listeners, outboxes::home};
+use adder::{Listeners, home};
 use sqlx::{Connection, PgConnection, PgPool};
 use testkit::{database, eventually, unique_queue};
 use tokio::net::TcpListener;

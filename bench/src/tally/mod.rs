@@ -23,9 +23,5 @@ pub mod quantiles;
 mod saturation;
 mod stack;
 
-pub use connections::{Connections, PerConnection};
-pub use latency::Latency;
-pub use outbox_drain::OutboxDrain;
-pub use saturation::Saturation;
 pub use stack::Stack;
 pub(crate) use stack::wait_total;

@@ -131,7 +131,9 @@ impl State {
         Outcome::Applied
     }
 
-    /// Whether part `part` of `batch` of `source` counts as applied.
+    /// Whether part `part` of `batch` of `source` counts as applied (the
+    /// tests' view; the consumer asks `apply`).
+    #[cfg(test)]
     pub fn contains_part(&self, source: Uuid, batch: i64, part: u32) -> bool {
         self.sources.get(&source).is_some_and(|s| {
             s.applied.contains(batch)
