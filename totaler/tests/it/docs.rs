@@ -5,7 +5,8 @@
 //! scripts are executable; an `adder`, `totaler`, `faults` or `bench` line
 //! uses only subcommands and `--flags` its `--help` lists (the help of the
 //! subcommand it is in); a `cargo test|build -p PKG --test NAME` names a
-//! package and test target that exist. The binaries other than the totaler
+//! package and test target that exist. A file the prose names in a code
+//! span (`adder/src/relay.rs`) exists too. The binaries other than the totaler
 //! are built next to it when missing (nothing to do after a workspace
 //! build).
 
@@ -23,6 +24,11 @@ use crate::support::workspace_root;
 /// The binaries whose command lines the docs give.
 const BINARIES: &[&str] = &["adder", "totaler", "faults", "bench"];
 
+/// The workspace's crates, whose files the prose names by path.
+const CRATES: &[&str] = &[
+    "adder", "totaler", "proto", "listen", "otel", "testkit", "faults", "bench",
+];
+
 /// Top-level folders whose files a command line may name by path.
 const REPO_DIRS: &[&str] = &[
     "scripts",
@@ -32,6 +38,7 @@ const REPO_DIRS: &[&str] = &[
     "rabbitmq",
     "haproxy",
     "patroni",
+    "docs",
 ];
 
 #[test]
@@ -41,6 +48,25 @@ fn every_relative_link_and_anchor_in_the_markdown_resolves() {
     assert!(
         problems.is_empty(),
         "broken links:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn every_repository_path_the_prose_names_exists() {
+    let problems: Vec<String> = markdown_files()
+        .iter()
+        .flat_map(|doc| {
+            prose_paths(&doc.text)
+                .into_iter()
+                .filter(|path| !workspace_root().join(path).exists())
+                .map(|path| format!("{}: `{path}`: no such file", doc.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "files the docs name that do not exist:\n{}",
         problems.join("\n")
     );
 }
@@ -230,6 +256,33 @@ fn prose(text: &str) -> impl Iterator<Item = String> + '_ {
 
 fn without_code_spans(line: &str) -> String {
     line.split('`').step_by(2).collect::<Vec<_>>().join("")
+}
+
+/// The code spans outside code blocks that name a file or folder of the
+/// repository (`adder/src/relay.rs`, `scripts/stack`), a `::item` after
+/// one dropped; placeholders (`<name>`, `…`, `*`) are not paths.
+fn prose_paths(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut paths = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced {
+            continue;
+        }
+        let spans = line.split('`').skip(1).step_by(2);
+        paths.extend(spans.filter_map(repository_path));
+    }
+    paths
+}
+
+fn repository_path(span: &str) -> Option<String> {
+    let path = span.split("::").next()?.trim_end_matches([',', '.', ':']);
+    let top = path.split('/').next()?;
+    let named = path.contains('/') && (REPO_DIRS.contains(&top) || CRATES.contains(&top));
+    let placeholder = path.contains(|c: char| " <>*…{}$".contains(c));
+    (named && !placeholder).then(|| path.to_string())
 }
 
 /// The targets of `[text](target)` and `![alt](target)` links of a line
