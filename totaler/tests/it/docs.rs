@@ -43,52 +43,36 @@ const REPO_DIRS: &[&str] = &[
 
 #[test]
 fn every_relative_link_and_anchor_in_the_markdown_resolves() {
-    let docs = markdown_files();
-    let problems: Vec<String> = docs.iter().flat_map(|doc| doc.broken_links()).collect();
-    assert!(
-        problems.is_empty(),
-        "broken links:\n{}",
-        problems.join("\n")
-    );
+    assert_none("broken links", |doc| doc.broken_links());
 }
 
 #[test]
 fn every_repository_path_the_prose_names_exists() {
-    let problems: Vec<String> = markdown_files()
-        .iter()
-        .flat_map(|doc| {
-            prose_paths(&doc.text)
-                .into_iter()
-                .filter(|path| !workspace_root().join(path).exists())
-                .map(|path| format!("{}: `{path}`: no such file", doc.name))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert!(
-        problems.is_empty(),
-        "files the docs name that do not exist:\n{}",
-        problems.join("\n")
-    );
+    assert_none("files the docs name that do not exist", |doc| {
+        prose_paths(&doc.text)
+            .into_iter()
+            .filter(|path| !workspace_root().join(path).exists())
+            .map(|path| format!("{}: `{path}`: no such file", doc.name))
+            .collect()
+    });
 }
 
 #[test]
 fn the_commands_in_the_docs_are_ones_the_scripts_and_binaries_accept() {
     let mut helps = Helps::new();
-    let problems: Vec<String> = markdown_files()
-        .iter()
-        .flat_map(|doc| {
-            doc.shell_lines()
-                .into_iter()
-                .flat_map(|line| check_line(&line, &mut helps))
-                .map(|p| format!("{}: {p}", doc.name))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert!(
-        problems.is_empty(),
-        "commands the docs give that do not exist:\n{}",
-        problems.join("\n")
-    );
+    assert_none("commands the docs give that do not exist", |doc| {
+        doc.shell_lines()
+            .into_iter()
+            .flat_map(|line| check_line(&line, &mut helps))
+            .map(|p| format!("{}: {p}", doc.name))
+            .collect()
+    });
+}
+
+/// Fails listing every problem `check` finds in any Markdown file.
+fn assert_none(what: &str, mut check: impl FnMut(&Doc) -> Vec<String>) {
+    let problems: Vec<String> = markdown_files().iter().flat_map(&mut check).collect();
+    assert!(problems.is_empty(), "{what}:\n{}", problems.join("\n"));
 }
 
 #[test]
