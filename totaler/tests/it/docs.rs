@@ -158,8 +158,8 @@ impl Doc {
         (!known.contains(anchor)).then(|| format!("{}: {target}: no such heading", self.name))
     }
 
-    /// The lines of its `sh` blocks, continuation lines joined, comments
-    /// dropped.
+    /// The lines of its shell blocks (`sh`, `bash`, `shell`, `console`),
+    /// continuation lines joined, comments dropped.
     fn shell_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         let mut in_sh = None;
@@ -169,7 +169,7 @@ impl Doc {
                 in_sh = if in_sh.is_some() {
                     None
                 } else {
-                    Some(fence.trim() == "sh")
+                    Some(matches!(fence.trim(), "sh" | "bash" | "shell" | "console"))
                 };
                 continue;
             }
