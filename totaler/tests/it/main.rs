@@ -4,9 +4,9 @@
 
 mod alerts;
 mod authenticity;
-mod compose_secrets;
 mod cluster;
 mod cluster_script;
+mod compose_secrets;
 mod consuming;
 mod crashes;
 mod dlq;
