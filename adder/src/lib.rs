@@ -30,9 +30,9 @@ mod http;
 mod membership;
 mod metrics;
 pub mod outbox;
-mod routing;
 mod relay;
 pub mod republish;
+mod routing;
 mod status;
 pub mod telemetry;
 mod trace;
@@ -44,16 +44,16 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
-pub use routing::home;
 /// Resolves on SIGINT or SIGTERM: the trigger `main` passes to [`run`].
 pub use listen::shutdown::signal as shutdown_signal;
+pub use routing::home;
 
 use crate::{
     add::Adder,
     metrics::Metrics,
     outbox::{Outbox, Place},
-    routing::Outboxes,
     relay::Relay,
+    routing::Outboxes,
     status::Status,
 };
 

@@ -12,6 +12,7 @@ mod http_api;
 mod limits;
 mod metrics;
 mod outboxes;
+mod partition;
 mod password_files;
 mod purges;
 mod reference;
