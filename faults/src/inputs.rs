@@ -13,6 +13,7 @@ use crate::{
     load::{client, until_acknowledged},
     outbox::{self, SLOW_BASE},
     process::http_get,
+    readings::exact_sum,
     stack::Stack,
 };
 
@@ -148,43 +149,5 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(last)
-    }
-}
-
-/// The exact integer of a `{"sum": N}` body, parsed without floating
-/// point; `None` unless N is a plain JSON integer (no fraction, no exponent).
-pub fn exact_sum(body: &str) -> Option<i128> {
-    let start = body.find("\"sum\"")? + 5;
-    let rest = body[start..].trim_start().strip_prefix(':')?.trim_start();
-    let end = rest
-        .char_indices()
-        .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && *c == '-')))
-        .map_or(rest.len(), |(i, _)| i);
-    let (number, after) = rest.split_at(end);
-    let after = after.trim_start();
-    if !(after.starts_with('}') || after.starts_with(',')) {
-        return None;
-    }
-    number.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_sum_reads_integers_beyond_i64_and_refuses_floats() {
-        assert_eq!(exact_sum(r#"{"sum":5}"#), Some(5));
-        assert_eq!(
-            exact_sum(r#"{"sum": -27670116110564327424}"#),
-            Some(-27_670_116_110_564_327_424)
-        );
-        assert_eq!(
-            exact_sum(r#"{"sum":18446744073709551616, "x": 1}"#),
-            Some(18_446_744_073_709_551_616)
-        );
-        assert_eq!(exact_sum(r#"{"sum":1.8446744073709552e19}"#), None);
-        assert_eq!(exact_sum(r#"{"sum":"5"}"#), None);
-        assert_eq!(exact_sum(r#"{"error":"x"}"#), None);
     }
 }

@@ -17,15 +17,12 @@
 //! what it claims (duplicates, republishes, ...), from the services' metrics.
 //!
 //! Every random choice comes from one printed seed (`TALLY_FAULTS_SEED`
-//! replays a run). It must not touch anything outside its temp directory
-//! (the tmpfs it mounts is under it, and is unmounted on every exit).
+//! replays a run). It must not touch anything outside its run directory
+//! (`run_dir`: the tmpfs it mounts is under it, and is unmounted on every
+//! exit); a failed run's directory is kept under `target/faults-failed/`.
 //!
-//! Knobs (environment, also flags of the `faults` binary): `TALLY_FAULTS_SECONDS`,
-//! `TALLY_FAULTS_SEED`, `TALLY_FAULTS_WORKERS`, `TALLY_FAULTS_RATE`,
-//! `TALLY_FAULTS_IDLESS_WORKERS`, `TALLY_FAULTS_IDLESS_RATE`,
-//! `TALLY_FAULTS_COMMIT_WRITERS`, `TALLY_FAULTS_SETTLE_SECONDS`,
-//! `TALLY_FAULTS_MIN_ACK_RATE`, `TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS`,
-//! `TALLY_FAULTS_HEADER_TIMEOUT_SECONDS` (see `Options`).
+//! Knobs: [`Options`], flags of the `faults` binary and `TALLY_FAULTS_*`
+//! variables in one declaration.
 //!
 //! A cluster mode (`cluster::run`, its own test) runs the same binaries on
 //! a three-node RabbitMQ cluster behind HAProxy and loses a node at a time.
@@ -35,9 +32,10 @@
 //! # Layout
 //! - `cluster`: the cluster mode (three broker nodes, HAProxy, standbys).
 //! - `failover`: the failover mode (Patroni promotes, the adders follow).
-//! - `servers`: the private PostgreSQL cluster and RabbitMQ node.
+//! - `fleet`: what those two share: their services, schedule and run.
+//! - `servers`: the main mode's private PostgreSQL and RabbitMQ node.
 //! - `process`: the service binaries as child processes.
-//! - `stack`: everything a run holds, started and stopped together.
+//! - `stack`: everything a main-mode run holds, started and stopped together.
 //! - `crashes`: process, server and network faults, alone and combined.
 //! - `sum_file`: the full disk, the deleted and the replaced `sum.txt`.
 //! - `inputs`: hostile inputs, the slow transaction, totals beyond i64.
@@ -48,67 +46,122 @@
 //! - `outbox`: the suite's SQL on the outbox.
 //! - `load`: the gRPC load and the tally of acknowledged Adds.
 //! - `metrics`: what the services' `/metrics` say happened.
-//! - `report`: the final checks and their report.
+//! - `counts`: what each main-mode fault did and saw.
+//! - `readings`: what every mode reads at its end, and the settling wait.
+//! - `settled`: the one check of every mode's end: the total is exact.
+//! - `report`: the main mode's final checks and their report.
+//! - `run_dir`: a run's directory, kept when the run failed.
 //! - `rng`: the seeded generator.
 
 pub mod cluster;
+pub mod counts;
 pub mod crashes;
 pub mod disk;
 pub mod failover;
+pub mod fleet;
 pub mod hostile;
 pub mod inputs;
 pub mod load;
 pub mod metrics;
 pub mod outbox;
 pub mod process;
+pub mod readings;
 pub mod report;
 pub mod rng;
+pub mod run_dir;
 pub mod servers;
+pub mod settled;
 pub mod stack;
 pub mod stalls;
 pub mod sum_file;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-pub use report::{Counts, Report};
+pub use report::Report;
+pub use run_dir::{Finished, Verdict};
 
 use crate::{
     load::{Load, Shape},
     rng::Rng,
+    run_dir::RunDir,
     stack::Stack,
 };
 
-/// How a run goes.
-#[derive(Debug, Clone)]
+/// How a run goes: the flags of the `faults` binary, each also read from
+/// its `TALLY_FAULTS_*` variable (the tests take only the variables:
+/// [`Options::from_env`]).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// How long the load and the faults run (at least one round of every kind).
+    /// How long the load and faults run, in seconds (at least one round of
+    /// every kind runs, however long it takes).
+    #[arg(long, env = "TALLY_FAULTS_SECONDS", default_value_t = 75)]
     pub seconds: u64,
-    /// The seed of every random choice.
+    /// Seed of every random choice (printed; replays a run). Random when unset.
+    #[arg(long, env = "TALLY_FAULTS_SEED", default_value_t = Rng::fresh_seed(), hide_default_value = true)]
     pub seed: u64,
     /// Concurrent retrying load workers (with request ids).
+    #[arg(long, env = "TALLY_FAULTS_WORKERS", default_value_t = 16)]
     pub workers: usize,
     /// Adds per second the retrying workers aim at, all together.
+    #[arg(long, env = "TALLY_FAULTS_RATE", default_value_t = 800)]
     pub rate: u64,
-    /// Concurrent id-less load workers (no request id, no retry).
+    /// Concurrent id-less load workers (no request id; an Add counts only
+    /// when it returned OK).
+    #[arg(long, env = "TALLY_FAULTS_IDLESS_WORKERS", default_value_t = 16)]
     pub idless_workers: usize,
-    /// Adds per second the id-less workers aim at, all together.
+    /// Id-less Adds per second, all id-less workers together.
+    #[arg(long, env = "TALLY_FAULTS_IDLESS_RATE", default_value_t = 600)]
     pub idless_rate: u64,
-    /// `ADDER_COMMIT_WRITERS` of the adders (group-commit writers).
+    /// ADDER_COMMIT_WRITERS of the adders (group-commit writers).
+    #[arg(long, env = "TALLY_FAULTS_COMMIT_WRITERS", default_value_t = 8)]
     pub commit_writers: usize,
-    /// How long the backlog may take to drain at the end.
+    /// How long the backlog may take to drain at the end, in seconds.
+    #[arg(long, env = "TALLY_FAULTS_SETTLE_SECONDS", default_value_t = 240)]
     pub settle_seconds: u64,
-    /// Acknowledged Adds per second of fault time a run must reach.
+    /// Acknowledged Adds per second of fault time the run must reach.
+    #[arg(long, env = "TALLY_FAULTS_MIN_ACK_RATE", default_value_t = 200)]
     pub min_ack_rate: u64,
-    /// The relay's confirm timeout the adders get (`ADDER_RELAY_CONFIRM_TIMEOUT_MS`):
-    /// the partition holds confirms 5 s longer.
+    /// The relay's confirm timeout the adders get, in seconds
+    /// (`ADDER_RELAY_CONFIRM_TIMEOUT_MS`): the partition holds confirms 5 s
+    /// longer.
+    #[arg(
+        long,
+        env = "TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS",
+        default_value_t = 4
+    )]
     pub confirm_timeout_seconds: u64,
-    /// The totaler's documented HTTP header-read timeout.
+    /// The totaler's documented HTTP header-read timeout, in seconds.
+    #[arg(
+        long,
+        env = "TALLY_FAULTS_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
     pub header_timeout_seconds: u64,
-    /// Rows a broker outage leaves in the outbox (`BrokerOutageBacklog`).
+    /// Rows a broker outage leaves in the outbox (the BrokerOutageBacklog
+    /// fault); soak runs use 1000000.
+    #[arg(long, env = "TALLY_FAULTS_BACKLOG_ROWS", default_value_t = 200_000)]
     pub backlog_rows: u64,
 }
 
 impl Options {
+    /// The defaults, overridden by the `TALLY_FAULTS_*` variables.
+    ///
+    /// # Panics
+    /// When a variable is set but not a number.
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Env {
+            #[command(flatten)]
+            options: Options,
+        }
+        <Env as clap::Parser>::try_parse_from(["faults"])
+            .unwrap_or_else(|e| panic!("the TALLY_FAULTS_* variables: {e}"))
+            .options
+    }
+
     /// The load the run drives: its retrying and id-less workers and rates.
     pub fn shape(&self) -> Shape {
         Shape {
@@ -118,180 +171,125 @@ impl Options {
             idless_rate: self.idless_rate,
         }
     }
+}
 
-    /// A new directory for a run's servers, files and logs:
-    /// `<temp>/<prefix>-<seed>-<pid>`.
-    pub fn run_dir(&self, prefix: &str) -> std::io::Result<std::path::PathBuf> {
-        let root =
-            std::env::temp_dir().join(format!("{prefix}-{}-{}", self.seed, std::process::id()));
-        std::fs::create_dir_all(&root)?;
-        Ok(root)
-    }
+/// When a kind of fault runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounds {
+    /// In the first round, and drawn again after it.
+    Always,
+    /// In the first round only: the long ones.
+    FirstOnly,
+    /// Drawn after the first round only.
+    AfterFirst,
+}
 
-    /// The CI defaults, overridden by the `TALLY_FAULTS_*` variables.
-    pub fn from_env() -> Self {
-        let number = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
-        Self {
-            seconds: number("TALLY_FAULTS_SECONDS", 75),
-            seed: number("TALLY_FAULTS_SEED", Rng::fresh_seed()),
-            workers: number("TALLY_FAULTS_WORKERS", 16) as usize,
-            rate: number("TALLY_FAULTS_RATE", 800),
-            idless_workers: number("TALLY_FAULTS_IDLESS_WORKERS", 16) as usize,
-            idless_rate: number("TALLY_FAULTS_IDLESS_RATE", 600),
-            commit_writers: number("TALLY_FAULTS_COMMIT_WRITERS", 8) as usize,
-            settle_seconds: number("TALLY_FAULTS_SETTLE_SECONDS", 240),
-            min_ack_rate: number("TALLY_FAULTS_MIN_ACK_RATE", 200),
-            confirm_timeout_seconds: number("TALLY_FAULTS_CONFIRM_TIMEOUT_SECONDS", 4),
-            header_timeout_seconds: number("TALLY_FAULTS_HEADER_TIMEOUT_SECONDS", 10),
-            backlog_rows: number("TALLY_FAULTS_BACKLOG_ROWS", 200_000),
+/// Declares [`Fault`], its list [`Fault::ALL`] and each kind's [`Rounds`]
+/// from one table.
+macro_rules! faults {
+    ($($(#[$doc:meta])* $name:ident: $rounds:ident,)*) => {
+        /// The faults the schedule draws from, each its own kind so the
+        /// report says which one broke what.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Fault {
+            $($(#[$doc])* $name,)*
         }
+
+        impl Fault {
+            /// Every kind, in the table's order (the soak draws from these).
+            pub const ALL: &[Fault] = &[$(Fault::$name,)*];
+
+            /// When this kind runs.
+            pub const fn rounds(self) -> Rounds {
+                match self {
+                    $(Fault::$name => Rounds::$rounds,)*
+                }
+            }
+        }
+    };
+}
+
+faults! {
+    KillTotaler: Always,
+    KillAdder: Always,
+    /// The lone broker SIGKILL is left out of the first round, which
+    /// `BrokerCrashDuringTotalerKill` covers (a broker restart is the
+    /// slowest fault, and CI time is bounded); it is drawn afterwards.
+    CrashBroker: AfterFirst,
+    StopBroker: Always,
+    RestartPostgres: Always,
+    TwoTotalers: Always,
+    TerminateTotaler: Always,
+    CrashTotalerAfterApply: Always,
+    LoseRelayMarks: Always,
+    TwoAdders: Always,
+    ConfirmPartition: FirstOnly,
+    FullDiskTerminate: FirstOnly,
+    FullDiskKill: Always,
+    DeleteSumFile: Always,
+    ReplaceSumFile: Always,
+    SlowOutboxTransaction: FirstOnly,
+    NulRequestIds: FirstOnly,
+    HostileMessages: FirstOnly,
+    HalfSentHttp: FirstOnly,
+    BeyondI64: FirstOnly,
+    BrokerCrashDuringTotalerKill: Always,
+    PostgresCrashDuringAdderKill: Always,
+    BrokerOutageBacklog: FirstOnly,
+    TransactionElsewhere: FirstOnly,
+    SilentGrpcSockets: Always,
+    SilentPostgres: Always,
+}
+
+impl Fault {
+    /// The first round: every kind once, in the table's order.
+    pub fn first_round() -> impl Iterator<Item = Fault> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|f| f.rounds() != Rounds::AfterFirst)
+    }
+
+    /// The kinds drawn again after the first round.
+    pub fn repeated() -> Vec<Fault> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|f| f.rounds() != Rounds::FirstOnly)
+            .collect()
     }
 }
-
-/// The faults the schedule draws from, each its own kind so the report
-/// says which one broke what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
-    KillTotaler,
-    KillAdder,
-    CrashBroker,
-    StopBroker,
-    RestartPostgres,
-    TwoTotalers,
-    TerminateTotaler,
-    CrashTotalerAfterApply,
-    LoseRelayMarks,
-    TwoAdders,
-    ConfirmPartition,
-    FullDiskTerminate,
-    FullDiskKill,
-    DeleteSumFile,
-    ReplaceSumFile,
-    SlowOutboxTransaction,
-    NulRequestIds,
-    HostileMessages,
-    HalfSentHttp,
-    BeyondI64,
-    BrokerCrashDuringTotalerKill,
-    PostgresCrashDuringAdderKill,
-    BrokerOutageBacklog,
-    TransactionElsewhere,
-    SilentGrpcSockets,
-    SilentPostgres,
-}
-
-/// Every kind (the soak and the first round draw from these).
-pub const ALL_FAULTS: [Fault; 26] = [
-    Fault::KillTotaler,
-    Fault::KillAdder,
-    Fault::CrashBroker,
-    Fault::StopBroker,
-    Fault::RestartPostgres,
-    Fault::TwoTotalers,
-    Fault::TerminateTotaler,
-    Fault::CrashTotalerAfterApply,
-    Fault::LoseRelayMarks,
-    Fault::TwoAdders,
-    Fault::ConfirmPartition,
-    Fault::FullDiskTerminate,
-    Fault::FullDiskKill,
-    Fault::DeleteSumFile,
-    Fault::ReplaceSumFile,
-    Fault::SlowOutboxTransaction,
-    Fault::NulRequestIds,
-    Fault::HostileMessages,
-    Fault::HalfSentHttp,
-    Fault::BeyondI64,
-    Fault::BrokerCrashDuringTotalerKill,
-    Fault::PostgresCrashDuringAdderKill,
-    Fault::BrokerOutageBacklog,
-    Fault::TransactionElsewhere,
-    Fault::SilentGrpcSockets,
-    Fault::SilentPostgres,
-];
-
-/// The first round: every kind but the lone broker SIGKILL, which
-/// `BrokerCrashDuringTotalerKill` covers (a broker restart is the slowest
-/// fault, and CI time is bounded); it is drawn again afterwards.
-pub const FIRST_ROUND: [Fault; 25] = [
-    Fault::KillTotaler,
-    Fault::KillAdder,
-    Fault::StopBroker,
-    Fault::RestartPostgres,
-    Fault::TwoTotalers,
-    Fault::TerminateTotaler,
-    Fault::CrashTotalerAfterApply,
-    Fault::LoseRelayMarks,
-    Fault::TwoAdders,
-    Fault::ConfirmPartition,
-    Fault::FullDiskTerminate,
-    Fault::FullDiskKill,
-    Fault::DeleteSumFile,
-    Fault::ReplaceSumFile,
-    Fault::SlowOutboxTransaction,
-    Fault::NulRequestIds,
-    Fault::HostileMessages,
-    Fault::HalfSentHttp,
-    Fault::BeyondI64,
-    Fault::BrokerCrashDuringTotalerKill,
-    Fault::PostgresCrashDuringAdderKill,
-    Fault::BrokerOutageBacklog,
-    Fault::TransactionElsewhere,
-    Fault::SilentGrpcSockets,
-    Fault::SilentPostgres,
-];
-
-/// The kinds drawn again after the first round: the long ones (the
-/// partition, the slow transaction, the half-sent requests, the outage's
-/// backlog, the transaction held elsewhere) run once.
-const REPEATED: [Fault; 17] = [
-    Fault::KillTotaler,
-    Fault::KillAdder,
-    Fault::CrashBroker,
-    Fault::StopBroker,
-    Fault::RestartPostgres,
-    Fault::TwoTotalers,
-    Fault::TerminateTotaler,
-    Fault::CrashTotalerAfterApply,
-    Fault::LoseRelayMarks,
-    Fault::TwoAdders,
-    Fault::FullDiskKill,
-    Fault::DeleteSumFile,
-    Fault::ReplaceSumFile,
-    Fault::BrokerCrashDuringTotalerKill,
-    Fault::PostgresCrashDuringAdderKill,
-    Fault::SilentGrpcSockets,
-    Fault::SilentPostgres,
-];
 
 /// How long the load runs before the first fault.
 const FIRST_FAULT_AFTER: Duration = Duration::from_secs(15);
 
-/// Runs the suite and reports what it saw; `Report::problems` says whether
-/// the total is exact and the run honest.
-pub async fn run(options: Options) -> anyhow::Result<Report> {
+/// Runs the suite and reports what it saw; `Finished::failure` says
+/// whether the total is exact and the run honest.
+pub async fn run(options: Options) -> anyhow::Result<Finished<Report>> {
+    let dir = RunDir::create("main", options.seed)?;
+    match run_in(dir.path(), &options).await {
+        Ok(report) => Ok(dir.finish(report)),
+        Err(e) => Err(dir.failed(e)),
+    }
+}
+
+/// The run in `root`; everything it started is stopped when it returns.
+async fn run_in(root: &Path, options: &Options) -> anyhow::Result<Report> {
     eprintln!(
         "faults: seed {} (replay with TALLY_FAULTS_SEED={})",
         options.seed, options.seed
     );
     let started = Instant::now();
-    let root = options.run_dir("tally-faults")?;
-    let mut stack = Stack::start(&root, &options).await?;
+    let mut stack = Stack::start(root, options).await?;
     eprintln!(
         "faults: servers and services up in {:.1?}; logs in {}",
         started.elapsed(),
         root.display()
     );
     let mut rng = stack.rng.fork();
-    let shape = options.shape();
     let load = Load::start(
         &stack.adder_grpc(),
-        shape,
+        options.shape(),
         &mut rng,
         &options.seed.to_string(),
         stack.tally.clone(),
@@ -304,15 +302,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     stack.release_elsewhere().await;
     injected?;
     stack.ensure_running().await?;
-    let report =
-        report::settle_and_check(&mut stack, &tally, &options, started, fault_time).await?;
+    let report = report::settle_and_check(&mut stack, &tally, options, started, fault_time).await;
     stack.shut_down().await;
-    if report.problems().is_empty() {
-        drop(stack);
-        let _ = std::fs::remove_dir_all(&root);
-    } else {
-        eprintln!("faults: keeping {} for inspection", root.display());
-    }
     Ok(report)
 }
 
@@ -332,7 +323,8 @@ async fn inject_faults(
     tokio::time::sleep(FIRST_FAULT_AFTER).await;
     stack.record_resources(true);
     let until = Instant::now() + duration;
-    let mut first_round = FIRST_ROUND.to_vec();
+    let mut first_round: Vec<Fault> = Fault::first_round().collect();
+    let repeated = Fault::repeated();
     for i in (1..first_round.len()).rev() {
         first_round.swap(i, stack.rng.range(0, i as u64 + 1) as usize);
     }
@@ -340,9 +332,10 @@ async fn inject_faults(
     // Every kind runs at least once, however long restarts take.
     while Instant::now() < until || first_round.peek().is_some() {
         tokio::time::sleep(Duration::from_millis(stack.rng.range(200, 1000))).await;
-        let fault = first_round
-            .next()
-            .unwrap_or(REPEATED[stack.rng.range(0, REPEATED.len() as u64) as usize]);
+        // Drawn every time, also in the first round, so a seed replays
+        // the same schedule as before.
+        let drawn = repeated[stack.rng.range(0, repeated.len() as u64) as usize];
+        let fault = first_round.next().unwrap_or(drawn);
         eprintln!(
             "faults: t={:>6.1}s {fault:?}",
             started.elapsed().as_secs_f64()

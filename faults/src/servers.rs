@@ -1,13 +1,12 @@
-//! The suite's own PostgreSQL and RabbitMQ: a cluster made with `initdb` in a
-//! temporary directory on a free port, and a RabbitMQ node with its own node
-//! name, ports, cookie and data directory. Started, crashed, restarted and
-//! stopped by the suite alone, so its faults disturb nothing else. A node
-//! may be one of a cluster (`cluster::brokers`): then it gets the cluster's
-//! `rabbitmq.conf` and Erlang cookie.
+//! The main mode's own PostgreSQL and RabbitMQ: a server made with `initdb`
+//! (`testkit::replicas`) in the run's directory on a free port, and a
+//! RabbitMQ node with its own node name, ports and data directory. Started,
+//! crashed, restarted and stopped by the suite alone, so its faults disturb
+//! nothing else; both are guarded by `testkit::sentinel`.
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -15,128 +14,49 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use testkit::free_port;
+use testkit::{
+    free_port,
+    replicas::{Server, Servers},
+};
 
-use crate::process::{kill_group, run};
+use crate::process::kill_group;
 
-/// A private PostgreSQL cluster.
+/// The suite's private PostgreSQL: one `testkit::replicas` server under
+/// the run's directory (kept with it), crashed when dropped.
 pub struct Postgres {
-    dir: PathBuf,
-    bin: PathBuf,
-    pub port: u16,
+    server: Server,
+    _servers: Servers,
 }
 
 impl Postgres {
-    /// `initdb` a cluster under `root` and start it.
+    /// `initdb` a server under `root/postgres` and start it.
     pub fn start(root: &Path) -> anyhow::Result<Self> {
-        let bin = postgres_bin()?;
-        let dir = root.join("postgres");
-        fs::create_dir_all(&dir)?;
-        if is_root() {
-            run(Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir))?;
-        }
-        let postgres = Self {
-            dir,
-            bin,
-            port: free_port(),
-        };
-        postgres.pg(Command::new(postgres.bin.join("initdb"))
-            .args([
-                "-U",
-                "tally",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(postgres.data()))?;
-        postgres.start_server()?;
-        Ok(postgres)
+        let mut servers = Servers::in_dir(&root.join("postgres"))?;
+        let server = servers.primary("postgres", &["max_connections = 200"])?;
+        Ok(Self {
+            server,
+            _servers: servers,
+        })
     }
 
     pub fn url(&self) -> String {
-        self.url_of("postgres")
+        self.server.url()
     }
 
     /// The URL of another database of the same server.
     pub fn url_of(&self, database: &str) -> String {
-        format!("postgres://tally@127.0.0.1:{}/{database}", self.port)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        self.server.url_of(database)
     }
 
     /// Starts the server and waits until it accepts connections.
     pub fn start_server(&self) -> anyhow::Result<()> {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
-            self.port,
-            self.dir.display()
-        );
-        self.pg(Command::new(self.bin.join("pg_ctl"))
-            .args(["-w", "-t", "60", "-o", &options, "-l"])
-            .arg(self.dir.join("server.log"))
-            .arg("-D")
-            .arg(self.data())
-            .arg("start"))
+        self.server.start()
     }
 
     /// Stops the server like a crash (`-m immediate`: no checkpoint).
     pub fn crash(&self) -> anyhow::Result<()> {
-        self.pg(Command::new(self.bin.join("pg_ctl"))
-            .args(["-m", "immediate", "-D"])
-            .arg(self.data())
-            .arg("stop"))
+        self.server.crash()
     }
-
-    fn pg(&self, command: &mut Command) -> anyhow::Result<()> {
-        if is_root() {
-            let program = command.get_program().to_owned();
-            let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
-            run(Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(program)
-                .args(args))
-        } else {
-            run(command)
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self.crash();
-    }
-}
-
-fn postgres_bin() -> anyhow::Result<PathBuf> {
-    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .context("PostgreSQL is not installed (run scripts/services)")?
-        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    versions.sort_by_key(|bin| {
-        bin.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    versions
-        .pop()
-        .context("no initdb under /usr/lib/postgresql/*/bin")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// A private RabbitMQ node.
@@ -151,35 +71,18 @@ pub struct Rabbit {
 impl Rabbit {
     /// Starts a node with its own name, ports and data under `root`.
     pub async fn start(root: &Path) -> anyhow::Result<Self> {
-        let node = format!("tally-faults-{}@localhost", std::process::id());
-        let mut rabbit = Self::prepare(root.join("rabbitmq"), node, free_port(), None)?;
-        rabbit.start_node().await?;
-        Ok(rabbit)
-    }
-
-    /// A node not yet started: its directory under `dir`, and, for a
-    /// cluster's node, its `rabbitmq.conf` and the cluster's Erlang cookie.
-    pub fn prepare(
-        dir: PathBuf,
-        node: String,
-        port: u16,
-        cluster: Option<(&str, &str)>,
-    ) -> anyhow::Result<Self> {
+        let dir = root.join("rabbitmq");
         fs::create_dir_all(dir.join("home"))?;
         fs::write(dir.join("enabled_plugins"), "[].\n")?;
-        if let Some((conf, cookie)) = cluster {
-            fs::write(dir.join("rabbitmq.conf"), conf)?;
-            let path = dir.join("home/.erlang.cookie");
-            fs::write(&path, cookie)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o400))?;
-        }
-        Ok(Self {
-            node,
-            port,
+        let mut rabbit = Self {
+            node: format!("tally-faults-{}@localhost", std::process::id()),
+            port: free_port(),
             dist_port: free_port(),
             dir,
             child: None,
-        })
+        };
+        rabbit.start_node().await?;
+        Ok(rabbit)
     }
 
     /// The admin step: declares `queue`'s topology once, before any service
@@ -194,29 +97,6 @@ impl Rabbit {
         proto::topology::declare(&channel, queue).await?;
         let _ = connection.close(200, "declared".into()).await;
         Ok(())
-    }
-
-    /// The Erlang node name (`name@localhost`).
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Runs `rabbitmqctl -n <node> ARGS` with this node's cookie; its stdout.
-    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new(rabbitmqctl())
-            .env("HOME", self.dir.join("home"))
-            .args(["-q", "-t", "10", "-n", &self.node])
-            .args(args)
-            .output()
-            .context("running rabbitmqctl")?;
-        if !output.status.success() {
-            bail!(
-                "rabbitmqctl {args:?} on {}: {}",
-                self.node,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Whether the node's process runs (it may still be booting).
@@ -234,7 +114,7 @@ impl Rabbit {
             .create(true)
             .append(true)
             .open(self.dir.join("server.log"))?;
-        let child = Command::new(rabbitmq_server())
+        let child = testkit::sentinel::guard(&mut Command::new(rabbitmq_server()))
             .current_dir(&self.dir)
             .env("HOME", self.dir.join("home"))
             .env("RABBITMQ_NODENAME", &self.node)
@@ -314,18 +194,10 @@ impl Drop for Rabbit {
 }
 
 fn rabbitmq_server() -> PathBuf {
-    rabbitmq_bin("rabbitmq-server")
-}
-
-fn rabbitmqctl() -> PathBuf {
-    rabbitmq_bin("rabbitmqctl")
-}
-
-fn rabbitmq_bin(name: &str) -> PathBuf {
-    let direct = PathBuf::from("/usr/lib/rabbitmq/bin").join(name);
+    let direct = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
     if direct.exists() {
         direct
     } else {
-        PathBuf::from(name)
+        PathBuf::from("rabbitmq-server")
     }
 }

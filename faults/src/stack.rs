@@ -16,14 +16,21 @@ use testkit::{Proxy, free_port, proxy::target_of};
 
 use crate::{
     Fault, Options,
+    counts::Counts,
     disk::DataDir,
     load::Tally,
     metrics::Sampler,
     process::{Service, binary, http_get},
-    report::Counts,
     rng::Rng,
     servers::{Postgres, Rabbit},
 };
+
+/// How long the adders' gRPC waits for a connection's HTTP/2 preface in a
+/// run (`ADDER_GRPC_HANDSHAKE_TIMEOUT_MS`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the adders wait on one statement in a run
+/// (`ADDER_DB_STATEMENT_TIMEOUT_MS`); they give an answer up 2 s later.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything a run holds. Fields drop in order: processes first, then the
 /// servers, the tmpfs last.
@@ -91,11 +98,11 @@ impl Stack {
                 ("DATABASE_URL".to_owned(), pg_proxy.url(&postgres.url())),
                 (
                     "ADDER_GRPC_HANDSHAKE_TIMEOUT_MS".to_owned(),
-                    crate::stalls::HANDSHAKE_TIMEOUT.as_millis().to_string(),
+                    HANDSHAKE_TIMEOUT.as_millis().to_string(),
                 ),
                 (
                     "ADDER_DB_STATEMENT_TIMEOUT_MS".to_owned(),
-                    crate::stalls::STATEMENT_TIMEOUT.as_millis().to_string(),
+                    STATEMENT_TIMEOUT.as_millis().to_string(),
                 ),
                 ("ADDER_GRPC_ADDR".to_owned(), format!("127.0.0.1:{grpc}")),
                 ("ADDER_HTTP_ADDR".to_owned(), format!("127.0.0.1:{http}")),

@@ -11,20 +11,16 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
-use crate::{outbox, stack::Stack};
+use crate::{
+    outbox,
+    stack::{HANDSHAKE_TIMEOUT, Stack},
+};
 
 /// Rows of the backlog inserted per transaction (as many Adds would have
 /// committed while the broker was down).
 const BACKLOG_CHUNK: u64 = 20_000;
 /// Silent gRPC sockets opened at once.
 const SILENT_SOCKETS: usize = 64;
-/// How long the adders' gRPC waits for a connection's HTTP/2 preface in a
-/// run (`ADDER_GRPC_HANDSHAKE_TIMEOUT_MS`).
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the adders wait on one statement in a run
-/// (`ADDER_DB_STATEMENT_TIMEOUT_MS`); they give an answer up 2 s later.
-pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
-
 impl Stack {
     /// Stops the broker, commits `Options::backlog_rows` rows to the outbox
     /// meanwhile (each acknowledged: a committed row must be counted), starts

@@ -36,7 +36,7 @@ impl Balancer {
         let config = dir.join("haproxy.cfg");
         std::fs::write(&config, config_text(port, backends))?;
         let log = std::fs::File::create(dir.join("haproxy.log"))?;
-        let child = Command::new(haproxy())
+        let child = crate::sentinel::guard(&mut Command::new(haproxy()))
             .args(["-db", "-f"])
             .arg(&config)
             .stdin(Stdio::null())

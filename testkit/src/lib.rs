@@ -26,6 +26,8 @@
 //! - `reference`: the generated `docs/reference/` pages (`--help`).
 //! - `replicas`: private PostgreSQL servers: a primary, streaming standbys,
 //!   restored base backups; crashed and promoted by the test.
+//! - `sentinel`: whatever a test started is stopped when the test process
+//!   dies, SIGKILL included.
 
 pub mod balancer;
 pub mod broker;
@@ -37,6 +39,7 @@ pub mod process;
 pub mod proxy;
 pub mod reference;
 pub mod replicas;
+pub mod sentinel;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -88,4 +91,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The first of `span` consecutive loopback ports that were all free a
+/// moment ago, below the kernel's ephemeral range (so [`free_port`] does
+/// not hand them out meanwhile), for a script that numbers its ports from
+/// a base.
+pub fn free_port_block(span: u16) -> std::io::Result<u16> {
+    (0..200)
+        .map(|_| 10_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16)
+        .find(|&base| {
+            (base..base + span).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .ok_or_else(|| std::io::Error::other("no block of free loopback ports"))
 }

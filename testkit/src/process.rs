@@ -33,10 +33,11 @@ pub enum NotReady {
 }
 
 impl Logged {
-    /// Spawns `command` with stdin closed and its output appended to `log`.
+    /// Spawns `command` with stdin closed and its output appended to `log`,
+    /// guarded (`sentinel`): it is stopped if the test process dies.
     pub fn spawn(command: &mut Command, log: &Path) -> io::Result<Self> {
         let out = OpenOptions::new().create(true).append(true).open(log)?;
-        let child = command
+        let child = crate::sentinel::guard(command)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -4,7 +4,9 @@
 //! own; each crashed (`pg_ctl -m immediate`), frozen (SIGSTOP), promoted or
 //! stopped by the test alone, so nothing else is disturbed. When the tests run as root the
 //! server commands run as the `postgres` user (PostgreSQL refuses root).
-//! Role `tally`, trust authentication, database `postgres`.
+//! Role `tally`, trust authentication, database `postgres`. The fault
+//! suite's private server is one of these too, in its run's directory.
+//! Every server is guarded (`sentinel`): a test that dies stops it.
 
 use std::{
     fs,
@@ -26,27 +28,42 @@ pub struct Server {
     pub port: u16,
 }
 
-/// A directory for a test's servers, removed (servers crashed) on drop.
+/// A directory for a test's servers; on drop the servers are crashed and
+/// the directory removed (unless it is the caller's: [`Servers::in_dir`]).
 pub struct Servers {
     root: PathBuf,
     started: Vec<PathBuf>,
     bin: PathBuf,
+    keep: bool,
 }
 
 impl Servers {
+    /// Servers in a new temporary directory of their own.
     pub fn new(test: &str) -> anyhow::Result<Self> {
         let root = std::env::temp_dir().join(format!("tally-{test}-{}", uuid::Uuid::new_v4()));
+        Self::create(root, false)
+    }
+
+    /// Servers in `dir` (created), which stays when they are dropped: the
+    /// caller keeps their logs and data for inspection.
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        Self::create(dir.to_path_buf(), true)
+    }
+
+    fn create(root: PathBuf, keep: bool) -> anyhow::Result<Self> {
         fs::create_dir_all(&root)?;
         let servers = Self {
             root,
             started: Vec::new(),
             bin: postgres_bin()?,
+            keep,
         };
         servers.own(&servers.root)?;
         Ok(servers)
     }
 
-    /// A new primary: `initdb`, started; `settings` go to postgresql.conf.
+    /// A new primary: `initdb`, started; `settings` go to postgresql.conf
+    /// (after `max_connections = 100`, which they may raise).
     pub fn primary(&mut self, name: &str, settings: &[&str]) -> anyhow::Result<Server> {
         let server = self.server(name)?;
         server.pg(Command::new(self.bin.join("initdb"))
@@ -60,6 +77,7 @@ impl Servers {
                 "-D",
             ])
             .arg(server.data()))?;
+        server.configure(&["max_connections = 100"])?;
         server.configure(settings)?;
         server.start()?;
         Ok(server)
@@ -164,20 +182,27 @@ impl Drop for Servers {
                     .arg("stop"),
             );
         }
-        let _ = fs::remove_dir_all(&self.root);
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.root);
+        }
     }
 }
 
 impl Server {
     /// The URL of database `postgres` on this server alone.
     pub fn url(&self) -> String {
-        format!("postgres://tally@127.0.0.1:{}/postgres", self.port)
+        self.url_of("postgres")
+    }
+
+    /// The URL of another database of this server.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://tally@127.0.0.1:{}/{database}", self.port)
     }
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) -> anyhow::Result<()> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             self.dir.display()
         );
@@ -256,7 +281,7 @@ fn as_postgres(command: &mut Command) -> anyhow::Result<()> {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let output = command
+    let output = crate::sentinel::guard(command)
         .output()
         .with_context(|| format!("running {:?}", command.get_program()))?;
     if !output.status.success() {

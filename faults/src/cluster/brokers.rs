@@ -1,159 +1,150 @@
-//! The cluster mode's broker: three private RabbitMQ nodes forming one
-//! cluster by classic-config peer discovery, with one Erlang cookie made
-//! for the run, and Tally's queues declared as quorum queues with a member
-//! on every node (`x-quorum-initial-group-size` 3). Knows which node leads
-//! `tally.sums` (rabbitmqctl), and crashes, stops and restarts one node.
+//! The cluster mode's broker: three RabbitMQ nodes in one cluster, run by
+//! `scripts/cluster brokers` (the operators' script, so the suite tests
+//! what they run) in the run's directory, on ports and node names of its
+//! own; Tally's queues are quorum queues with a member on every node, as
+//! the script's admin step declares them. Knows which node leads
+//! `tally.sums` (the management API), and crashes, stops and restarts one
+//! node through the script.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::Context;
-use lapin::types::AMQPValue;
-use testkit::free_port;
 
-use crate::servers::Rabbit;
+use crate::process::run;
 
 /// Nodes in the cluster.
 pub const NODES: usize = 3;
 
-/// The three nodes, by index.
+/// The script that runs the cluster.
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster");
+/// Ports the script uses above its base (see the header of scripts/cluster).
+const PORT_SPAN: u16 = 80;
+
+/// The three nodes, by index; `scripts/cluster down` on drop.
 pub struct Brokers {
-    pub nodes: Vec<Rabbit>,
+    dir: PathBuf,
+    name: String,
+    base: u16,
+    running: [bool; NODES],
 }
 
 impl Brokers {
-    /// Starts the first node, then the others (which join it), and declares
-    /// the queues once all three are members.
-    pub async fn start(root: &Path, queue: &str) -> anyhow::Result<Self> {
-        let run = std::process::id();
-        let names: Vec<String> = (1..=NODES)
-            .map(|i| format!("tally-cluster-{run}-{i}@localhost"))
-            .collect();
-        // Node 1 seeds the cluster: it lists no peers, so it boots at once
-        // (a blank node that lists peers first waits for them); nodes 2 and 3
-        // discover it by classic config and join. A restarted node rejoins
-        // from its own data.
-        let mut joining =
-            String::from("cluster_formation.peer_discovery_backend = classic_config\n");
-        for (i, name) in names.iter().enumerate() {
-            joining.push_str(&format!(
-                "cluster_formation.classic_config.nodes.{} = {name}\n",
-                i + 1
-            ));
-        }
-        let cookie = format!("TALLYFAULTS{:016X}", crate::rng::Rng::fresh_seed());
-        let mut nodes = Vec::new();
-        for (i, name) in names.into_iter().enumerate() {
-            let dir = root.join(format!("rabbitmq-{}", i + 1));
-            let conf = if i == 0 { "" } else { joining.as_str() };
-            nodes.push(Rabbit::prepare(
-                dir,
-                name,
-                free_port(),
-                Some((conf, &cookie)),
-            )?);
-        }
-        let mut brokers = Self { nodes };
-        brokers.nodes[0].start_node().await.context("node 1")?;
-        if let [_, second, third] = &mut brokers.nodes[..] {
-            let (second, third) = tokio::join!(second.start_node(), third.start_node());
-            second.context("node 2")?;
-            third.context("node 3")?;
-        }
-        brokers.await_members()?;
-        brokers.declare(queue).await?;
+    /// `scripts/cluster brokers` under `root/cluster`: the nodes form one
+    /// cluster and the queues are declared on all three.
+    pub fn start(root: &Path) -> anyhow::Result<Self> {
+        let brokers = Self {
+            dir: root.join("cluster"),
+            name: format!("tally-faults-{}", std::process::id()),
+            base: testkit::free_port_block(PORT_SPAN)?,
+            running: [true; NODES],
+        };
+        brokers
+            .script(&["brokers"])
+            .context("scripts/cluster brokers")?;
         Ok(brokers)
     }
 
-    /// Every node's AMQP URL (guest), comma-separated: an `AMQP_URL`.
+    /// Node `i`'s AMQP URL (guest, loopback only).
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            self.base + 41 + i as u16
+        )
+    }
+
+    /// Every node's AMQP URL, comma-separated: an `AMQP_URL`.
     pub fn urls(&self) -> String {
-        let urls: Vec<String> = self.nodes.iter().map(Rabbit::url).collect();
+        let urls: Vec<String> = (0..NODES).map(|i| self.url(i)).collect();
         urls.join(",")
     }
 
     /// The URL of a running node, for the suite's own checks.
-    pub fn any_url(&self) -> anyhow::Result<String> {
-        self.nodes
-            .iter()
-            .find(|node| node.is_running())
-            .map(Rabbit::url)
-            .context("no broker node runs")
+    pub fn any_url(&self) -> Option<String> {
+        self.running_node().map(|i| self.url(i))
     }
 
-    /// The index of the node leading `queue`, asked of a running node.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.running[i]
+    }
+
+    /// The index of the node leading `queue`, asked of a running node's
+    /// management API.
     pub fn leader(&self, queue: &str) -> anyhow::Result<usize> {
-        let asked = self
-            .nodes
-            .iter()
-            .find(|node| node.is_running())
-            .context("no broker node runs")?;
-        let listing = asked.ctl(&["list_queues", "name", "leader"])?;
-        let leader = listing
-            .lines()
-            .filter_map(|line| line.split_once('\t'))
-            .find(|(name, _)| *name == queue)
-            .map(|(_, leader)| leader.trim().to_owned())
-            .with_context(|| format!("{queue} is not listed: {listing}"))?;
-        self.nodes
-            .iter()
-            .position(|node| node.node() == leader)
+        let asked = self.running_node().context("no broker node runs")?;
+        let url = format!(
+            "http://127.0.0.1:{}/api/queues/%2f/{queue}",
+            self.base + 61 + asked as u16
+        );
+        let output = Command::new("curl")
+            .args(["-fsS", "-m", "10", "-u", "guest:guest", &url])
+            .output()
+            .context("running curl")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "GET {url}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let leader = body
+            .get("leader")
+            .and_then(|l| l.as_str())
+            .with_context(|| format!("{queue} has no leader: {body}"))?;
+        (0..NODES)
+            .find(|&i| leader == self.node(i))
             .with_context(|| format!("{queue} is led by {leader}, not one of ours"))
     }
 
-    /// Waits until the cluster has all three nodes running.
-    fn await_members(&self) -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
-        loop {
-            let status = self.nodes[0].ctl(&["cluster_status", "--formatter", "json"])?;
-            let running = self
-                .nodes
-                .iter()
-                .filter(|node| running_nodes(&status).contains(&node.node().to_owned()))
-                .count();
-            if running == NODES {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                started.elapsed() < std::time::Duration::from_secs(90),
-                "only {running} of {NODES} nodes joined the cluster: {status}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
+    /// SIGKILL to node `i`'s whole process group, like a crash.
+    pub fn crash(&mut self, i: usize) -> anyhow::Result<()> {
+        self.running[i] = false;
+        self.script(&["kill", &component(i)])
     }
 
-    /// The admin step: `queue` and its dead-letter queue as
-    /// `proto::topology` declares them, with a member on each node.
-    async fn declare(&self, queue: &str) -> anyhow::Result<()> {
-        let connection = lapin::Connection::connect(
-            &self.nodes[0].url(),
-            lapin::ConnectionProperties::default(),
-        )
-        .await?;
-        let channel = connection.create_channel().await?;
-        for spec in proto::topology::queues(queue) {
-            let mut arguments = spec.field_table();
-            arguments.insert(
-                "x-quorum-initial-group-size".into(),
-                AMQPValue::LongLongInt(NODES as i64),
-            );
-            let durable = lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            channel
-                .queue_declare(spec.name.as_str().into(), durable, arguments)
-                .await
-                .with_context(|| format!("declaring {}", spec.name))?;
-        }
-        let _ = connection.close(200, "declared".into()).await;
+    /// Stops node `i` gracefully (SIGTERM; SIGKILL after 30 s).
+    pub fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        self.running[i] = false;
+        self.script(&["stop", &component(i)])
+    }
+
+    /// Starts node `i` again and waits until it has booted; it rejoins
+    /// the cluster from its own data.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.script(&["start", &component(i)])?;
+        self.running[i] = true;
         Ok(())
+    }
+
+    /// Node `i`'s Erlang node name.
+    fn node(&self, i: usize) -> String {
+        format!("{}-{}@localhost", self.name, i + 1)
+    }
+
+    fn running_node(&self) -> Option<usize> {
+        (0..NODES).find(|&i| self.running[i])
+    }
+
+    fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        run(testkit::sentinel::guard(&mut Command::new(SCRIPT))
+            .args(args)
+            .env("CLUSTER_DIR", &self.dir)
+            .env("CLUSTER_NAME", &self.name)
+            .env("CLUSTER_PORT_BASE", self.base.to_string())
+            .env_remove("RABBITMQ_ERLANG_COOKIE_FILE"))
     }
 }
 
-/// The `running_nodes` of `rabbitmqctl cluster_status --formatter json`.
-fn running_nodes(status: &str) -> Vec<String> {
-    serde_json::from_str::<serde_json::Value>(status)
-        .ok()
-        .and_then(|v| v.get("running_nodes").cloned())
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
+impl Drop for Brokers {
+    fn drop(&mut self) {
+        if let Err(e) = self.script(&["down"]) {
+            eprintln!("faults cluster: scripts/cluster down failed: {e:#}");
+        }
+    }
+}
+
+/// Node `i`'s name in the script.
+fn component(i: usize) -> String {
+    format!("rabbit-{}", i + 1)
 }

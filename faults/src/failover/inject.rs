@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    DB_FAULTS, DbFault, Failover, PROMOTION_LIMIT, REJOIN_LIMIT, RESUME_LIMIT, Timing,
+    DbFault, Failover, PROMOTION_LIMIT, REJOIN_LIMIT, RESUME_LIMIT, Timing,
     patroni::{MEMBERS, Patroni, Role},
 };
 use crate::{
@@ -20,39 +20,16 @@ use crate::{
 };
 
 impl Failover {
-    /// Every kind once (the first round), then random kinds until `duration`.
-    pub(super) async fn inject_faults(
-        &mut self,
-        duration: Duration,
-        started: Instant,
-    ) -> anyhow::Result<()> {
-        let until = Instant::now() + duration;
-        let mut first = DB_FAULTS.iter().copied();
-        loop {
-            let fault = match first.next() {
-                Some(fault) => fault,
-                None if Instant::now() < until => {
-                    DB_FAULTS[self.rng.range(0, DB_FAULTS.len() as u64) as usize]
-                }
-                None => return Ok(()),
-            };
-            self.pause(1000, 2000).await;
-            eprintln!(
-                "faults failover: t={:>6.1}s {fault:?}",
-                started.elapsed().as_secs_f64()
-            );
-            let at = Instant::now();
-            let gap = GapWatch::start(self.tally.clone());
-            let mut timing = self.inject(fault).await?;
-            self.wait_whole().await;
-            timing.add_gap = gap.stop().await;
-            eprintln!(
-                "faults failover:          {fault:?} took {:.1?}: {timing:?}",
-                at.elapsed()
-            );
-            *self.runs.entry(format!("{fault:?}")).or_default() += 1;
-            self.timings.push(timing);
-        }
+    /// Injects `fault`, waits until the cluster is whole again, and keeps
+    /// what it took (the longest time no Add was acknowledged included).
+    pub(super) async fn inject_and_time(&mut self, fault: DbFault) -> anyhow::Result<()> {
+        let gap = GapWatch::start(self.journal.tally.clone());
+        let mut timing = self.inject(fault).await?;
+        self.wait_whole().await;
+        timing.add_gap = gap.stop().await;
+        eprintln!("faults failover:          {fault:?}: {timing:?}");
+        self.timings.push(timing);
+        Ok(())
     }
 
     async fn inject(&mut self, fault: DbFault) -> anyhow::Result<Timing> {
@@ -65,13 +42,14 @@ impl Failover {
             rejoined_after: None,
         };
         let Some(primary) = self.patroni.primary().await else {
-            self.fail(format!("{fault:?}: no single primary before the fault"));
+            self.journal
+                .fail(format!("{fault:?}: no single primary before the fault"));
             return Ok(timing);
         };
         let lost = match fault {
             DbFault::KillSyncStandby => {
                 let Some(standby) = self.patroni.sync_standby().await else {
-                    self.fail(format!(
+                    self.journal.fail(format!(
                         "{fault:?}: no synchronous standby before the fault"
                     ));
                     return Ok(timing);
@@ -93,13 +71,13 @@ impl Failover {
             DbFault::FreezePrimary => return self.freeze_primary(primary, timing).await,
             DbFault::CrashInPlace => return self.crash_in_place(primary, timing).await,
         };
-        self.pause(500, 1500).await;
+        self.journal.pause(500, 1500).await;
         let start = Instant::now();
         self.blocking(|p| p.start_member(lost))?;
         if self.patroni.wait_replica(lost, REJOIN_LIMIT).await {
             timing.rejoined_after = Some(start.elapsed());
         } else {
-            self.fail(format!(
+            self.journal.fail(format!(
                 "{fault:?}: {} did not rejoin as a replica {REJOIN_LIMIT:?} after its start",
                 Patroni::name(lost)
             ));
@@ -124,7 +102,7 @@ impl Failover {
         if self.patroni.wait_replica(primary, REJOIN_LIMIT).await {
             timing.rejoined_after = Some(thawed.elapsed());
         } else {
-            self.fail(format!(
+            self.journal.fail(format!(
                 "{:?}: {} did not step down and rejoin as a replica {REJOIN_LIMIT:?} after it thawed",
                 timing.fault,
                 Patroni::name(primary)
@@ -166,7 +144,7 @@ impl Failover {
         timing: &mut Timing,
     ) {
         let Some(new) = self.patroni.wait_primary(Some(old), PROMOTION_LIMIT).await else {
-            self.fail(format!(
+            self.journal.fail(format!(
                 "{fault:?}: no other member was promoted {PROMOTION_LIMIT:?} after {} was lost",
                 Patroni::name(old)
             ));
@@ -180,10 +158,10 @@ impl Failover {
             at.elapsed()
         );
         let promoted = Instant::now();
-        let acknowledged = self.tally.acknowledged.load(Ordering::Relaxed);
-        while self.tally.acknowledged.load(Ordering::Relaxed) <= acknowledged {
+        let acknowledged = self.journal.tally.acknowledged.load(Ordering::Relaxed);
+        while self.journal.tally.acknowledged.load(Ordering::Relaxed) <= acknowledged {
             if promoted.elapsed() > RESUME_LIMIT {
-                self.fail(format!(
+                self.journal.fail(format!(
                     "{fault:?}: no Add was acknowledged {RESUME_LIMIT:?} after {} was promoted",
                     Patroni::name(new)
                 ));
@@ -197,7 +175,7 @@ impl Failover {
         let published = self.published().await;
         while self.published().await <= published {
             if first_add.elapsed() > RESUME_LIMIT {
-                self.fail(format!(
+                self.journal.fail(format!(
                     "{fault:?}: no relay published {RESUME_LIMIT:?} after Adds resumed on {}",
                     Patroni::name(new)
                 ));
@@ -213,16 +191,16 @@ impl Failover {
     /// after a crash in place: once Patroni restarted the server); how long
     /// that took.
     async fn require_commits(&mut self, fault: DbFault) -> Option<Duration> {
-        let before = self.tally.acknowledged.load(Ordering::Relaxed);
+        let before = self.journal.tally.acknowledged.load(Ordering::Relaxed);
         let lost = Instant::now();
         while lost.elapsed() < PROMOTION_LIMIT {
             tokio::time::sleep(Duration::from_millis(20)).await;
             // A few answers to commits made before the fault may still arrive.
-            if self.tally.acknowledged.load(Ordering::Relaxed) > before + 10 {
+            if self.journal.tally.acknowledged.load(Ordering::Relaxed) > before + 10 {
                 return Some(lost.elapsed());
             }
         }
-        self.fail(format!(
+        self.journal.fail(format!(
             "{fault:?}: no Add was acknowledged in the {PROMOTION_LIMIT:?} after the fault"
         ));
         None
@@ -247,7 +225,7 @@ impl Failover {
                 return;
             }
             if Instant::now() > deadline {
-                self.fail(format!(
+                self.journal.fail(format!(
                     "the cluster was not whole again {REJOIN_LIMIT:?} after a fault: {roles:?}"
                 ));
                 return;
@@ -259,7 +237,7 @@ impl Failover {
     /// Rows the adders' relays published so far (neither adder restarts).
     async fn published(&self) -> f64 {
         let mut sum = 0.0;
-        for adder in &self.adders {
+        for adder in &self.fleet.adders {
             sum += value(&scrape(adder.http).await, PUBLISHED_ROWS);
         }
         sum
@@ -267,15 +245,6 @@ impl Failover {
 
     fn blocking<T>(&self, f: impl FnOnce(&Patroni) -> anyhow::Result<T>) -> anyhow::Result<T> {
         tokio::task::block_in_place(|| f(&self.patroni))
-    }
-
-    fn fail(&mut self, problem: String) {
-        eprintln!("faults failover:          PROBLEM: {problem}");
-        self.failures.push(problem);
-    }
-
-    async fn pause(&mut self, low_ms: u64, high_ms: u64) {
-        tokio::time::sleep(Duration::from_millis(self.rng.range(low_ms, high_ms + 1))).await;
     }
 }
 

@@ -23,33 +23,19 @@ mod inject;
 pub mod patroni;
 pub mod report;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
-use testkit::{
-    balancer::{Backend, Balancer},
-    free_port,
-};
 
 use crate::{
     Options,
-    load::{Load, Tally},
-    metrics::Sampler,
-    process::{Service, adder_env, binary, service_env},
-    rng::Rng,
+    fleet::{self, Fleet, Journal, Mode, QUEUE},
+    run_dir::Finished,
     servers::Rabbit,
 };
 use patroni::Patroni;
 pub use report::FailoverReport;
 
-/// The queue of the run.
-const QUEUE: &str = "tally.sums";
 /// How long Patroni may take to promote, a member to rejoin, the relay to
 /// resume.
 const PROMOTION_LIMIT: Duration = Duration::from_secs(60);
@@ -78,15 +64,6 @@ pub enum DbFault {
     KillSyncStandby,
 }
 
-/// Every kind, in the order of the first round.
-pub const DB_FAULTS: [DbFault; 5] = [
-    DbFault::KillPrimary,
-    DbFault::KillSyncStandby,
-    DbFault::FreezePrimary,
-    DbFault::CrashPrimary,
-    DbFault::CrashInPlace,
-];
-
 /// What one fault took, as the load and the relay saw it.
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -107,64 +84,33 @@ pub struct Timing {
 
 /// Everything a failover run holds; fields drop in order (processes first).
 pub struct Failover {
-    pub adders: Vec<Service>,
-    pub totaler: Service,
-    pub balancer: Balancer,
-    pub sampler: Sampler,
+    pub fleet: Fleet,
     pub rabbit: Rabbit,
     pub patroni: Patroni,
-    pub sum_file: PathBuf,
-    pub rng: Rng,
-    /// Fault kind → rounds run.
-    pub runs: BTreeMap<String, u32>,
+    pub journal: Journal,
     /// Faults after which another member became primary.
     pub promotions: u32,
     pub timings: Vec<Timing>,
-    pub tally: Arc<Tally>,
-    pub failures: Vec<String>,
 }
 
 /// Runs the failover mode for `options.seconds` and reports what it saw.
-pub async fn run(options: Options) -> anyhow::Result<FailoverReport> {
-    eprintln!("faults failover: seed {}", options.seed);
-    let started = Instant::now();
-    let root = options.run_dir("tally-faults-failover")?;
-    let mut failover = Failover::start(&root, &options).await?;
-    eprintln!(
-        "faults failover: Patroni cluster, 2 adders, HAProxy, a totaler up in {:.1?}; logs in {}",
-        started.elapsed(),
-        root.display()
-    );
-    let shape = options.shape();
-    let mut rng = failover.rng.fork();
-    let tally = failover.tally.clone();
-    let load = Load::start(
-        &failover.balancer.grpc(),
-        shape,
-        &mut rng,
-        "failover",
-        tally,
-    )?;
-    let faulting = Instant::now();
-    let injected = failover
-        .inject_faults(Duration::from_secs(options.seconds), started)
-        .await;
-    let fault_time = faulting.elapsed();
-    eprintln!("faults failover: load stopping; waiting for every started Add");
-    let tally = load.finish().await;
-    injected?;
-    let report = report::settle_and_check(&mut failover, &tally, &options, fault_time).await?;
-    if report.problems().is_empty() {
-        drop(failover);
-        let _ = std::fs::remove_dir_all(&root);
-    } else {
-        eprintln!("{}", failover.patroni.status());
-        eprintln!("faults failover: keeping {} for inspection", root.display());
-    }
-    Ok(report)
+pub async fn run(options: Options) -> anyhow::Result<Finished<FailoverReport>> {
+    fleet::run::<Failover>(options).await
 }
 
-impl Failover {
+impl Mode for Failover {
+    type Fault = DbFault;
+    type Report = FailoverReport;
+    const NAME: &'static str = "failover";
+    const FAULTS: &'static [DbFault] = &[
+        DbFault::KillPrimary,
+        DbFault::KillSyncStandby,
+        DbFault::FreezePrimary,
+        DbFault::CrashPrimary,
+        DbFault::CrashInPlace,
+    ];
+    const PAUSE_MS: (u64, u64) = (1000, 2000);
+
     async fn start(root: &Path, options: &Options) -> anyhow::Result<Self> {
         let dir = root.to_path_buf();
         let patroni = tokio::task::spawn_blocking(move || Patroni::start(&dir));
@@ -174,56 +120,34 @@ impl Failover {
             .declare_topology(QUEUE)
             .await
             .context("declaring the queues")?;
-        let data = root.join("data");
-        std::fs::create_dir_all(&data)?;
-        let sum_file = data.join("sum.txt");
-        let local = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
-        let common = |name: &str| service_env(name, &rabbit.url(), QUEUE);
-        let mut adders = Vec::new();
-        let mut backends = Vec::new();
-        for i in 1..=2 {
-            let (grpc, http) = (local(free_port()), local(free_port()));
-            let name = format!("adder-{i}");
-            let mut env = common(&name);
-            env.extend(adder_env(&patroni.url(), grpc, http, options));
-            adders.push(Service::new(&name, binary("adder")?, env, root, http));
-            backends.push(Backend { grpc, http });
-        }
-        let http = local(free_port());
-        let mut env = common("totaler");
-        env.extend([
-            ("SUM_FILE".to_owned(), sum_file.display().to_string()),
-            ("TOTALER_HTTP_ADDR".to_owned(), http.to_string()),
-        ]);
-        let totaler = Service::new("totaler", binary("totaler")?, env, root, http);
-        let balancer = Balancer::start(root, &backends).await?;
-        let sampler = Sampler::start(
-            adders
-                .iter()
-                .chain([&totaler])
-                .map(|s| (s.name.clone(), s.http))
-                .collect(),
-        );
-        let mut failover = Self {
-            adders,
-            totaler,
-            balancer,
-            sampler,
+        let fleet = Fleet::start(root, options, &rabbit.url(), &patroni.url(), 1).await?;
+        Ok(Self {
+            fleet,
             rabbit,
             patroni,
-            sum_file,
-            rng: Rng::new(options.seed),
-            runs: BTreeMap::new(),
+            journal: Journal::new("faults failover", options.seed),
             promotions: 0,
             timings: Vec::new(),
-            tally: Arc::default(),
-            failures: Vec::new(),
-        };
-        // The first adder migrates the schema; then the rest start.
-        for adder in &mut failover.adders {
-            adder.start().await?;
+        })
+    }
+
+    fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
+    async fn inject(&mut self, fault: DbFault) -> anyhow::Result<()> {
+        self.inject_and_time(fault).await
+    }
+
+    async fn settle(&mut self, options: &Options, fault_time: Duration) -> FailoverReport {
+        let report = report::settle_and_check(self, options, fault_time).await;
+        if !crate::run_dir::Verdict::problems(&report).is_empty() {
+            eprintln!("{}", self.patroni.status());
         }
-        failover.totaler.start().await?;
-        Ok(failover)
+        report
     }
 }

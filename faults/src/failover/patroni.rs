@@ -212,7 +212,7 @@ impl Patroni {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("bash");
-        command
+        testkit::sentinel::guard(&mut command)
             .arg(SCRIPT)
             .args(args)
             .env("PG_CLUSTER_DIR", &self.dir)

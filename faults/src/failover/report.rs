@@ -6,19 +6,15 @@
 //! it claims: every kind, at least two promotions each followed by the
 //! relay resuming and the old primary rejoining, a new source per promotion.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
-use super::{DB_FAULTS, DbFault, Failover, Timing};
+use super::{DbFault, Failover, Timing};
 use crate::{
     Options,
-    load::Tally,
-    outbox::{self, Outbox},
-    report::{self, queues, run_verify},
+    fleet::Mode,
+    readings::{Verify, wait_until_settled},
+    run_dir::Verdict,
+    settled::Settled,
 };
 
 /// The promotions a run must see: the "at least twice".
@@ -31,21 +27,11 @@ pub struct FailoverReport {
     pub runs: BTreeMap<String, u32>,
     pub promotions: u32,
     pub timings: Vec<Timing>,
-    pub acknowledged: u64,
-    pub retries: u64,
-    pub uncertain: usize,
-    pub uncertain_committed: usize,
-    pub expected: i128,
-    /// `GET /sum` of the totaler, by name.
-    pub served: Vec<(String, Result<i128, String>)>,
-    pub file: Option<i128>,
+    pub settled: Settled,
     /// Sources in the ledger: one per timeline the outbox published from.
     pub sources: usize,
-    pub outbox: Option<Outbox>,
-    pub ready: u32,
-    pub dead_letters: u32,
-    pub verify: Result<(), String>,
-    pub failures: Vec<String>,
+    /// The faults' problems, every kind run, an Add acknowledged.
+    pub journal_problems: Vec<String>,
     pub fault_time: Duration,
 }
 
@@ -53,83 +39,53 @@ pub struct FailoverReport {
 /// expected total with nothing left to publish or consume, then checks.
 pub async fn settle_and_check(
     failover: &mut Failover,
-    tally: &Tally,
     options: &Options,
     fault_time: Duration,
-) -> anyhow::Result<FailoverReport> {
-    let deadline = Instant::now() + Duration::from_secs(options.settle_seconds);
-    let mut report = gather(failover, tally, options).await;
-    while Instant::now() < deadline && !report.total_problems().is_empty() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        report = gather(failover, tally, options).await;
+) -> FailoverReport {
+    let limit = Duration::from_secs(options.settle_seconds);
+    wait_until_settled(limit, async || read(failover).await).await;
+    let mut settled = read(failover).await;
+    settled.verify = Verify {
+        binary: failover.fleet.totalers[0].binary().to_path_buf(),
+        sum_file: failover.fleet.sum_file.clone(),
+        url: failover.patroni.url(),
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    report = gather(failover, tally, options).await;
-    report.verify = run_verify(
-        failover.totaler.binary(),
-        &failover.sum_file,
-        &failover.patroni.url(),
-    );
-    report.fault_time = fault_time;
-    Ok(report)
-}
-
-async fn gather(failover: &Failover, tally: &Tally, options: &Options) -> FailoverReport {
-    let primary = failover.patroni.primary().await;
-    let url = primary.map(|i| failover.patroni.member_url(i));
-    let (uncertain, committed, expected) = match &url {
-        Some(url) => report::expected(tally, url).await,
-        None => (Vec::new(), Vec::new(), tally.sum()),
-    };
-    let outbox = match &url {
-        Some(url) => outbox::reconcile(url).await.ok(),
-        None => None,
-    };
-    let (ready, dead_letters) = queues(&failover.rabbit.url())
-        .await
-        .unwrap_or((u32::MAX, u32::MAX));
-    let sources = std::fs::read_to_string(&failover.sum_file)
+    .run();
+    let sources = std::fs::read_to_string(&failover.fleet.sum_file)
         .map(|text| text.lines().filter(|l| l.starts_with("source ")).count())
         .unwrap_or(0);
     FailoverReport {
         seed: options.seed,
-        runs: failover.runs.clone(),
+        runs: failover.journal.runs.clone(),
         promotions: failover.promotions,
         timings: failover.timings.clone(),
-        acknowledged: tally.acknowledged.load(Ordering::Relaxed),
-        retries: tally.retries.load(Ordering::Relaxed),
-        uncertain: uncertain.len(),
-        uncertain_committed: committed.len(),
-        expected,
-        served: vec![(
-            failover.totaler.name.clone(),
-            report::served(failover.totaler.http).await,
-        )],
-        file: report::file_total(&failover.sum_file),
+        journal_problems: failover
+            .journal
+            .problems(Failover::FAULTS, settled.acknowledged),
+        settled,
         sources,
-        outbox,
-        ready,
-        dead_letters,
-        verify: Ok(()),
-        failures: failover.failures.clone(),
-        fault_time: Duration::ZERO,
+        fault_time,
     }
 }
 
-impl FailoverReport {
+/// The run's end, the outbox read on the member that is primary now.
+async fn read(failover: &Failover) -> Settled {
+    let primary = failover.patroni.primary().await;
+    let outbox = primary.map(|i| failover.patroni.member_url(i));
+    let sources = failover.fleet.sources(outbox, Some(failover.rabbit.url()));
+    Settled::read(&sources, &failover.journal.tally).await
+}
+
+impl Verdict for FailoverReport {
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Everything wrong with the run; empty when the total is exact and the
     /// run did what it claims.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = self.total_problems();
-        problems.extend(self.failures.iter().cloned());
-        if let Err(e) = &self.verify {
-            problems.push(e.clone());
-        }
-        for fault in DB_FAULTS {
-            if !self.runs.contains_key(&format!("{fault:?}")) {
-                problems.push(format!("{fault:?} never ran"));
-            }
-        }
+    fn problems(&self) -> Vec<String> {
+        let mut problems = self.settled.problems();
+        problems.extend(self.journal_problems.iter().cloned());
         if self.promotions < MIN_PROMOTIONS {
             problems.push(format!(
                 "{} promotions; a run needs at least {MIN_PROMOTIONS}",
@@ -163,25 +119,7 @@ impl FailoverReport {
                 self.sources, self.promotions
             ));
         }
-        if self.acknowledged == 0 {
-            problems.push("no Add was acknowledged".to_owned());
-        }
         problems
-    }
-
-    /// Whether the total is exact and everything drained (what settling
-    /// waits for).
-    fn total_problems(&self) -> Vec<String> {
-        report::Settled {
-            served: &self.served,
-            file: self.file,
-            expected: self.expected,
-            outbox: self.outbox,
-            rows: self.acknowledged as i64 + self.uncertain_committed as i64,
-            ready: self.ready,
-            dead_letters: self.dead_letters,
-        }
-        .problems()
     }
 }
 
@@ -210,25 +148,8 @@ impl fmt::Display for FailoverReport {
                 show(t.rejoined_after)
             )?;
         }
-        writeln!(
-            f,
-            "  acknowledged Adds {} ({} retries; {} uncertain, {} of them committed), expected total {}",
-            self.acknowledged,
-            self.retries,
-            self.uncertain,
-            self.uncertain_committed,
-            self.expected
-        )?;
-        writeln!(
-            f,
-            "  GET /sum: {:?}; sum.txt {:?}; {} sources in the ledger",
-            self.served, self.file, self.sources
-        )?;
-        writeln!(
-            f,
-            "  outbox {:?}; queue {} ready, {} dead; verify {:?}",
-            self.outbox, self.ready, self.dead_letters, self.verify
-        )?;
+        writeln!(f, "  {} sources in the ledger", self.sources)?;
+        write!(f, "{}", self.settled)?;
         for problem in self.problems() {
             writeln!(f, "  PROBLEM: {problem}")?;
         }

@@ -97,7 +97,7 @@ impl Cluster {
     fn new(database_url: &str) -> Self {
         Self {
             dir: temp_dir("cluster"),
-            base: free_port_block(PORT_SPAN),
+            base: testkit::free_port_block(PORT_SPAN).expect("a block of free ports"),
             name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             database_url: database_url.to_owned(),
             bin_dir: bin_dir(),
@@ -109,8 +109,10 @@ impl Cluster {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        // Guarded: if this test process dies, the sentinel stops what the
+        // script detached (the nodes, adders, totalers, HAProxy, Prometheus).
         let mut command = Command::new(repo_root().join("scripts/cluster"));
-        command
+        testkit::sentinel::guard(&mut command)
             .args(args)
             .env("CLUSTER_DIR", &self.dir)
             .env("CLUSTER_NAME", &self.name)
@@ -176,15 +178,4 @@ fn bin_dir() -> PathBuf {
         totaler.display()
     );
     dir
-}
-
-/// A base port below the ephemeral range (where outgoing connections could
-/// take one meanwhile) above which `span` ports were free a moment ago.
-fn free_port_block(span: u16) -> u16 {
-    (0..200)
-        .map(|_| 10_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16)
-        .find(|&base| {
-            (base..base + span).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
-        })
-        .expect("a block of free loopback ports")
 }

@@ -3,14 +3,12 @@
 //! clean system (exit 0) and on deliberately broken ones (exit 1, naming
 //! what is missing, extra, and the total's difference).
 
-mod support;
-
 use std::time::Duration;
 
 use proto::tally::v1::AddRequest;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use support::{Pair, temp_dir, verify};
+use crate::support::{Pair, temp_dir, verify};
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()

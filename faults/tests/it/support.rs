@@ -1,6 +1,7 @@
 //! The real adder and totaler binaries as a pair on the test PostgreSQL and
 //! RabbitMQ, for the end-to-end tests beside the fault suite, and the real
-//! `totaler verify`.
+//! `totaler verify`; the options of a fault-suite mode's test, and its
+//! verdict, which names the seed and where the failed run's logs are.
 
 use std::{
     net::SocketAddr,
@@ -9,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use faults::process::{Service, binary};
+use faults::{
+    Finished, Options, Verdict,
+    process::{Service, binary},
+};
 use proto::tally::v1::adder_client::AdderClient;
 use tonic::transport::Channel;
 
@@ -117,4 +121,44 @@ fn bin(name: &str) -> PathBuf {
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The options of a fleet mode's test: `TALLY_FAULTS_*`, faults for
+/// `$seconds_variable` seconds (default 30: the first round of every kind
+/// runs however long it takes), and a lighter load (three servers of a
+/// cluster share the two cores with it).
+pub fn fleet_options(seconds_variable: &str) -> Options {
+    let mut options = Options::from_env();
+    options.seconds = std::env::var(seconds_variable)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    options.rate = options.rate.min(400);
+    options.idless_rate = options.idless_rate.min(200);
+    options
+}
+
+/// Runs a mode within `limit` and requires an exact, honest run; a failure
+/// names the seed and where the run's logs were kept.
+pub async fn require_exact<R: Verdict>(
+    options: &Options,
+    limit: Duration,
+    run: impl Future<Output = anyhow::Result<Finished<R>>>,
+) {
+    let seed = options.seed;
+    let finished = tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "seed {seed}: the run did not finish within {limit:?}; its logs are under {}",
+                faults::run_dir::target_dir()
+                    .join("faults-failed")
+                    .display()
+            )
+        })
+        .unwrap_or_else(|e| panic!("the run failed: {e:#}"));
+    eprintln!("{}", finished.report);
+    if let Some(failure) = finished.failure() {
+        panic!("{failure}");
+    }
 }

@@ -6,14 +6,12 @@
 //! arrive, and every sum must be counted exactly once, as `totaler verify`
 //! and the total agree.
 
-mod support;
-
 use std::{path::Path, time::Duration};
 
 use proto::tally::v1::AddRequest;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions};
 
-use support::{Pair, temp_dir, verify};
+use crate::support::{Pair, temp_dir, verify};
 
 /// The last migration of the row-by-row relay.
 const ROW_BY_ROW_SCHEMA: i64 = 20261122000001;

@@ -1,0 +1,225 @@
+//! The end of a main-mode run: wait for the backlog to drain, read the
+//! run's end ([`Settled`]: the total on the totaler and in `sum.txt`
+//! against the acknowledged Adds, the outbox, the queues, `totaler
+//! verify`), require exactly the hostile messages in the dead-letter queue,
+//! and require that the run saw what it must have seen (duplicates applied
+//! once, republished rows, each broker fault, a SIGTERM while consuming,
+//! two totalers on one file, enough Adds per second). `Report` lists every
+//! problem found; `display` prints it.
+
+mod display;
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    Fault, Options,
+    counts::Counts,
+    hostile::drain,
+    load::Tally,
+    metrics::{
+        APPLIED_ROWS, CONSUMED, DEAD_LETTERED, DUPLICATE_ROWS, LEDGER_ERRORS, PUBLISHED_MESSAGES,
+        PUBLISHED_ROWS,
+    },
+    readings::{Sources, Verify, wait_until_settled},
+    run_dir::Verdict,
+    settled::Settled,
+    stack::Stack,
+};
+
+/// What the services' metrics say, summed over every process.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub applied_rows: f64,
+    pub duplicate_rows: f64,
+    pub consumed: f64,
+    pub dead_lettered: f64,
+    pub ledger_errors: f64,
+    pub published_rows: f64,
+    pub published_messages: f64,
+}
+
+/// What a run saw.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub counts: Counts,
+    pub seen: Seen,
+    pub settled: Settled,
+    /// Set at the end: the dead letters are exactly the hostile messages.
+    pub dead_letter_problem: Option<String>,
+    pub min_ack_rate: u64,
+    pub fault_time: Duration,
+    pub settle: Duration,
+    pub elapsed: Duration,
+}
+
+impl Verdict for Report {
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Every way the run fell short of an exact total or of an honest run;
+    /// empty when it passed.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = self.counts.failures.clone();
+        problems.extend(self.settled.total_problems());
+        problems.extend(self.dead_letter_problem.clone());
+        if let Err(e) = &self.settled.verify {
+            problems.push(e.clone());
+        }
+        problems.extend(self.honesty_problems());
+        problems
+    }
+}
+
+impl Report {
+    /// What a run must have seen for its verdict to mean something.
+    fn honesty_problems(&self) -> Vec<String> {
+        let c = &self.counts;
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, what: String| {
+            if !ok {
+                problems.push(format!("the run did not show {what}"));
+            }
+        };
+        for fault in Fault::first_round() {
+            let name = format!("{fault:?}");
+            require(
+                c.runs.get(&name).is_some_and(|n| *n > 0),
+                format!("the fault {name}"),
+            );
+        }
+        let rate = self.settled.ack_rate(self.fault_time.as_secs_f64());
+        require(
+            rate >= self.min_ack_rate as f64,
+            format!(
+                "{} acknowledged Adds per second (it had {rate:.0})",
+                self.min_ack_rate
+            ),
+        );
+        require(
+            self.settled.idless_acknowledged > 0,
+            "an id-less Add".to_owned(),
+        );
+        require(
+            self.seen.duplicate_rows >= 1.0,
+            "a duplicate row applied once (totaler_sums_total{outcome=\"duplicate\"} is 0)"
+                .to_owned(),
+        );
+        require(
+            c.republished_batches > 0,
+            "a republished batch (one whose confirmation was lost, confirmed again)".to_owned(),
+        );
+        require(
+            c.broker_crashes + c.broker_crashes_during_totaler_kills > 0,
+            "a broker SIGKILL".to_owned(),
+        );
+        require(c.broker_stops > 0, "a broker SIGTERM".to_owned());
+        require(
+            c.sigterms_while_consuming > 0,
+            "a totaler SIGTERM while it consumed".to_owned(),
+        );
+        // The queue's single active consumer makes one of two totalers
+        // apply at a time: what must be seen is the period itself (both
+        // exact on one file), not an overlap.
+        require(
+            c.two_totaler_periods > 0,
+            "a period with two totalers on one file".to_owned(),
+        );
+        require(
+            c.crashes_after_apply > 0,
+            "a totaler crash between update and ack".to_owned(),
+        );
+        require(
+            c.acknowledged_during_two_adders > 0,
+            "Adds acknowledged while two adders ran".to_owned(),
+        );
+        problems
+    }
+}
+
+/// Waits (bounded) until the total reaches the expected value and the
+/// backlog is gone, then gathers the report.
+pub(crate) async fn settle_and_check(
+    stack: &mut Stack,
+    tally: &Tally,
+    options: &Options,
+    started: Instant,
+    fault_time: Duration,
+) -> Report {
+    let settling = Instant::now();
+    let limit = Duration::from_secs(options.settle_seconds);
+    wait_until_settled(limit, async || read(stack, tally).await).await;
+    stack.sampler.sample_now().await;
+    stack.record_resources(false);
+    let mut settled = read(stack, tally).await;
+    let dead_letter_problem = dead_letter_problem(stack).await;
+    settled.verify = Verify {
+        binary: stack.totaler.binary().to_path_buf(),
+        sum_file: stack.data.sum_file(),
+        url: stack.postgres.url(),
+    }
+    .run();
+    let total = |series| stack.sampler.total("", series);
+    Report {
+        seed: options.seed,
+        counts: stack.counts.clone(),
+        seen: Seen {
+            applied_rows: total(APPLIED_ROWS),
+            duplicate_rows: total(DUPLICATE_ROWS),
+            consumed: total(CONSUMED),
+            dead_lettered: total(DEAD_LETTERED),
+            ledger_errors: total(LEDGER_ERRORS),
+            published_rows: total(PUBLISHED_ROWS),
+            published_messages: total(PUBLISHED_MESSAGES),
+        },
+        settled,
+        dead_letter_problem,
+        min_ack_rate: options.min_ack_rate,
+        fault_time,
+        settle: settling.elapsed(),
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn read(stack: &Stack, tally: &Tally) -> Settled {
+    let sum_file = stack.data.sum_file();
+    let sources = Sources {
+        totalers: vec![&stack.totaler],
+        sum_file: &sum_file,
+        outbox: Some(stack.postgres.url()),
+        amqp: Some(stack.rabbit.url()),
+        backlog_rows: stack.counts.backlog_rows,
+        expected_dead: stack.counts.hostile_messages,
+    };
+    Settled::read(&sources, tally).await
+}
+
+/// The dead-letter queue must hold exactly the hostile messages, body for body.
+async fn dead_letter_problem(stack: &Stack) -> Option<String> {
+    let bodies = match drain(&stack.rabbit.url(), "tally.sums.dead").await {
+        Ok(bodies) => bodies,
+        Err(e) => return Some(format!("reading the dead-letter queue: {e:#}")),
+    };
+    let mut unexpected = bodies.clone();
+    let mut missing = Vec::new();
+    for (name, body) in &stack.expected_dead {
+        match unexpected.iter().position(|b| b == body) {
+            Some(i) => {
+                unexpected.swap_remove(i);
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    if missing.is_empty() && unexpected.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = unexpected
+        .iter()
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(120)]).into_owned())
+        .collect();
+    Some(format!(
+        "dead letters: the hostile messages {missing:?} were not dead-lettered (the totaler took them); {} unexpected ones: {shown:?}",
+        unexpected.len()
+    ))
+}
