@@ -347,3 +347,29 @@ async fn inject_faults(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rounds_come_from_the_one_table() {
+        assert_eq!(Fault::ALL.len(), 26);
+        let first: Vec<Fault> = Fault::first_round().collect();
+        assert_eq!(first.len(), 25);
+        assert!(!first.contains(&Fault::CrashBroker));
+        let repeated = Fault::repeated();
+        assert_eq!(repeated.len(), 17);
+        assert!(repeated.contains(&Fault::CrashBroker));
+        for long in [
+            Fault::ConfirmPartition,
+            Fault::SlowOutboxTransaction,
+            Fault::BrokerOutageBacklog,
+            Fault::TransactionElsewhere,
+        ] {
+            assert!(first.contains(&long) && !repeated.contains(&long));
+        }
+        // The schedule draws by index: the table's order is the replay's.
+        assert!(repeated.is_sorted() && first.is_sorted());
+    }
+}

@@ -83,3 +83,64 @@ fn start() -> io::Result<(String, ChildStdin)> {
         .ok_or_else(|| io::Error::other("the sentinel's stdin"))?;
     Ok((mark, stdin))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader},
+        path::Path,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    /// Set in the child this test runs: it is the helper then.
+    const HELPER: &str = "TESTKIT_SENTINEL_HELPER";
+
+    #[test]
+    fn a_test_process_killed_with_sigkill_leaves_nothing_running() {
+        if std::env::var_os(HELPER).is_some() {
+            return helper();
+        }
+        let mut test = Command::new(std::env::current_exe().expect("this test binary"))
+            .args([
+                "sentinel::tests::a_test_process_killed_with_sigkill_leaves_nothing_running",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(HELPER, "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run this test as the helper");
+        let stdout = BufReader::new(test.stdout.take().expect("piped"));
+        let pid = stdout
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("guarded pid ")?.parse::<u32>().ok())
+            .expect("the helper's guarded child");
+        let proc = format!("/proc/{pid}");
+        assert!(Path::new(&proc).exists(), "the guarded child runs");
+        test.kill().expect("SIGKILL the helper test process");
+        test.wait().expect("reap it");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Path::new(&proc).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} still runs 15 s after its test process was killed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts a guarded child that would outlive this process, says its
+    /// pid, and waits to be killed.
+    fn helper() {
+        let mut child = guard(Command::new("sleep").arg("300"))
+            .spawn()
+            .expect("start sleep");
+        println!("guarded pid {}", child.id());
+        std::thread::sleep(Duration::from_secs(300));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
