@@ -1,7 +1,7 @@
 #!/bin/sh
 # Renders /etc/rabbitmq/definitions.json into /tmp/rabbitmq/definitions.json
-# with the credentials of the three broker users (see README.md, "Broker
-# users"): the adder's (publish only), the totaler's (consume only) and the
+# with the credentials of the three broker users (see
+# docs/internals/broker.md): the adder's (publish only), the totaler's (consume only) and the
 # management UI's administrator; then hands over to the image's own
 # entrypoint. Names default to tally-adder, tally-totaler and admin.
 # Each password comes from RABBITMQ_<USER>_PASSWORD_FILE (a file, as compose's
