@@ -53,6 +53,10 @@ pub struct Counts {
     pub silent_sockets: usize,
     pub silent_sockets_closed: usize,
     pub silent_postgres: u32,
+    /// Each move of the source's batch numbers: from, to.
+    pub batch_jumps: Vec<(i64, i64)>,
+    /// Batches lost from the queue that `verify` found and republish repaired.
+    pub lost_batches_repaired: u64,
     /// Each service's process at the first fault and at the end, by name.
     pub resources: BTreeMap<String, (Option<Resources>, Option<Resources>)>,
     /// The size of `sum.txt` at the end, in bytes.

@@ -41,6 +41,8 @@
 //! - `inputs`: hostile inputs, the slow transaction, totals beyond i64.
 //! - `stalls`: what time and size bring: a broker outage's large backlog,
 //!   a transaction open elsewhere, silent gRPC sockets, a silent PostgreSQL.
+//! - `repair`: batch numbers far from 1 and past a loss, and the repair of
+//!   lost batches with the commands `totaler verify` prints.
 //! - `disk`: the tmpfs under `sum.txt` and the ledger lock.
 //! - `hostile`: the hostile requests and messages themselves.
 //! - `outbox`: the suite's SQL on the outbox.
@@ -66,6 +68,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod readings;
+pub mod repair;
 pub mod report;
 pub mod rng;
 pub mod run_dir;
@@ -239,6 +242,12 @@ faults! {
     TransactionElsewhere: FirstOnly,
     SilentGrpcSockets: Always,
     SilentPostgres: Always,
+    /// The source's batch numbers moved to 10^9 (a source that has cut a
+    /// billion batches).
+    FarBatchNumbers: FirstOnly,
+    /// Batches lost from a purged queue, 150,000 batch numbers more, then
+    /// the repair an operator makes with `totaler verify`'s commands.
+    LostBatchRepaired: FirstOnly,
 }
 
 impl Fault {
@@ -354,9 +363,9 @@ mod tests {
 
     #[test]
     fn the_rounds_come_from_the_one_table() {
-        assert_eq!(Fault::ALL.len(), 26);
+        assert_eq!(Fault::ALL.len(), 28);
         let first: Vec<Fault> = Fault::first_round().collect();
-        assert_eq!(first.len(), 25);
+        assert_eq!(first.len(), 27);
         assert!(!first.contains(&Fault::CrashBroker));
         let repeated = Fault::repeated();
         assert_eq!(repeated.len(), 17);
@@ -366,6 +375,7 @@ mod tests {
             Fault::SlowOutboxTransaction,
             Fault::BrokerOutageBacklog,
             Fault::TransactionElsewhere,
+            Fault::LostBatchRepaired,
         ] {
             assert!(first.contains(&long) && !repeated.contains(&long));
         }

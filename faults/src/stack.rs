@@ -216,6 +216,8 @@ impl Stack {
             Fault::TransactionElsewhere => self.transaction_elsewhere().await,
             Fault::SilentGrpcSockets => self.silent_grpc_sockets().await,
             Fault::SilentPostgres => self.silent_postgres().await,
+            Fault::FarBatchNumbers => self.far_batch_numbers().await,
+            Fault::LostBatchRepaired => self.lost_batch_repaired().await,
         }
     }
 

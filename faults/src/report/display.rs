@@ -119,6 +119,11 @@ impl Report {
         )?;
         writeln!(
             f,
+            "  batch numbers        moved {:?}; {} lost batches found by verify and republished",
+            c.batch_jumps, c.lost_batches_repaired
+        )?;
+        writeln!(
+            f,
             "  hostile              {} NUL rounds, {} messages, {} half-sent rounds",
             c.nul_rounds, c.hostile_messages, c.half_sent_rounds
         )?;

@@ -134,6 +134,16 @@ impl Report {
             c.acknowledged_during_two_adders > 0,
             "Adds acknowledged while two adders ran".to_owned(),
         );
+        require(
+            c.lost_batches_repaired > 0,
+            "a lost batch found by verify and repaired with adder republish".to_owned(),
+        );
+        require(
+            c.batch_jumps
+                .iter()
+                .any(|(_, to)| *to >= crate::repair::FAR_BATCH - 1),
+            "batch numbers beyond 10^9".to_owned(),
+        );
         problems
     }
 }
