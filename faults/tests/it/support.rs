@@ -138,13 +138,19 @@ pub fn fleet_options(seconds_variable: &str) -> Options {
     options
 }
 
-/// Runs a mode within `limit` and requires an exact, honest run; a failure
-/// names the seed and where the run's logs were kept.
+/// One mode runs at a time: each loads the machine alone, as when each was
+/// a test binary of its own (tests of one binary run in parallel).
+static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs a mode within `limit` (once no other mode runs) and requires an
+/// exact, honest run; a failure names the seed and where the run's logs
+/// were kept.
 pub async fn require_exact<R: Verdict>(
     options: &Options,
     limit: Duration,
     run: impl Future<Output = anyhow::Result<Finished<R>>>,
 ) {
+    let _alone = ONE_RUN.lock().await;
     let seed = options.seed;
     let finished = tokio::time::timeout(limit, run)
         .await
