@@ -122,15 +122,21 @@ pub fn queues(queue: &str) -> [QueueSpec; 2] {
     ]
 }
 
-/// The adder's rights: publish through the default exchange or
-/// [`FANOUT_EXCHANGE`], nothing else (no configure: it cannot declare or
-/// delete queues; no read: it cannot consume). The default exchange routes
-/// to any queue of the vhost by name, so the vhost should hold only Tally's
-/// queues.
+/// The adder's rights: publish through [`FANOUT_EXCHANGE`] only, so it can
+/// feed only the queues bound to it (no write on `amq.default`, which routes
+/// to any queue of the vhost by name; no configure: it cannot declare or
+/// delete queues; no read: it cannot consume). An adder with this user
+/// publishes with `TALLY_EXCHANGE=tally.fanout`.
 pub fn adder_permissions() -> Permissions {
+    adder_permissions_through(FANOUT_EXCHANGE)
+}
+
+/// The adder's rights when it publishes through `exchange` (the tests give
+/// each run an exchange of its own).
+pub fn adder_permissions_through(exchange: &str) -> Permissions {
     Permissions {
         configure: "^$".to_owned(),
-        write: format!("^(amq\\.default|{})$", regex_escape(FANOUT_EXCHANGE)),
+        write: format!("^{}$", regex_escape(exchange)),
         read: "^$".to_owned(),
     }
 }

@@ -1,5 +1,7 @@
 //! The services' broker users, with exactly the rights `proto::topology`
-//! gives them: the adder may publish to the queue and nothing else; the
+//! gives them: the adder may publish through its exchange (bound to the
+//! queue) and nothing else, not even to a queue by name through the default
+//! exchange; the
 //! totaler may consume from it and reject to the dead-letter queue, and
 //! nothing else; neither may declare, redeclare or delete a queue. Both
 //! start through `topology::open`, which falls back to a passive check.
@@ -9,7 +11,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::{
     Connection,
-    options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, QueueDeclareOptions},
+    options::{
+        BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
     types::FieldTable,
 };
 use proto::topology;
@@ -54,10 +59,16 @@ async fn only_their_part(broker: &Broker) {
     topology::declare(&admin.create_channel().await.expect("channel"), &queue)
         .await
         .expect("the admin declares the topology");
+    let exchange = format!("{queue}.fanout");
+    bind_an_exchange(&admin, &exchange, &queue).await;
     let password = uuid::Uuid::new_v4().simple().to_string();
     let (adder, totaler) = (format!("adder-{queue}"), format!("totaler-{queue}"));
     broker
-        .add_user(&adder, &password, &topology::adder_permissions())
+        .add_user(
+            &adder,
+            &password,
+            &topology::adder_permissions_through(&exchange),
+        )
         .await;
     broker
         .add_user(&totaler, &password, &topology::totaler_permissions(&queue))
@@ -66,14 +77,18 @@ async fn only_their_part(broker: &Broker) {
     // The checks run in a task, so that the users go even when one fails.
     let adder_url = broker.url_of(&adder, &password);
     let totaler_url = broker.url_of(&totaler, &password);
-    let checked_queue = queue.clone();
+    let (checked_queue, checked_exchange) = (queue.clone(), exchange.clone());
     let checks = tokio::spawn(async move {
-        adder_only_publishes(&adder_url, &checked_queue).await;
+        adder_only_publishes(&adder_url, &checked_queue, &checked_exchange).await;
         totaler_only_consumes(&totaler_url, &checked_queue).await;
     })
     .await;
     broker.delete_user(&adder).await;
     broker.delete_user(&totaler).await;
+    let channel = admin.create_channel().await.expect("channel");
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
     if let Err(failed) = checks {
         support::delete_topology(&admin, &queue).await;
         std::panic::resume_unwind(failed.into_panic());
@@ -88,14 +103,46 @@ async fn only_their_part(broker: &Broker) {
     support::delete_topology(&admin, &queue).await;
 }
 
-async fn adder_only_publishes(url: &str, queue: &str) {
+/// Declares the fanout `exchange` (as the admin step declares
+/// `tally.fanout`) and binds `queue` to it.
+async fn bind_an_exchange(admin: &Connection, exchange: &str, queue: &str) {
+    let channel = admin.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the exchange");
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the queue");
+}
+
+async fn adder_only_publishes(url: &str, queue: &str, exchange: &str) {
     let (connection, channel) = topology::open(url, queue).await.expect("the adder starts");
     assert!(
-        support::publish(&channel, queue, b"{}")
+        support::publish_through(&channel, exchange, "", b"{}")
             .await
             .expect("publish"),
-        "publish acked"
+        "publish through its exchange acked"
     );
+    // Not to a queue by name through the default exchange: the queue it
+    // feeds, its dead letters, or any other queue of the vhost.
+    for target in [queue.to_owned(), topology::dead_letter_queue(queue)] {
+        let by_name =
+            async |c: &lapin::Channel| support::publish(c, &target, b"{}").await.map(drop);
+        refused(&connection, "publish through the default exchange", by_name).await;
+    }
     let consume = async |c: &lapin::Channel| {
         c.basic_consume(
             queue.into(),

@@ -217,13 +217,24 @@ pub async fn count(connection: &Connection, queue: &str) -> u32 {
 /// Publishes `body` persistently to `queue` through the default exchange and
 /// returns the confirm (or the error that closed the channel).
 pub async fn publish(channel: &Channel, queue: &str, body: &[u8]) -> lapin::Result<bool> {
+    publish_through(channel, "", queue, body).await
+}
+
+/// Publishes `body` persistently through `exchange` with `routing_key` and
+/// returns the confirm (or the error that closed the channel).
+pub async fn publish_through(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) -> lapin::Result<bool> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let confirm = channel
         .basic_publish(
-            "".into(),
-            queue.into(),
+            exchange.into(),
+            routing_key.into(),
             BasicPublishOptions::default(),
             body,
             BasicProperties::default().with_delivery_mode(2),
