@@ -57,6 +57,9 @@ pub struct Counts {
     pub batch_jumps: Vec<(i64, i64)>,
     /// Batches lost from the queue that `verify` found and republish repaired.
     pub lost_batches_repaired: u64,
+    /// Extra copies of hostile messages in the dead-letter queue: the
+    /// broker's at-most-once dead-lettering replayed after a crash.
+    pub dead_letter_copies: u32,
     /// Each service's process at the first fault and at the end, by name.
     pub resources: BTreeMap<String, (Option<Resources>, Option<Resources>)>,
     /// The size of `sum.txt` at the end, in bytes.

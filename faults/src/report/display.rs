@@ -124,8 +124,8 @@ impl Report {
         )?;
         writeln!(
             f,
-            "  hostile              {} NUL rounds, {} messages, {} half-sent rounds",
-            c.nul_rounds, c.hostile_messages, c.half_sent_rounds
+            "  hostile              {} NUL rounds, {} messages ({} dead-lettered twice by a broker that crashed), {} half-sent rounds",
+            c.nul_rounds, c.hostile_messages, c.dead_letter_copies, c.half_sent_rounds
         )?;
         writeln!(
             f,
