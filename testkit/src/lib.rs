@@ -52,6 +52,15 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// `scheme://user:password@rest` as `scheme://user@rest` and the password
+/// (the tests that give a service its password in a file).
+pub fn split_password(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (userinfo, hosts) = rest.split_once('@').expect("a URL with a user");
+    let (user, password) = userinfo.split_once(':').expect("a URL with a password");
+    (format!("{scheme}://{user}@{hosts}"), password.to_owned())
+}
+
 /// A loopback port that was free a moment ago, for a process the test starts.
 pub fn free_port() -> u16 {
     free_addr()

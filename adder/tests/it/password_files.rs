@@ -18,8 +18,8 @@ use uuid::Uuid;
 #[tokio::test]
 async fn passwords_from_files_open_the_outbox_and_the_broker() {
     let dir = temp_dir("files-work");
-    let (db_url, db_password) = split_password(&database::fresh().await);
-    let (amqp_url, amqp_password) = split_password(&testkit::amqp_url());
+    let (db_url, db_password) = testkit::split_password(&database::fresh().await);
+    let (amqp_url, amqp_password) = testkit::split_password(&testkit::amqp_url());
     let db_file = write(&dir, "db-password", &format!("{db_password}\n"));
     let amqp_file = write(&dir, "amqp-password", &format!("{amqp_password}\n"));
     let adder = Adder::start(&[
@@ -79,8 +79,8 @@ async fn a_password_file_that_gives_no_password_stops_the_adder_naming_it() {
 async fn the_adder_never_logs_the_passwords_of_its_password_files() {
     let dir = temp_dir("files-secret");
     let db = database::fresh().await;
-    let (db_url, _) = split_password(&db);
-    let (amqp_url, _) = split_password(&testkit::amqp_url());
+    let (db_url, _) = testkit::split_password(&db);
+    let (amqp_url, _) = testkit::split_password(&testkit::amqp_url());
     // Wrong passwords, with characters the URLs carry percent-encoded.
     let (db_secret, amqp_secret) = ("Db/Secret:7f3a9", "Amqp@Secret/9c1e4");
     let db_file = write(&dir, "db-password", db_secret);
@@ -107,7 +107,7 @@ async fn the_adder_never_logs_the_passwords_of_its_password_files() {
         }
     }
     // The broker's failure needs an outbox that opens.
-    let db_file = write(&dir, "db-password-right", &split_password(&db).1);
+    let db_file = write(&dir, "db-password-right", &testkit::split_password(&db).1);
     let adder = Adder::start(&[
         ("DATABASE_URL", db_url.as_str()),
         ("DATABASE_PASSWORD_FILE", path_str(&db_file)),
@@ -166,14 +166,6 @@ impl Adder {
         .await;
         output
     }
-}
-
-/// `scheme://user:password@rest` as `scheme://user@rest` and the password.
-fn split_password(url: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (userinfo, hosts) = rest.split_once('@').expect("a URL with a user");
-    let (user, password) = userinfo.split_once(':').expect("a URL with a password");
-    (format!("{scheme}://{user}@{hosts}"), password.to_owned())
 }
 
 fn temp_dir(test: &str) -> PathBuf {

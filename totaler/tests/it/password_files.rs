@@ -20,7 +20,7 @@ use crate::support::temp_dir;
 #[tokio::test]
 async fn a_password_from_a_file_opens_the_broker() {
     let dir = temp_dir("files-work");
-    let (amqp_url, password) = split_password(&testkit::amqp_url());
+    let (amqp_url, password) = testkit::split_password(&testkit::amqp_url());
     let file = write(&dir, "amqp-password", &format!("{password}\n"));
     let totaler = Totaler::start(&dir, &amqp_url, &file);
     let http = totaler.http;
@@ -68,7 +68,7 @@ async fn a_password_file_that_gives_no_password_stops_the_totaler_naming_it() {
 #[tokio::test]
 async fn the_totaler_never_logs_the_password_of_its_password_file() {
     let dir = temp_dir("files-secret");
-    let (amqp_url, _) = split_password(&testkit::amqp_url());
+    let (amqp_url, _) = testkit::split_password(&testkit::amqp_url());
     let secret = "Amqp@Secret/41d7c";
     let file = write(&dir, "amqp-password", secret);
     let totaler = Totaler::start(&dir, &amqp_url, &file);
@@ -128,14 +128,6 @@ impl Totaler {
         .await;
         output
     }
-}
-
-/// `scheme://user:password@rest` as `scheme://user@rest` and the password.
-fn split_password(url: &str) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (userinfo, hosts) = rest.split_once('@').expect("a URL with a user");
-    let (user, password) = userinfo.split_once(':').expect("a URL with a password");
-    (format!("{scheme}://{user}@{hosts}"), password.to_owned())
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
